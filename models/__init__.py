@@ -1,0 +1,1 @@
+"""Numeric parts of a streamscore model: embedder, classifier head, OOD scorer, artifacts."""

@@ -1,0 +1,133 @@
+"""Model artifacts on disk: ``manifest.json`` plus numeric parts in ``.npz``, never pickle.
+
+The manifest lists every file with its SHA-256, so a truncated or edited artifact is refused
+before it is used, and ``np.load(..., allow_pickle=False)`` means loading can never run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.head import LinearHead
+from models.ood import OODScorer
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class ArtifactError(Exception):
+    """An artifact that cannot be served; the message says what is wrong and what to do."""
+
+
+@dataclass
+class ModelArtifact:
+    """Everything needed to score: labels, head, OOD scorer and threshold, with provenance."""
+
+    version: str
+    manifest: dict[str, Any]
+    head: LinearHead
+    ood: OODScorer
+    path: Path | None = None
+
+    @property
+    def ood_threshold(self) -> float:
+        return float(self.manifest["thresholds"]["ood"])
+
+    @property
+    def embedder_name(self) -> str:
+        return str(self.manifest["embedder"]["name"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["embedder"]["dim"])
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, allow_pickle=False, **arrays)
+
+
+def save_artifact(directory: Path, manifest: dict[str, Any], head: LinearHead, ood: OODScorer) -> Path:
+    """Write an artifact atomically: into a temporary folder, then renamed into place."""
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    _save_npz(tmp / "head.npz", head.to_arrays())
+    _save_npz(tmp / "ood.npz", ood.arrays)
+    full = dict(manifest)
+    full["format_version"] = FORMAT_VERSION
+    full["labels"] = head.labels
+    full["ood"] = {"strategy": ood.strategy, "params": ood.params}
+    full["files"] = {name: sha256_file(tmp / name) for name in ("head.npz", "ood.npz")}
+    with open(tmp / MANIFEST, "w") as f:
+        json.dump(full, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, directory)
+    return directory
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def load_artifact(directory: Path) -> ModelArtifact:
+    """Load and check an artifact; raise :class:`ArtifactError` saying what is wrong."""
+    directory = Path(directory)
+    mpath = directory / MANIFEST
+    if not mpath.is_file():
+        raise ArtifactError(f"{directory} is not a model artifact: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{mpath} is not readable JSON ({exc}); retrain or restore it") from exc
+    for key in ("version", "labels", "files", "thresholds", "embedder", "ood"):
+        if key not in manifest:
+            raise ArtifactError(f"{mpath} lacks '{key}': the artifact is incomplete; retrain it")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{directory}: artifact format {manifest.get('format_version')!r}, this streamscore "
+            f"reads format {FORMAT_VERSION}"
+        )
+    for name, digest in manifest["files"].items():
+        fpath = directory / name
+        if not fpath.is_file():
+            raise ArtifactError(f"{directory}: file {name} listed in the manifest is missing")
+        if sha256_file(fpath) != digest:
+            raise ArtifactError(
+                f"{directory}: {name} does not match the SHA-256 in the manifest (truncated or "
+                "modified); restore it or retrain"
+            )
+    try:
+        head = LinearHead.from_arrays(manifest["labels"], _load_npz(directory / "head.npz"))
+        ood_meta = manifest["ood"]
+        ood = OODScorer(ood_meta["strategy"], _load_npz(directory / "ood.npz"), dict(ood_meta["params"]))
+    except (ValueError, KeyError, OSError) as exc:
+        raise ArtifactError(f"{directory}: arrays do not load ({exc}); retrain the model") from exc
+    dim = int(manifest["embedder"].get("dim", -1))
+    if head.weights.shape[1] != dim:
+        raise ArtifactError(
+            f"{directory}: head expects {head.weights.shape[1]}-d embeddings but the manifest "
+            f"says the embedder gives {dim}"
+        )
+    return ModelArtifact(
+        version=str(manifest["version"]), manifest=manifest, head=head, ood=ood, path=directory
+    )

@@ -1,0 +1,99 @@
+"""Out-of-distribution scores: higher means further from the training distribution.
+
+Each strategy is fitted on the training reference (in-distribution rows only) and stored as
+plain arrays. ``ood_threshold`` turns scores into ``is_ood`` so that a chosen share of
+in-distribution validation texts pass.
+
+>>> import numpy as np
+>>> scores = np.array([0.1, 0.2, 0.3, 0.4])
+>>> float(ood_threshold(scores, keep=0.5))
+0.25
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.head import LinearHead
+
+STRATEGIES = ("energy", "msp", "mahalanobis", "relative_mahalanobis", "knn")
+
+
+def ood_threshold(in_dist_scores: np.ndarray, keep: float = 0.95) -> float:
+    """The score below which ``keep`` of the in-distribution scores lie."""
+    return float(np.quantile(np.asarray(in_dist_scores, dtype=np.float64), keep))
+
+
+def _logsumexp(logits: np.ndarray) -> np.ndarray:
+    m = logits.max(axis=1)
+    return m + np.log(np.exp(logits - m[:, None]).sum(axis=1))
+
+
+@dataclass
+class OODScorer:
+    """One OOD strategy with its fitted arrays (empty for the head-only strategies)."""
+
+    strategy: str
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    params: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def fit(
+        cls,
+        strategy: str,
+        X: np.ndarray,
+        y: list[str],
+        labels: list[str],
+        *,
+        shrinkage: float = 0.01,
+        k: int = 5,
+    ) -> OODScorer:
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown OOD strategy {strategy!r}; choose one of {STRATEGIES}")
+        X = np.asarray(X, dtype=np.float64)
+        if strategy in ("energy", "msp"):
+            return cls(strategy)
+        if strategy == "knn":
+            return cls(strategy, {"reference": X.astype(np.float16)}, {"k": float(k)})
+        index = {label: i for i, label in enumerate(labels)}
+        yi = np.array([index[label] for label in y])
+        means = np.stack([X[yi == i].mean(axis=0) for i in range(len(labels))])
+        centred = X - means[yi]
+        eye = np.eye(X.shape[1])
+        cov = centred.T @ centred / len(X)
+        arrays = {
+            "means": means.astype(np.float32),
+            "precision": np.linalg.inv(cov + shrinkage * eye).astype(np.float32),
+        }
+        if strategy == "relative_mahalanobis":
+            mu0 = X.mean(axis=0)
+            cov0 = (X - mu0).T @ (X - mu0) / len(X)
+            arrays["global_mean"] = mu0.astype(np.float32)
+            arrays["global_precision"] = np.linalg.inv(cov0 + shrinkage * eye).astype(np.float32)
+        return cls(strategy, arrays, {"shrinkage": shrinkage})
+
+    def score(self, X: np.ndarray, head: LinearHead) -> np.ndarray:
+        """OOD score per row of ``X`` (unit-length embeddings)."""
+        s = self.strategy
+        if s == "energy":
+            return -_logsumexp(X @ head.weights.T + head.bias)
+        if s == "msp":
+            return 1.0 - head.predict_proba(X).max(axis=1)
+        if s == "knn":
+            k = int(self.params.get("k", 5))
+            sims = X @ self.arrays["reference"].astype(np.float32).T
+            kth = np.partition(sims, -k, axis=1)[:, -k]
+            return 1.0 - kth
+        d = self._min_class_distance(X)
+        if s == "relative_mahalanobis":
+            c = X - self.arrays["global_mean"]
+            d = d - ((c @ self.arrays["global_precision"]) * c).sum(axis=1)
+        return d
+
+    def _min_class_distance(self, X: np.ndarray) -> np.ndarray:
+        P, mu = self.arrays["precision"], self.arrays["means"]
+        XP = X @ P
+        d = (XP * X).sum(axis=1)[:, None] - 2.0 * XP @ mu.T + ((mu @ P) * mu).sum(axis=1)[None, :]
+        return d.min(axis=1)

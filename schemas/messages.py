@@ -1,0 +1,203 @@
+"""Input, scored and dead-letter messages: what goes in and out of Kafka, as plain dicts.
+
+``parse_input`` never raises: it returns either an :class:`InputText` or a :class:`Rejection`
+that says why the message cannot be scored, so that the worker can dead-letter it.
+
+>>> origin = Origin("texts", 0, 7)
+>>> parse_input(b'{"id": "a1", "text": "my card was declined"}', origin).text
+'my card was declined'
+>>> parse_input(b'{"id": "a1"}', origin).reason
+'missing_text'
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+# Reasons a message is dead-lettered. They are part of the contract (metrics label by them).
+REASONS = (
+    "empty_message",
+    "message_too_large",
+    "invalid_utf8",
+    "invalid_json",
+    "not_an_object",
+    "missing_text",
+    "wrong_type",
+    "empty_text",
+    "text_too_long",
+    "scoring_failed",
+)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a message was read from."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+
+
+@dataclass(frozen=True)
+class InputText:
+    """A valid message of the ``texts`` topic."""
+
+    id: str
+    text: str
+    origin: Origin
+    source: str | None = None
+    ts: str | int | float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    timestamp_ms: int | None = None  # the Kafka record timestamp
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a message could not be scored."""
+
+    reason: str
+    detail: str
+
+
+def _ts_ok(ts: Any) -> bool:
+    if isinstance(ts, bool):
+        return False
+    if isinstance(ts, (int, float)):
+        return ts >= 0
+    if isinstance(ts, str):
+        try:
+            datetime.fromisoformat(ts.replace("Z", "+00:00"))
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+def parse_input(
+    raw: bytes | None,
+    origin: Origin,
+    *,
+    max_text_chars: int = 10_000,
+    max_message_bytes: int = 1_000_000,
+    timestamp_ms: int | None = None,
+) -> InputText | Rejection:
+    """Validate one raw ``texts`` message against the contract."""
+    if not raw:
+        return Rejection("empty_message", "the message value is empty")
+    if len(raw) > max_message_bytes:
+        return Rejection("message_too_large", f"{len(raw)} bytes, more than the limit of {max_message_bytes}")
+    try:
+        decoded = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection("invalid_utf8", f"not UTF-8: {exc.reason} at byte {exc.start}")
+    try:
+        obj = json.loads(decoded)
+    except (ValueError, RecursionError) as exc:
+        return Rejection("invalid_json", f"not valid JSON: {str(exc)[:200]}")
+    if not isinstance(obj, dict):
+        return Rejection("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
+    if "text" not in obj or obj["text"] is None:
+        return Rejection("missing_text", "the object has no 'text' field")
+    text = obj["text"]
+    if not isinstance(text, str):
+        return Rejection("wrong_type", f"'text' must be a string, got {type(text).__name__}")
+    if not text.strip():
+        return Rejection("empty_text", "'text' is empty or only whitespace")
+    if len(text) > max_text_chars:
+        return Rejection("text_too_long", f"'text' has {len(text)} characters, the limit is {max_text_chars}")
+    msg_id = obj.get("id")
+    if msg_id is None:
+        # Deterministic, so a replay of the same offsets gets the same id.
+        msg_id = f"{origin.topic}-{origin.partition}-{origin.offset}"
+    elif not isinstance(msg_id, str) or not msg_id:
+        return Rejection("wrong_type", f"'id' must be a non-empty string, got {msg_id!r:.50}")
+    source = obj.get("source")
+    if source is not None and not isinstance(source, str):
+        return Rejection("wrong_type", f"'source' must be a string, got {type(source).__name__}")
+    ts = obj.get("ts")
+    if ts is not None and not _ts_ok(ts):
+        return Rejection("wrong_type", f"'ts' must be ISO-8601 or epoch milliseconds, got {ts!r:.50}")
+    meta = obj.get("meta")
+    if meta is None:
+        meta = {}
+    elif not isinstance(meta, dict):
+        return Rejection("wrong_type", f"'meta' must be an object, got {type(meta).__name__}")
+    return InputText(
+        id=msg_id,
+        text=text,
+        origin=origin,
+        source=source,
+        ts=ts,
+        meta=meta,
+        timestamp_ms=timestamp_ms,
+    )
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def scored_record(
+    msg: InputText,
+    *,
+    label: str,
+    confidence: float,
+    top_k: list[dict[str, Any]],
+    ood_score: float,
+    ood_threshold: float,
+    model_version: str,
+    scored_at: str,
+    latency_ms: float,
+) -> dict[str, Any]:
+    """The ``texts.scored`` record for one input (DESIGN.md)."""
+    return {
+        "id": msg.id,
+        "source": msg.source,
+        "ts": msg.ts,
+        "meta": msg.meta,
+        "label": label,
+        "confidence": round(float(confidence), 6),
+        "top_k": top_k,
+        "ood_score": round(float(ood_score), 6),
+        "is_ood": bool(ood_score > ood_threshold),
+        "ood_threshold": round(float(ood_threshold), 6),
+        "model_version": model_version,
+        "scored_at": scored_at,
+        "latency_ms": round(float(latency_ms), 3),
+        "origin": msg.origin.as_dict(),
+    }
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message that could not be scored, with everything needed to inspect or replay it."""
+
+    rejection: Rejection
+    origin: Origin
+    key: bytes | None
+    value: bytes | None
+
+
+def dead_letter_record(dl: DeadLetter) -> dict[str, Any]:
+    """The ``texts.dlq`` record: reason, origin and the original bytes (base64)."""
+    value = dl.value or b""
+    try:
+        preview: str | None = value[:500].decode("utf-8")
+    except UnicodeDecodeError:
+        preview = None
+    return {
+        "reason": dl.rejection.reason,
+        "detail": dl.rejection.detail,
+        "origin": dl.origin.as_dict(),
+        "key": dl.key.decode("utf-8", "replace") if dl.key is not None else None,
+        "value_b64": base64.b64encode(value).decode("ascii"),
+        "value_preview": preview,
+        "dead_lettered_at": now_iso(),
+    }

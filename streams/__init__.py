@@ -1,0 +1,1 @@
+"""The streaming side of streamscore: settings, Faust app and agents, topics, CLI."""

@@ -1,0 +1,97 @@
+"""The Faust application: ``texts`` → score agent → ``texts.scored`` / ``texts.dlq``.
+
+Read top to bottom as the data flows. Faust commits the offset of every event the agent has
+acknowledged, even when the handler raised, so the agent never raises: each micro-batch is
+fully produced (delivery confirmed) before ``take_events`` acknowledges it, and a failing
+send is retried rather than skipped. That gives at-least-once delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+
+from models.scoring import Scorer, Scores
+from schemas.messages import Origin
+from streams.pipeline import BatchOutput, RawMessage, process_batch
+from streams.settings import Settings
+
+log = logging.getLogger("streamscore.worker")
+
+
+@dataclass
+class ModelHolder:
+    """The scorer in service. Model calls run on one thread so the event loop keeps beating."""
+
+    scorer: Scorer
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
+    )
+
+    async def score(self, texts: list[str]) -> tuple[Scores, str]:
+        scorer = self.scorer  # one model for the whole batch, even if it is swapped meanwhile
+        loop = asyncio.get_running_loop()
+        scores = await loop.run_in_executor(self.executor, scorer.score, texts)
+        return scores, scorer.version
+
+
+def create_app(settings: Settings, bootstrap_servers: str, holder: ModelHolder) -> faust.App:
+    app = faust.App(
+        settings.group_id,
+        broker=f"kafka://{bootstrap_servers}",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=settings.partitions,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_session_timeout=30,
+        broker_heartbeat_interval=3,
+    )
+    # Raw bytes in and out: we validate ourselves so a bad message is dead-lettered, not dropped.
+    texts, scored, dead_letters = (
+        app.topic(name, key_serializer="raw", value_serializer="raw")
+        for name in (settings.input_topic, settings.scored_topic, settings.dlq_topic)
+    )
+
+    async def produce(out: BatchOutput) -> None:
+        """Send every record and wait for the broker to confirm, retrying until it does."""
+        pending = [(scored, k, v) for k, v in out.scored] + [(dead_letters, k, v) for k, v in out.dead]
+        delay = 0.5
+        while pending:
+            futures = [await topic.send(key=k, value=v) for topic, k, v in pending]
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            failed = [p for p, r in zip(pending, results, strict=False) if isinstance(r, BaseException)]
+            if failed:
+                log.warning(
+                    "%d of %d records not confirmed by the broker; resending in %.1fs",
+                    len(failed),
+                    len(pending),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+            pending = failed
+
+    @app.agent(texts)
+    async def score(stream: Any) -> None:  # faust's StreamT stub lacks take_events
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
+            batch = [
+                RawMessage(
+                    key=e.message.key,
+                    value=e.message.value,
+                    origin=Origin(e.message.topic, e.message.partition, e.message.offset),
+                    timestamp_ms=int(e.message.timestamp * 1000) if e.message.timestamp else None,
+                )
+                for e in events
+            ]
+            out = await process_batch(batch, holder.score, settings)
+            await produce(out)
+            if out.dead:
+                log.info("dead-lettered %d of %d messages: %s", len(out.dead), len(batch), dict(out.reasons))
+
+    return app

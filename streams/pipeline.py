@@ -1,0 +1,141 @@
+"""One micro-batch, from raw Kafka records to the records to produce. No Kafka in here.
+
+The batch is validated message by message, scored in one model call, and turned into
+``texts.scored`` and ``texts.dlq`` records. Scoring that fails is retried; if the batch still
+fails, each message is scored alone so that one poison message is dead-lettered and the
+rest are still scored. Nothing leaves this function unaccounted for:
+``len(out.scored) + len(out.dead) == len(batch)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from models.scoring import Scores
+from schemas.messages import (
+    DeadLetter,
+    InputText,
+    Origin,
+    Rejection,
+    dead_letter_record,
+    now_iso,
+    parse_input,
+    scored_record,
+)
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ScoreFn = Callable[[list[str]], Awaitable[tuple[Scores, str]]]
+"""Scores texts in one call; returns the scores and the model version that made them."""
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    key: bytes | None
+    value: bytes | None
+    origin: Origin
+    timestamp_ms: int | None = None
+
+
+@dataclass
+class BatchOutput:
+    scored: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, value)
+    dead: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)
+    model_version: str | None = None
+
+
+def _encode(record: dict) -> bytes:
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _dead(out: BatchOutput, raw: RawMessage, rejection: Rejection) -> None:
+    out.reasons[rejection.reason] += 1
+    record = dead_letter_record(DeadLetter(rejection, raw.origin, raw.key, raw.value))
+    out.dead.append((raw.key, _encode(record)))
+
+
+async def _score_with_retries(score: ScoreFn, texts: list[str], retries: int) -> tuple[Scores, str]:
+    delay = 0.1
+    for attempt in range(retries + 1):
+        try:
+            return await score(texts)
+        except Exception:
+            if attempt == retries:
+                raise
+            log.warning(
+                "scoring a batch of %d failed (attempt %d), retrying", len(texts), attempt + 1, exc_info=True
+            )
+            await asyncio.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+def _add_scored(out: BatchOutput, msgs: list[InputText], scores: Scores, version: str) -> None:
+    scored_at = now_iso()
+    now_ms = time.time() * 1000.0
+    out.model_version = version
+    for i, msg in enumerate(msgs):
+        top_k = [
+            {"label": label, "prob": round(float(p), 6)}
+            for label, p in zip(scores.top_k_labels[i], scores.top_k_probs[i], strict=False)
+        ]
+        latency = now_ms - msg.timestamp_ms if msg.timestamp_ms else 0.0
+        record = scored_record(
+            msg,
+            label=scores.labels[i],
+            confidence=float(scores.confidence[i]),
+            top_k=top_k,
+            ood_score=float(scores.ood_scores[i]),
+            ood_threshold=scores.ood_threshold,
+            model_version=version,
+            scored_at=scored_at,
+            latency_ms=max(latency, 0.0),
+        )
+        out.scored.append((msg.id.encode("utf-8"), _encode(record)))
+
+
+async def process_batch(batch: list[RawMessage], score: ScoreFn, settings: Settings) -> BatchOutput:
+    out = BatchOutput()
+    valid: list[InputText] = []
+    raws: list[RawMessage] = []
+    for raw in batch:
+        parsed = parse_input(
+            raw.value,
+            raw.origin,
+            max_text_chars=settings.max_text_chars,
+            max_message_bytes=settings.max_message_bytes,
+            timestamp_ms=raw.timestamp_ms,
+        )
+        if isinstance(parsed, Rejection):
+            _dead(out, raw, parsed)
+        else:
+            valid.append(parsed)
+            raws.append(raw)
+    if not valid:
+        return out
+    try:
+        scores, version = await _score_with_retries(score, [m.text for m in valid], settings.score_retries)
+        _add_scored(out, valid, scores, version)
+        return out
+    except Exception:
+        log.exception(
+            "batch of %d failed after %d retries; scoring its messages one by one",
+            len(valid),
+            settings.score_retries,
+        )
+    for msg, raw in zip(valid, raws, strict=False):
+        try:
+            scores, version = await score([msg.text])
+        except Exception as exc:
+            _dead(out, raw, Rejection("scoring_failed", f"{type(exc).__name__}: {str(exc)[:300]}"))
+            continue
+        _add_scored(out, [msg], scores, version)
+    return out

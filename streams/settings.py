@@ -1,0 +1,88 @@
+"""One typed settings object for every command: defaults < environment < CLI flags.
+
+Environment variables are ``STREAMSCORE_<FIELD>`` (upper case), plus the conventional
+``KAFKA_BOOTSTRAP_SERVERS``.
+
+>>> s = Settings.from_env({"STREAMSCORE_BATCH_SIZE": "32"}, batch_size=None, input_topic="in")
+>>> (s.batch_size, s.input_topic, s.scored_topic)
+(32, 'in', 'texts.scored')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str | None = None  # None: start an embedded broker
+    registry: Path = Path("artifacts")
+    model: str | None = None  # version or artifact dir; None: the registry's CURRENT
+    device: str = "auto"  # auto | cpu | cuda
+    embed_batch_size: int = 64
+    input_topic: str = "texts"
+    scored_topic: str = "texts.scored"
+    dlq_topic: str = "texts.dlq"
+    partitions: int = 4  # for topics the worker creates
+    group_id: str = "streamscore"
+    batch_size: int = 64  # messages per micro-batch
+    batch_wait_s: float = 0.05  # longest wait for a micro-batch to fill
+    max_text_chars: int = 10_000
+    max_message_bytes: int = 1_000_000
+    score_retries: int = 2  # retries of a failing batch before its messages are dead-lettered
+    top_k: int = 3
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build from ``env`` (default ``os.environ``); overrides that are None are ignored."""
+        env = os.environ if env is None else env
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"STREAMSCORE_{f.name.upper()}")
+            if f.name == "bootstrap_servers" and raw is None:
+                raw = env.get("KAFKA_BOOTSTRAP_SERVERS")
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f.name, raw, hints[f.name])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        problems = []
+        if self.batch_size < 1:
+            problems.append("batch_size must be at least 1")
+        if self.batch_wait_s <= 0:
+            problems.append("batch_wait_s must be positive")
+        if self.max_text_chars < 1:
+            problems.append("max_text_chars must be at least 1")
+        if self.partitions < 1:
+            problems.append("partitions must be at least 1")
+        if len({self.input_topic, self.scored_topic, self.dlq_topic}) < 3:
+            problems.append("input, scored and DLQ topics must differ")
+        if problems:
+            raise ValueError("invalid settings: " + "; ".join(problems))
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(name: str, raw: str, hint: Any) -> Any:
+    text = str(hint)
+    try:
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+        if "Path" in text:
+            return Path(raw)
+    except ValueError as exc:
+        raise ValueError(f"STREAMSCORE_{name.upper()}={raw!r} is not a valid {hint.__name__}") from exc
+    return raw

@@ -1,0 +1,46 @@
+"""Creating the topics streamscore uses, with the partition counts the design asks for."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from streams.settings import Settings
+
+
+def topic_plan(settings: Settings) -> dict[str, int]:
+    """Topic name → partitions. The DLQ is small, so one partition keeps it in order."""
+    return {
+        settings.input_topic: settings.partitions,
+        settings.scored_topic: settings.partitions,
+        settings.dlq_topic: 1,
+    }
+
+
+async def ensure_topics(bootstrap_servers: str, plan: dict[str, int], timeout_s: float = 30.0) -> None:
+    """Create the topics of ``plan`` that do not exist yet; leave existing ones alone."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            await admin.start()
+            break
+        except KafkaConnectionError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(
+                    f"cannot reach Kafka at {bootstrap_servers}: is the broker running? "
+                    "(`streamscore broker` starts one)"
+                ) from None
+            await asyncio.sleep(0.5)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(name, n, 1) for name, n in plan.items() if name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another worker created it between our list and create
+    finally:
+        await admin.close()

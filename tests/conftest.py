@@ -1,0 +1,153 @@
+"""Fixtures: a real Kafka broker (env → testcontainers → embedded), a small real model, a worker.
+
+The broker is chosen as DESIGN.md orders it: ``KAFKA_BOOTSTRAP_SERVERS`` when set, a
+testcontainers Kafka when a Docker engine answers, else the embedded Tansu broker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CLINC = ROOT / "datasets" / "clinc150" / "clinc150_full.jsonl"
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env().ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[str]:
+    """Bootstrap servers of a real broker for the whole test session."""
+    env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if env:
+        yield env
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    from streams.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        yield broker.bootstrap_servers
+
+
+def small_clinc_rows(n_labels: int = 12, seed: int = 0) -> list[dict]:
+    """A real subset of CLINC150: ``n_labels`` intents (all their rows) plus out-of-scope rows."""
+    rows = [json.loads(line) for line in open(CLINC, encoding="utf-8")]
+    labels = sorted({r["label"] for r in rows if r["label"] != "oos"})
+    keep = set(random.Random(seed).sample(labels, n_labels))
+    return [r for r in rows if r["label"] in keep or r["label"] == "oos"]
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "small.jsonl"
+    with open(path, "w") as f:
+        for r in small_clinc_rows():
+            f.write(json.dumps(r) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from models.embedder import Embedder
+
+    return Embedder.load()
+
+
+@pytest.fixture(scope="session")
+def trained_registry(tmp_path_factory: pytest.TempPathFactory, small_data: Path, embedder) -> Path:
+    """A registry with one promoted model trained on the small subset."""
+    from training.fit import train
+    from training.registry import Registry
+
+    root = tmp_path_factory.mktemp("registry")
+    train(small_data, Registry(root), quiet=True, embedder=embedder)
+    return root
+
+
+@dataclass
+class WorkerHandle:
+    process: subprocess.Popen
+    topics: dict[str, str]
+    bootstrap: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_worker(bootstrap: str, registry: Path, log_dir: Path, **extra: str) -> WorkerHandle:
+    """A real ``streamscore worker`` process on fresh topics of its own."""
+    tag = uuid.uuid4().hex[:8]
+    topics = {"input": f"texts-{tag}", "scored": f"texts.scored-{tag}", "dlq": f"texts.dlq-{tag}"}
+    args = [
+        sys.executable,
+        "-m",
+        "streams.cli",
+        "worker",
+        "--bootstrap-servers",
+        bootstrap,
+        "--registry",
+        str(registry),
+        "--input-topic",
+        topics["input"],
+        "--scored-topic",
+        topics["scored"],
+        "--dlq-topic",
+        topics["dlq"],
+        "--group-id",
+        f"streamscore-test-{tag}",
+        "--partitions",
+        "3",
+    ]
+    for key, value in extra.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    log_path = log_dir / f"worker-{tag}.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
+    return WorkerHandle(proc, topics, bootstrap, log_path)
+
+
+def stop_worker(handle: WorkerHandle) -> None:
+    handle.process.terminate()
+    try:
+        handle.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        handle.process.kill()
+        handle.process.wait()
+
+
+@pytest.fixture(scope="module")
+def worker(
+    kafka: str, trained_registry: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerHandle]:
+    handle = start_worker(kafka, trained_registry, tmp_path_factory.mktemp("worker"), max_text_chars="500")
+    time.sleep(1)
+    if handle.process.poll() is not None:
+        pytest.fail("worker exited at start:\n" + handle.log())
+    yield handle
+    alive = handle.process.poll() is None
+    stop_worker(handle)
+    assert alive, "worker died during the tests:\n" + handle.log()

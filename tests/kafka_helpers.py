@@ -1,0 +1,75 @@
+"""Plain aiokafka helpers for tests: send raw bytes, read a topic back until a count or timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+
+async def _send(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes | None]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value=v, key=k) for k, v in messages]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+def send_raw(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes | None]]) -> None:
+    asyncio.run(_send(bootstrap, topic, messages))
+
+
+def send_json(bootstrap: str, topic: str, objs: list[dict]) -> None:
+    send_raw(
+        bootstrap, topic, [(str(o.get("id", "")).encode() or None, json.dumps(o).encode()) for o in objs]
+    )
+
+
+async def _collect(
+    bootstrap: str, topic: str, expected: int, timeout_s: float, settle_s: float, match
+) -> list[dict]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    out: list[dict] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        parts = None
+        while not parts and time.monotonic() < deadline:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                await asyncio.sleep(0.5)
+        if not parts:
+            return out
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        settle_until = None
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=300)
+            for records in batch.values():
+                out.extend(v for v in (json.loads(r.value) for r in records) if match(v))
+            if len(out) >= expected:
+                # Keep reading a little longer, so duplicates beyond the count would show.
+                settle_until = settle_until or time.monotonic() + settle_s
+                if time.monotonic() > settle_until:
+                    break
+        return out
+    finally:
+        await consumer.stop()
+
+
+def collect(
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    timeout_s: float = 90,
+    settle_s: float = 2.0,
+    match=lambda v: True,
+) -> list[dict]:
+    """Records of ``topic`` that ``match``, waiting until ``expected`` arrived (then ``settle_s`` more)."""
+    return asyncio.run(_collect(bootstrap, topic, expected, timeout_s, settle_s, match))

@@ -1,0 +1,68 @@
+"""The micro-batch logic: every message is scored or dead-lettered, even when scoring breaks."""
+
+import asyncio
+import json
+
+import numpy as np
+
+from models.scoring import Scores
+from schemas.messages import Origin
+from streams.pipeline import RawMessage, process_batch
+from streams.settings import Settings
+
+
+def fake_scores(texts):
+    n = len(texts)
+    return Scores(
+        labels=["a"] * n,
+        confidence=np.full(n, 0.9),
+        top_k_labels=[["a", "b"]] * n,
+        top_k_probs=np.tile([0.9, 0.1], (n, 1)),
+        ood_scores=np.zeros(n),
+        ood_threshold=0.5,
+    )
+
+
+def raw(i, value):
+    return RawMessage(key=str(i).encode(), value=value, origin=Origin("t", 0, i), timestamp_ms=1)
+
+
+def test_poison_message_is_isolated_and_the_rest_scored():
+    calls = []
+
+    async def score(texts):
+        calls.append(len(texts))
+        if "poison" in texts:
+            raise RuntimeError("model blew up")
+        return fake_scores(texts), "v9"
+
+    batch = [
+        raw(i, json.dumps({"id": f"m{i}", "text": "poison" if i == 3 else f"t{i}"}).encode())
+        for i in range(6)
+    ]
+    batch.append(raw(6, b"{broken"))
+    out = asyncio.run(process_batch(batch, score, Settings(score_retries=1)))
+    assert len(out.scored) + len(out.dead) == len(batch)
+    assert sorted(json.loads(v)["id"] for _, v in out.scored) == ["m0", "m1", "m2", "m4", "m5"]
+    reasons = sorted(json.loads(v)["reason"] for _, v in out.dead)
+    assert reasons == ["invalid_json", "scoring_failed"]
+    assert calls[:2] == [6, 6]  # the whole batch, then one retry, before going one by one
+    assert all(json.loads(v)["model_version"] == "v9" for _, v in out.scored)
+
+
+def test_transient_failure_is_retried_without_loss():
+    state = {"n": 0}
+
+    async def flaky(texts):
+        state["n"] += 1
+        if state["n"] == 1:
+            raise TimeoutError("transient")
+        return fake_scores(texts), "v1"
+
+    batch = [raw(i, json.dumps({"text": f"t{i}"}).encode()) for i in range(4)]
+    out = asyncio.run(process_batch(batch, flaky, Settings(score_retries=2)))
+    assert len(out.scored) == 4 and not out.dead and state["n"] == 2
+    rec = json.loads(out.scored[0][1])
+    assert rec["origin"] == {"topic": "t", "partition": 0, "offset": 0} and rec["id"] == "t-0-0"
+    assert rec["top_k"] == [{"label": "a", "prob": 0.9}, {"label": "b", "prob": 0.1}]
+    assert rec["is_ood"] is False and rec["latency_ms"] > 0

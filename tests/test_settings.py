@@ -1,0 +1,26 @@
+from pathlib import Path
+
+import pytest
+
+from streams.settings import Settings
+
+
+def test_env_then_overrides():
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "h:1", "STREAMSCORE_BATCH_WAIT_S": "0.2", "STREAMSCORE_REGISTRY": "/r"}
+    s = Settings.from_env(env, batch_wait_s=None, group_id="g")
+    assert (s.bootstrap_servers, s.batch_wait_s, s.registry, s.group_id) == ("h:1", 0.2, Path("/r"), "g")
+    assert (
+        Settings.from_env(
+            {"STREAMSCORE_BOOTSTRAP_SERVERS": "a:1", "KAFKA_BOOTSTRAP_SERVERS": "b:2"}
+        ).bootstrap_servers
+        == "a:1"
+    )
+
+
+def test_bad_values_are_explained():
+    with pytest.raises(ValueError, match="STREAMSCORE_BATCH_SIZE"):
+        Settings.from_env({"STREAMSCORE_BATCH_SIZE": "many"})
+    with pytest.raises(ValueError, match="topics must differ"):
+        Settings.from_env({}, scored_topic="texts")
+    with pytest.raises(ValueError, match="batch_size"):
+        Settings.from_env({}, batch_size=0)

@@ -1,0 +1,1 @@
+"""Training side of streamscore: data loading, fitting, evaluation and the model registry."""

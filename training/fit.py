@@ -1,0 +1,180 @@
+"""``streamscore train``: embed, fit head and OOD scorer, set the threshold, save, maybe promote."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.artifact import ArtifactError, ModelArtifact, load_artifact, save_artifact
+from models.embedder import DEFAULT_MODEL, Embedder
+from models.head import LinearHead
+from models.ood import OODScorer, ood_threshold
+from training.data import file_sha256, load_rows, training_splits
+from training.evaluate import evaluate_embeddings
+from training.registry import Registry
+
+
+@dataclass
+class TrainConfig:
+    """What ``train`` fits; defaults are the measured best (README, scoring quality)."""
+
+    ood_label: str = "oos"
+    embedder: str = DEFAULT_MODEL
+    ood_strategy: str = "energy"
+    head_c: float = 10.0
+    keep_in_dist: float = 0.95  # share of in-distribution validation texts that pass the OOD gate
+    val_fraction: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class TrainResult:
+    version: str
+    path: Path
+    metrics: dict[str, Any]
+    promoted: bool
+    decision: str
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "path": str(self.path),
+            "promoted": self.promoted,
+            "decision": self.decision,
+            "val": self.metrics,
+            "timings_s": self.timings_s,
+        }
+
+
+def _library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("numpy", "scikit-learn", "torch", "sentence-transformers", "transformers"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _say(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def decide_promotion(
+    new: dict[str, Any], current: dict[str, Any] | None, current_version: str | None, force: bool
+) -> tuple[bool, str]:
+    """Promote when the new model beats CURRENT on the same validation data (accuracy, then AUROC)."""
+    if current is None:
+        return True, "no serving model yet: promoted"
+    keys = ["accuracy"] + (["ood_auroc"] if "ood_auroc" in new and "ood_auroc" in current else [])
+    for key in keys:
+        diff = new[key] - current[key]
+        if abs(diff) > 1e-9:
+            verdict = diff > 0
+            text = (
+                f"{key} {new[key]:.4f} vs {current[key]:.4f} for {current_version} on the same "
+                f"validation data ({diff:+.4f})"
+            )
+            if verdict:
+                return True, f"promoted: {text}"
+            if force:
+                return True, f"promoted by --force although {text}"
+            return False, f"not promoted: {text}; use --force or `streamscore models promote`"
+    if force:
+        return True, f"promoted by --force; ties {current_version} on {', '.join(keys)}"
+    return False, f"not promoted: ties {current_version} on {', '.join(keys)}"
+
+
+def train(
+    data: str | Path,
+    registry: Registry,
+    config: TrainConfig | None = None,
+    *,
+    force: bool = False,
+    promote: bool = True,
+    quiet: bool = False,
+    embedder: Embedder | None = None,
+) -> TrainResult:
+    import time
+
+    cfg = config or TrainConfig()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    rows = load_rows(data)
+    splits = training_splits(rows, cfg.ood_label, cfg.val_fraction, cfg.seed)
+    if len({r.label for r in splits.train}) < 2:
+        raise ValueError(f"{data}: training needs at least two labels among its train rows")
+    _say(
+        f"training on {len(splits.train)} rows, validating on {len(splits.val)} ({splits.val_source}); "
+        f"{sum(r.label == cfg.ood_label for r in rows)} '{cfg.ood_label}' rows kept out of training",
+        quiet,
+    )
+    emb = embedder or Embedder.load(cfg.embedder, cfg.device)
+    progress = not quiet and sys.stderr.isatty()
+    texts = [r.text for r in splits.train + splits.val + splits.val_ood]
+    t = time.perf_counter()
+    X_all = emb.encode(texts, progress=progress)
+    timings["embed"] = time.perf_counter() - t
+    n_tr, n_va = len(splits.train), len(splits.val)
+    X_tr, X_va, X_vo = X_all[:n_tr], X_all[n_tr : n_tr + n_va], X_all[n_tr + n_va :]
+    y_tr = [r.label for r in splits.train]
+
+    t = time.perf_counter()
+    head = LinearHead.fit(X_tr, y_tr, c=cfg.head_c)
+    ood = OODScorer.fit(cfg.ood_strategy, X_tr, y_tr, head.labels)
+    timings["fit"] = time.perf_counter() - t
+    threshold = ood_threshold(ood.score(X_va, head), cfg.keep_in_dist)
+
+    version = registry.next_version()
+    manifest: dict[str, Any] = {
+        "version": version,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "embedder": {"name": emb.name, "revision": emb.revision, "dim": emb.dim},
+        "head": {"kind": "linear_softmax", "c": cfg.head_c},
+        "thresholds": {"ood": threshold, "keep_in_dist": cfg.keep_in_dist},
+        "training_data": {
+            "path": str(data),
+            "sha256": file_sha256(data),
+            "rows_train": n_tr,
+            "rows_val": n_va,
+            "rows_val_ood": len(splits.val_ood),
+            "val_source": splits.val_source,
+            "ood_label": cfg.ood_label,
+            "seed": cfg.seed,
+        },
+        "libraries": _library_versions(),
+    }
+    candidate = ModelArtifact(version, dict(manifest, labels=head.labels), head, ood)
+    val_labels = [r.label for r in splits.val + splits.val_ood]
+    X_val = np.concatenate([X_va, X_vo]) if len(X_vo) else X_va
+    metrics = evaluate_embeddings(candidate, X_val, val_labels, cfg.ood_label)
+    manifest["metrics"] = {"val": metrics}
+    path = save_artifact(registry.path_of(version), manifest, head, ood)
+    timings["total"] = time.perf_counter() - t0
+
+    current_version = registry.current()
+    current_metrics = None
+    if current_version is not None:
+        try:
+            current = load_artifact(registry.path_of(current_version))
+            current_metrics = evaluate_embeddings(current, X_val, val_labels, cfg.ood_label)
+        except ArtifactError as exc:
+            _say(f"serving model {current_version} cannot be loaded ({exc}); replacing it", quiet)
+            current_version = None
+    promoted, decision = decide_promotion(metrics, current_metrics, current_version, force)
+    if promoted and promote:
+        registry.set_current(version)
+    elif not promote:
+        promoted, decision = False, "not promoted: --no-promote"
+    _say(f"{version}: {decision}", quiet)
+    return TrainResult(version, path, metrics, promoted, decision, timings)
