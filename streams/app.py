@@ -10,34 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 
-from models.scoring import Scorer, Scores
 from schemas.messages import Origin
 from streams.pipeline import BatchOutput, RawMessage, process_batch
+from streams.serving import ModelHolder
 from streams.settings import Settings
 
 log = logging.getLogger("streamscore.worker")
-
-
-@dataclass
-class ModelHolder:
-    """The scorer in service. Model calls run on one thread so the event loop keeps beating."""
-
-    scorer: Scorer
-    executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
-    )
-
-    async def score(self, texts: list[str]) -> tuple[Scores, str]:
-        scorer = self.scorer  # one model for the whole batch, even if it is swapped meanwhile
-        loop = asyncio.get_running_loop()
-        scores = await loop.run_in_executor(self.executor, scorer.score, texts)
-        return scores, scorer.version
 
 
 def create_app(settings: Settings, bootstrap_servers: str, holder: ModelHolder) -> faust.App:
@@ -93,5 +75,12 @@ def create_app(settings: Settings, bootstrap_servers: str, holder: ModelHolder) 
             await produce(out)
             if out.dead:
                 log.info("dead-lettered %d of %d messages: %s", len(out.dead), len(batch), dict(out.reasons))
+
+    @app.timer(interval=settings.reload_interval_s)
+    async def follow_current_model() -> None:
+        try:
+            await holder.follow_registry()
+        except Exception:  # a timer that raises would stop following; log and try next tick
+            log.exception("checking the registry for a new model failed")
 
     return app

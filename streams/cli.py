@@ -245,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dlq-topic", dest="dlq_topic", default=None)
     sp.add_argument("--partitions", type=int, default=None)
     sp.add_argument("--group-id", dest="group_id", default=None)
+    sp.add_argument(
+        "--reload-interval",
+        dest="reload_interval_s",
+        type=float,
+        default=None,
+        help="seconds between CURRENT checks",
+    )
     sp.set_defaults(func=cmd_worker)
 
     sp = sub.add_parser("produce", help="send texts (JSONL or plain lines) to the input topic")

@@ -60,7 +60,7 @@ def ensure_model(settings: Settings) -> str:
         from training.fit import train
 
         print(
-            f"[demo] no model in {settings.registry}: training the default model on {DEMO_DATA.name} (about a minute)",
+            f"[demo] no model in {settings.registry}: training the default model on {DEMO_DATA.name} (about two minutes on 2 cores)",
             flush=True,
         )
         result = train(DEMO_DATA, registry)

@@ -36,6 +36,7 @@ class Settings:
     max_message_bytes: int = 1_000_000
     score_retries: int = 2  # retries of a failing batch before its messages are dead-lettered
     top_k: int = 3
+    reload_interval_s: float = 2.0  # how often the worker checks the registry's CURRENT
     log_level: str = "info"
 
     @classmethod

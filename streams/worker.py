@@ -8,8 +8,9 @@ import sys
 
 from models.embedder import Embedder
 from models.scoring import Scorer
-from streams.app import ModelHolder, create_app
+from streams.app import create_app
 from streams.broker import bootstrap_or_embedded
+from streams.serving import ModelHolder
 from streams.settings import Settings
 from streams.topics import ensure_topics, topic_plan
 from training.registry import Registry
@@ -30,7 +31,9 @@ def run_worker(settings: Settings) -> int:
     with bootstrap_or_embedded(settings.bootstrap_servers) as bootstrap:
         asyncio.run(ensure_topics(bootstrap, topic_plan(settings)))
         asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed the last one
-        app = create_app(settings, bootstrap, ModelHolder(scorer))
+        # A pinned --model never changes; otherwise follow the registry's CURRENT pointer.
+        follow = None if settings.model else Registry(settings.registry)
+        app = create_app(settings, bootstrap, ModelHolder(scorer, follow))
         print(
             f"streamscore worker: model {scorer.version} ({scorer.embedder.name} on "
             f"{scorer.embedder.device}), {settings.input_topic} → {settings.scored_topic} "

@@ -1,0 +1,72 @@
+"""The model in service, and switching to a newly promoted one between two batches.
+
+The worker follows the registry's CURRENT pointer. A new version is loaded and checked off the
+event loop; only when it loads cleanly does it replace the scorer, in one assignment, so every
+batch is scored by exactly one version and every output names it. A broken artifact is refused
+once, loudly, and the worker keeps serving what it had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from models.artifact import ArtifactError
+from models.embedder import Embedder
+from models.scoring import Scorer, Scores
+from training.registry import Registry
+
+log = logging.getLogger("streamscore.worker")
+
+
+@dataclass
+class ModelHolder:
+    """The scorer in service; ``registry`` set means: follow its CURRENT pointer."""
+
+    scorer: Scorer
+    registry: Registry | None = None
+    refused: dict[tuple[str, float], str] = field(default_factory=dict)
+    # One thread for model work: calls stay ordered and the event loop keeps heartbeating.
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
+    )
+
+    @property
+    def version(self) -> str:
+        return self.scorer.version
+
+    async def score(self, texts: list[str]) -> tuple[Scores, str]:
+        scorer = self.scorer  # one model for the whole call, even if swapped meanwhile
+        scores = await asyncio.get_running_loop().run_in_executor(self.executor, scorer.score, texts)
+        return scores, scorer.version
+
+    async def follow_registry(self) -> str | None:
+        """Switch to CURRENT if it changed and loads cleanly; returns the new version, if any."""
+        if self.registry is None:
+            return None
+        wanted = self.registry.current()  # a tiny file: cheap enough for the event loop
+        if wanted is None or wanted == self.scorer.version:
+            return None
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._switch_to, wanted)
+
+    def _switch_to(self, wanted: str) -> str | None:
+        assert self.registry is not None
+        manifest = self.registry.path_of(wanted) / "manifest.json"
+        key = (wanted, manifest.stat().st_mtime if manifest.exists() else 0.0)
+        if key in self.refused:
+            return None
+        try:
+            artifact = self.registry.load(wanted)
+            embedder = self.scorer.embedder
+            if artifact.embedder_name != embedder.name:
+                embedder = Embedder.load(artifact.embedder_name, embedder.device, embedder.batch_size)
+            new = Scorer.load(artifact, embedder, self.scorer.top_k)
+        except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
+            self.refused[key] = str(exc)
+            log.error("refusing model %s: %s; still serving %s", wanted, exc, self.scorer.version)
+            return None
+        old, self.scorer = self.scorer.version, new
+        log.info("now serving model %s (was %s)", new.version, old)
+        return new.version
