@@ -23,7 +23,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy streams models schemas training
+	$(VENV)/bin/mypy streams models schemas training benchmarks
 
 clean:
 	rm -rf $(VENV) artifacts

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from models.drift import DriftCalibration
 from models.head import LinearHead
 from models.ood import OODScorer
 
@@ -36,6 +37,7 @@ class ModelArtifact:
     head: LinearHead
     ood: OODScorer
     path: Path | None = None
+    drift: DriftCalibration | None = None
 
     @property
     def ood_threshold(self) -> float:
@@ -43,7 +45,11 @@ class ModelArtifact:
 
     @property
     def embedder_name(self) -> str:
-        return str(self.manifest["embedder"]["name"])
+        """What to load the encoder from: the artifact's own fine-tuned copy, else the named model."""
+        emb = self.manifest["embedder"]
+        if emb.get("path") and self.path is not None:
+            return str(self.path / emb["path"])
+        return str(emb["name"])
 
     @property
     def dim(self) -> int:
@@ -63,8 +69,23 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(f, allow_pickle=False, **arrays)
 
 
-def save_artifact(directory: Path, manifest: dict[str, Any], head: LinearHead, ood: OODScorer) -> Path:
-    """Write an artifact atomically: into a temporary folder, then renamed into place."""
+ENCODER_DIR = "encoder"
+# Weight formats that unpickle on load: an artifact may not contain them.
+UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
+
+
+def save_artifact(
+    directory: Path,
+    manifest: dict[str, Any],
+    head: LinearHead,
+    ood: OODScorer,
+    encoder: Any = None,
+    drift: DriftCalibration | None = None,
+) -> Path:
+    """Write an artifact atomically: into a temporary folder, then renamed into place.
+
+    ``encoder`` is a fine-tuned SentenceTransformer to ship inside the artifact (safetensors).
+    """
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp")
     if tmp.exists():
@@ -73,10 +94,17 @@ def save_artifact(directory: Path, manifest: dict[str, Any], head: LinearHead, o
     _save_npz(tmp / "head.npz", head.to_arrays())
     _save_npz(tmp / "ood.npz", ood.arrays)
     full = dict(manifest)
+    if drift is not None:
+        _save_npz(tmp / "drift.npz", drift.arrays())
+        full["drift"] = drift.to_json()
+    if encoder is not None:
+        encoder.save(str(tmp / ENCODER_DIR), create_model_card=False, safe_serialization=True)
+        full["embedder"] = dict(full["embedder"], path=ENCODER_DIR)
     full["format_version"] = FORMAT_VERSION
     full["labels"] = head.labels
     full["ood"] = {"strategy": ood.strategy, "params": ood.params}
-    full["files"] = {name: sha256_file(tmp / name) for name in ("head.npz", "ood.npz")}
+    files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+    full["files"] = {name: sha256_file(tmp / name) for name in files}
     with open(tmp / MANIFEST, "w") as f:
         json.dump(full, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -107,6 +135,18 @@ def load_artifact(directory: Path) -> ModelArtifact:
             f"{directory}: artifact format {manifest.get('format_version')!r}, this streamscore "
             f"reads format {FORMAT_VERSION}"
         )
+    listed = set(manifest["files"])
+    present = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()} - {MANIFEST}
+    for name in sorted(listed | present):
+        if name.endswith(UNSAFE_SUFFIXES):
+            raise ArtifactError(
+                f"{directory}: {name} is a pickle-based format; artifacts must not contain one"
+            )
+    if present - listed:
+        raise ArtifactError(
+            f"{directory}: files not in the manifest: {', '.join(sorted(present - listed))}; "
+            "an artifact is not edited in place: retrain or restore it"
+        )
     for name, digest in manifest["files"].items():
         fpath = directory / name
         if not fpath.is_file():
@@ -120,6 +160,9 @@ def load_artifact(directory: Path) -> ModelArtifact:
         head = LinearHead.from_arrays(manifest["labels"], _load_npz(directory / "head.npz"))
         ood_meta = manifest["ood"]
         ood = OODScorer(ood_meta["strategy"], _load_npz(directory / "ood.npz"), dict(ood_meta["params"]))
+        drift = None
+        if "drift" in manifest:
+            drift = DriftCalibration.from_parts(manifest["drift"], _load_npz(directory / "drift.npz"))
     except (ValueError, KeyError, OSError) as exc:
         raise ArtifactError(f"{directory}: arrays do not load ({exc}); retrain the model") from exc
     dim = int(manifest["embedder"].get("dim", -1))
@@ -129,5 +172,5 @@ def load_artifact(directory: Path) -> ModelArtifact:
             f"says the embedder gives {dim}"
         )
     return ModelArtifact(
-        version=str(manifest["version"]), manifest=manifest, head=head, ood=ood, path=directory
+        version=str(manifest["version"]), manifest=manifest, head=head, ood=ood, path=directory, drift=drift
     )

@@ -13,6 +13,7 @@ from typing import Any
 
 from models.artifact import ArtifactError
 from streams.settings import Settings
+from training.fit import TrainConfig
 
 
 def _emit(obj: dict[str, Any], as_json: bool) -> None:
@@ -59,6 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         embedder=args.embedder,
         ood_strategy=args.ood_strategy,
         head_c=args.head_c,
+        finetune_epochs=args.finetune_epochs,
         keep_in_dist=args.keep,
         seed=args.seed,
         device=args.device or "auto",
@@ -174,6 +176,34 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drift_eval(args: argparse.Namespace) -> int:
+    from models.embedder import Embedder
+    from training.drift_eval import drift_eval, load_signals
+    from training.registry import Registry
+
+    artifact = Registry(args.registry).load(args.model)
+    if artifact.drift is None:
+        raise ArtifactError(
+            f"model {artifact.version} has no drift calibration: retrain it with `streamscore train`"
+        )
+    embedder = Embedder.load(artifact.embedder_name, args.device or "auto")
+    cache = Path(args.registry or "artifacts") / "cache"
+    ins = load_signals(artifact, embedder, args.in_file, cache, args.in_split, args.ood_label, want_ood=False)
+    shift = load_signals(
+        artifact, embedder, args.shift, cache, args.shift_split, args.ood_label, want_ood=True
+    )
+    result = drift_eval(artifact, ins, shift, seeds=args.seeds)
+    if args.json:
+        _emit(result, True)
+        return 0
+    keys = ("false_alarms_per_10k", "median_delay", "p90_delay", "missed_rate")
+    for scenario, detectors in result["scenarios"].items():
+        print(scenario)
+        for name, m in detectors.items():
+            print(f"  {name:18s} " + "  ".join(f"{k}={m[k]}" for k in keys))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
@@ -214,7 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--ood-strategy", default="energy", help="energy, msp, mahalanobis, relative_mahalanobis, knn"
     )
-    sp.add_argument("--head-c", type=float, default=10.0, help="inverse L2 strength of the head")
+    sp.add_argument(
+        "--head-c",
+        type=float,
+        default=None,
+        help="inverse L2 strength of the head (default: chosen on validation)",
+    )
+    sp.add_argument(
+        "--finetune-epochs",
+        type=float,
+        default=TrainConfig.finetune_epochs,
+        help="epochs of encoder fine-tuning before the head is fitted (0: frozen encoder, fastest)",
+    )
     sp.add_argument(
         "--keep", type=float, default=0.95, help="share of in-distribution val texts the OOD gate passes"
     )
@@ -276,6 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("action", nargs="?", choices=["list", "promote", "rollback"], default="list")
     sp.add_argument("version", nargs="?")
     sp.set_defaults(func=cmd_models)
+
+    sp = sub.add_parser("drift-eval", help="false alarms and detection delays of the drift detectors")
+    common(sp, as_json=True)
+    sp.add_argument("--model", default=None)
+    sp.add_argument("--in", dest="in_file", required=True, help="held-out in-distribution texts")
+    sp.add_argument("--in-split", default="test", help="rows of --in with this split ('any' for all)")
+    sp.add_argument(
+        "--shift", required=True, help="shifted texts (its --ood-label rows if it has any, else all)"
+    )
+    sp.add_argument("--shift-split", default="any")
+    sp.add_argument("--ood-label", default="oos")
+    sp.add_argument("--seeds", type=int, default=10, help="repetitions of each scenario")
+    sp.add_argument("--device", default=None)
+    sp.set_defaults(func=cmd_drift_eval)
 
     sp = sub.add_parser("demo", help="broker + model + worker + a demo stream with a drift phase")
     common(sp, kafka=True)

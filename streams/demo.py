@@ -57,13 +57,14 @@ def demo_stream(
 def ensure_model(settings: Settings) -> str:
     registry = Registry(settings.registry)
     if registry.current() is None:
-        from training.fit import train
+        from training.fit import TrainConfig, train
 
         print(
-            f"[demo] no model in {settings.registry}: training the default model on {DEMO_DATA.name} (about two minutes on 2 cores)",
+            f"[demo] no model in {settings.registry}: training a quick model (frozen encoder) on "
+            f"{DEMO_DATA.name}, about two minutes on 2 cores; `streamscore train` fine-tunes the best one",
             flush=True,
         )
-        result = train(DEMO_DATA, registry)
+        result = train(DEMO_DATA, registry, TrainConfig(finetune_epochs=0))
         print(f"[demo] {result.version}: validation accuracy {result.metrics['accuracy']:.3f}", flush=True)
     current = registry.current()
     assert current is not None

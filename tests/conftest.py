@@ -19,8 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from training.fit import TrainConfig
+
 ROOT = Path(__file__).resolve().parent.parent
 CLINC = ROOT / "datasets" / "clinc150" / "clinc150_full.jsonl"
+# Most tests need a model, not the best model: skip encoder fine-tuning to keep the suite fast.
+FROZEN = TrainConfig(finetune_epochs=0, drift_ert=1_000)
 
 
 def _docker_answers() -> bool:
@@ -83,7 +87,7 @@ def trained_registry(tmp_path_factory: pytest.TempPathFactory, small_data: Path,
     from training.registry import Registry
 
     root = tmp_path_factory.mktemp("registry")
-    train(small_data, Registry(root), quiet=True, embedder=embedder)
+    train(small_data, Registry(root), FROZEN, quiet=True, embedder=embedder)
     return root
 
 

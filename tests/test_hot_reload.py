@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from tests.conftest import small_clinc_rows, start_worker, stop_worker
+from tests.conftest import FROZEN, small_clinc_rows, start_worker, stop_worker
 from tests.kafka_helpers import collect, send_json
 from training.fit import train
 from training.registry import Registry
@@ -29,7 +29,7 @@ def test_hot_swap_under_live_stream_then_refuse_broken_model(
     shutil.copytree(trained_registry, root)
     reg = Registry(root)
     first = reg.current()
-    second = train(small_data, reg, quiet=True, embedder=embedder, promote=False)
+    second = train(small_data, reg, FROZEN, quiet=True, embedder=embedder, promote=False)
     assert not second.promoted and reg.current() == first
     w = start_worker(kafka, root, tmp_path, reload_interval="0.5")
     try:

@@ -10,6 +10,7 @@ import pytest
 
 from models.artifact import ArtifactError, load_artifact
 from models.ood import STRATEGIES, OODScorer
+from tests.conftest import FROZEN
 from training.data import DataError, load_rows, training_splits
 from training.evaluate import evaluate_rows
 from training.fit import decide_promotion, train
@@ -123,10 +124,10 @@ def test_csv_training_and_promotion_rules(tmp_path, small_data, embedder):
         w.writeheader()
         w.writerows(rows)
     reg = Registry(tmp_path / "reg")
-    first = train(csv_path, reg, quiet=True, embedder=embedder)
+    first = train(csv_path, reg, FROZEN, quiet=True, embedder=embedder)
     assert first.promoted and reg.current() == first.version == "v0001"
     # Same data, same seed: ties the serving model, so it is not promoted...
-    second = train(csv_path, reg, quiet=True, embedder=embedder)
+    second = train(csv_path, reg, FROZEN, quiet=True, embedder=embedder)
     assert not second.promoted and "ties" in second.decision and reg.current() == "v0001"
     # A model trained on half-scrambled labels loses on the same validation rows: refused.
     rng = random.Random(1)
@@ -142,10 +143,10 @@ def test_csv_training_and_promotion_rules(tmp_path, small_data, embedder):
         w = csv.DictWriter(f, ["text", "label", "split"], extrasaction="ignore")
         w.writeheader()
         w.writerows(noisy)
-    weak = train(noisy_path, reg, quiet=True, embedder=embedder)
+    weak = train(noisy_path, reg, FROZEN, quiet=True, embedder=embedder)
     assert not weak.promoted and "accuracy" in weak.decision and reg.current() == "v0001"
     # ...unless forced.
-    forced = train(csv_path, reg, quiet=True, embedder=embedder, force=True)
+    forced = train(csv_path, reg, FROZEN, quiet=True, embedder=embedder, force=True)
     assert forced.promoted and reg.current() == forced.version
     assert reg.rollback() == "v0001" and reg.current() == "v0001"
 

@@ -64,5 +64,18 @@ def evaluate_rows(
     ood_label: str = "oos",
     progress: bool = False,
 ) -> dict[str, Any]:
+    import time
+
+    t = time.perf_counter()
     X = embedder.encode([r.text for r in rows], progress=progress)
-    return evaluate_embeddings(artifact, X, [r.label for r in rows], ood_label)
+    encode_s = time.perf_counter() - t
+    t = time.perf_counter()
+    score_embeddings(artifact, X)
+    head_s = time.perf_counter() - t
+    out = evaluate_embeddings(artifact, X, [r.label for r in rows], ood_label)
+    # Cost per message: the encoder dominates; head + OOD is what a strategy adds.
+    out["ms_per_text_encode"] = 1000 * encode_s / len(rows)
+    out["ms_per_text_head_ood"] = 1000 * head_s / len(rows)
+    out["finetuned_encoder"] = bool(artifact.manifest["embedder"].get("finetuned"))
+    out["ood_strategy"] = artifact.ood.strategy
+    return out

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import platform
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -13,12 +14,32 @@ from typing import Any
 import numpy as np
 
 from models.artifact import ArtifactError, ModelArtifact, load_artifact, save_artifact
-from models.embedder import DEFAULT_MODEL, Embedder
+from models.drift import calibrate_drift
+from models.embedder import DEFAULT_MODEL, Embedder, resolve_model_path
 from models.head import LinearHead
 from models.ood import OODScorer, ood_threshold
 from training.data import file_sha256, load_rows, training_splits
 from training.evaluate import evaluate_embeddings
+from training.finetune import FinetuneConfig, finetune_encoder
 from training.registry import Registry
+
+HEAD_C_GRID = (3.0, 10.0, 30.0, 100.0)
+
+
+def fit_head(
+    X_tr: np.ndarray, y_tr: list[str], X_va: np.ndarray, y_va: list[str], c: float | None
+) -> tuple[LinearHead, dict[str, float]]:
+    """Fit the head; with ``c`` None, fit each C of the grid and keep the best on validation.
+
+    Ties go to the smaller C (the stronger regularisation).
+    """
+    if c is not None:
+        return LinearHead.fit(X_tr, y_tr, c=c), {"chosen": c}
+    fitted = [LinearHead.fit(X_tr, y_tr, c=grid_c) for grid_c in HEAD_C_GRID]
+    accuracy = [float(np.mean(np.array(h.predict(X_va)) == np.array(y_va))) for h in fitted]
+    best = max(range(len(fitted)), key=lambda i: (accuracy[i], -i))
+    report = {f"{grid_c:g}": acc for grid_c, acc in zip(HEAD_C_GRID, accuracy, strict=True)}
+    return fitted[best], {**report, "chosen": HEAD_C_GRID[best]}
 
 
 @dataclass
@@ -28,7 +49,9 @@ class TrainConfig:
     ood_label: str = "oos"
     embedder: str = DEFAULT_MODEL
     ood_strategy: str = "energy"
-    head_c: float = 10.0
+    head_c: float | None = None  # None: pick from HEAD_C_GRID by validation accuracy
+    finetune_epochs: float = 2.0  # 0: keep the encoder frozen
+    drift_ert: float = 10_000.0  # messages between false drift alarms, all detectors together
     keep_in_dist: float = 0.95  # share of in-distribution validation texts that pass the OOD gate
     val_fraction: float = 0.1
     seed: int = 0
@@ -43,9 +66,11 @@ class TrainResult:
     promoted: bool
     decision: str
     timings_s: dict[str, float] = field(default_factory=dict)
+    compared_with: dict[str, Any] | None = None  # CURRENT's metrics on the same validation rows
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "compared_with": self.compared_with,
             "version": self.version,
             "path": str(self.path),
             "promoted": self.promoted,
@@ -121,26 +146,51 @@ def train(
     )
     emb = embedder or Embedder.load(cfg.embedder, cfg.device)
     progress = not quiet and sys.stderr.isatty()
+    y_tr = [r.label for r in splits.train]
+    finetune_info = None
+    if cfg.finetune_epochs > 0:
+        emb = copy.deepcopy(emb)  # never change a caller's (or a cached) encoder in place
+        _say(f"fine-tuning {emb.name} for {cfg.finetune_epochs:g} epoch(s) on {len(y_tr)} texts", quiet)
+        t = time.perf_counter()
+        ft_cfg = FinetuneConfig(epochs=cfg.finetune_epochs, seed=cfg.seed)
+        finetune_info = {
+            **asdict(ft_cfg),
+            **finetune_encoder(emb, [r.text for r in splits.train], y_tr, ft_cfg, progress),
+        }
+        timings["finetune"] = time.perf_counter() - t
     texts = [r.text for r in splits.train + splits.val + splits.val_ood]
     t = time.perf_counter()
     X_all = emb.encode(texts, progress=progress)
     timings["embed"] = time.perf_counter() - t
     n_tr, n_va = len(splits.train), len(splits.val)
     X_tr, X_va, X_vo = X_all[:n_tr], X_all[n_tr : n_tr + n_va], X_all[n_tr + n_va :]
-    y_tr = [r.label for r in splits.train]
 
     t = time.perf_counter()
-    head = LinearHead.fit(X_tr, y_tr, c=cfg.head_c)
+    head, c_search = fit_head(X_tr, y_tr, X_va, [r.label for r in splits.val], cfg.head_c)
     ood = OODScorer.fit(cfg.ood_strategy, X_tr, y_tr, head.labels)
     timings["fit"] = time.perf_counter() - t
-    threshold = ood_threshold(ood.score(X_va, head), cfg.keep_in_dist)
+    val_ood_scores = ood.score(X_va, head)
+    threshold = ood_threshold(val_ood_scores, cfg.keep_in_dist)
+    t = time.perf_counter()
+    val_probs = head.predict_proba(X_va)
+    drift = calibrate_drift(
+        X_tr,
+        X_va,
+        val_ood_scores,
+        val_probs.max(axis=1),
+        val_probs.argmax(axis=1),
+        len(head.labels),
+        ert=cfg.drift_ert,
+        seed=cfg.seed,
+    )
+    timings["drift_calibration"] = time.perf_counter() - t
 
     version = registry.next_version()
     manifest: dict[str, Any] = {
         "version": version,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "embedder": {"name": emb.name, "revision": emb.revision, "dim": emb.dim},
-        "head": {"kind": "linear_softmax", "c": cfg.head_c},
+        "embedder": {"name": emb.name, "revision": emb.revision, "dim": emb.dim, "finetuned": finetune_info},
+        "head": {"kind": "linear_softmax", "c": c_search["chosen"], "val_accuracy_by_c": c_search},
         "thresholds": {"ood": threshold, "keep_in_dist": cfg.keep_in_dist},
         "training_data": {
             "path": str(data),
@@ -159,7 +209,8 @@ def train(
     X_val = np.concatenate([X_va, X_vo]) if len(X_vo) else X_va
     metrics = evaluate_embeddings(candidate, X_val, val_labels, cfg.ood_label)
     manifest["metrics"] = {"val": metrics}
-    path = save_artifact(registry.path_of(version), manifest, head, ood)
+    encoder = emb.model if finetune_info else None
+    path = save_artifact(registry.path_of(version), manifest, head, ood, encoder=encoder, drift=drift)
     timings["total"] = time.perf_counter() - t0
 
     current_version = registry.current()
@@ -167,8 +218,13 @@ def train(
     if current_version is not None:
         try:
             current = load_artifact(registry.path_of(current_version))
-            current_metrics = evaluate_embeddings(current, X_val, val_labels, cfg.ood_label)
-        except ArtifactError as exc:
+            # Compare on the same rows, each model through its own encoder.
+            X_cur = X_val
+            if finetune_info or resolve_model_path(current.embedder_name) != resolve_model_path(emb.name):
+                cur_emb = Embedder.load(current.embedder_name, cfg.device)
+                X_cur = cur_emb.encode([r.text for r in splits.val + splits.val_ood], progress=progress)
+            current_metrics = evaluate_embeddings(current, X_cur, val_labels, cfg.ood_label)
+        except (ArtifactError, RuntimeError) as exc:
             _say(f"serving model {current_version} cannot be loaded ({exc}); replacing it", quiet)
             current_version = None
     promoted, decision = decide_promotion(metrics, current_metrics, current_version, force)
@@ -177,4 +233,5 @@ def train(
     elif not promote:
         promoted, decision = False, "not promoted: --no-promote"
     _say(f"{version}: {decision}", quiet)
-    return TrainResult(version, path, metrics, promoted, decision, timings)
+    compared = {"version": current_version, "val": current_metrics} if current_metrics else None
+    return TrainResult(version, path, metrics, promoted, decision, timings, compared)

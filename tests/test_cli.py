@@ -1,0 +1,68 @@
+"""The CLI as a user runs it: registry listing, promotion, rollback, errors that say what to do."""
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def cli(*args, check=True):
+    proc = subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args], capture_output=True, text=True, cwd=ROOT
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_models_list_promote_rollback(trained_registry, tmp_path):
+    import shutil
+
+    root = tmp_path / "reg"
+    shutil.copytree(trained_registry, root)
+    v1 = (root / "models" / "CURRENT").read_text().strip()
+    # A second version, registered but not serving.
+    v2 = "v0002"
+    shutil.copytree(root / "models" / v1, root / "models" / v2)
+    manifest = json.loads((root / "models" / v2 / "manifest.json").read_text())
+    manifest["version"] = v2
+    (root / "models" / v2 / "manifest.json").write_text(json.dumps(manifest))
+
+    listing = json.loads(cli("models", "--registry", str(root), "--json").stdout.strip().splitlines()[-1])
+    assert listing["current"] == v1
+    assert [(r["version"], r["current"]) for r in listing["versions"]] == [(v1, True), (v2, False)]
+    assert listing["versions"][0]["val"]["accuracy"] > 0.5
+
+    assert (
+        "*" in [line for line in cli("models", "--registry", str(root)).stdout.splitlines() if v1 in line][0]
+    )
+    cli("models", "promote", v2, "--registry", str(root))
+    assert (root / "models" / "CURRENT").read_text().strip() == v2
+    out = cli("models", "rollback", "--registry", str(root)).stdout
+    assert v1 in out and (root / "models" / "CURRENT").read_text().strip() == v1
+
+
+def test_promoting_a_broken_version_is_refused(trained_registry, tmp_path):
+    import shutil
+
+    root = tmp_path / "reg"
+    shutil.copytree(trained_registry, root)
+    v1 = (root / "models" / "CURRENT").read_text().strip()
+    shutil.copytree(root / "models" / v1, root / "models" / "v0005")
+    (root / "models" / "v0005" / "ood.npz").unlink()
+    proc = cli("models", "promote", "v0005", "--registry", str(root), check=False)
+    assert proc.returncode == 2 and "ood.npz" in proc.stderr and "missing" in proc.stderr
+    assert (root / "models" / "CURRENT").read_text().strip() == v1
+
+
+def test_no_model_says_how_to_train(tmp_path):
+    proc = cli(
+        "evaluate",
+        "--registry",
+        str(tmp_path),
+        "--data",
+        str(ROOT / "datasets/clinc150/clinc150_full.jsonl"),
+        check=False,
+    )
+    assert proc.returncode == 2 and "streamscore train" in proc.stderr

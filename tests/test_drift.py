@@ -1,0 +1,164 @@
+"""Drift detectors: calibrated on a stationary sample, they respect the ERT on new stationary
+streams (within the statistical margin) and fire on shifted ones."""
+
+import numpy as np
+import pytest
+
+from models.drift import (
+    ConfidenceDrop,
+    EmbeddingShift,
+    LabelShift,
+    OodCusum,
+    Signal,
+    calibrate_confidence_drop,
+    calibrate_cusum,
+    calibrate_embedding_shift,
+    calibrate_label_shift,
+)
+
+ERT = 2_000
+
+
+def _poisson_ok(alarms: int, n: int, ert: float) -> bool:
+    """Within a generous band around the expected count (calibration error + Poisson noise)."""
+    expected = n / ert
+    return 0.3 * expected - 3 <= alarms <= 2.0 * expected + 3 * np.sqrt(expected) + 2
+
+
+def _sig(ood=0.0, conf=0.9, label=0, proj=(0.0,)):
+    return Signal(ood, conf, label, proj)
+
+
+def test_cusum_respects_ert_and_fires_on_shift():
+    rng = np.random.default_rng(0)
+    ref = rng.gumbel(size=4000)  # skewed like real OOD scores
+    mean, std, h = calibrate_cusum(ref, ERT, seed=1)
+    det = OodCusum(mean, std, h)
+    n = 100_000
+    alarms = sum(det.update_value(x) for x in rng.choice(ref, n))
+    assert _poisson_ok(alarms, n, ERT), alarms
+    det = OodCusum(mean, std, h)
+    shifted = rng.gumbel(loc=3.0, size=200)
+    first = next(i for i, x in enumerate(shifted) if det.update_value(x))
+    assert first < 30
+
+
+def test_label_shift_respects_ert_and_fires_on_new_mix():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 20, 3000)
+    prior, th = calibrate_label_shift(labels, 20, ERT, window=200, every=10, seed=3)
+    det = LabelShift(threshold=th, window=200, every=10, prior=prior)
+    n = 60_000
+    alarms = sum(det.update(_sig(label=int(x))) for x in rng.choice(labels, n))
+    assert _poisson_ok(alarms, n, ERT), alarms
+    det = LabelShift(threshold=th, window=200, every=10, prior=prior)
+    skewed = rng.choice([0, 1, 2], size=1000)
+    first = next(i for i, x in enumerate(skewed) if det.update(_sig(label=int(x))))
+    assert first < 300
+
+
+def test_embedding_shift_respects_ert_and_fires_on_moved_mean():
+    rng = np.random.default_rng(4)
+    P = rng.normal(size=(3000, 4))
+    mean, prec, th = calibrate_embedding_shift(P, ERT, window=100, every=5, seed=5)
+    det = EmbeddingShift(threshold=th, window=100, every=5, mean=mean, precision=prec)
+    n = 60_000
+    alarms = sum(det.update(_sig(proj=tuple(p))) for p in P[rng.integers(0, 3000, n)])
+    assert _poisson_ok(alarms, n, ERT), alarms
+    det = EmbeddingShift(threshold=th, window=100, every=5, mean=mean, precision=prec)
+    moved = rng.normal(loc=0.8, size=(500, 4))
+    first = next(i for i, p in enumerate(moved) if det.update(_sig(proj=tuple(p))))
+    assert first < 150
+
+
+def test_river_page_hinkley_is_calibrated_and_fires_on_falling_confidence():
+    rng = np.random.default_rng(6)
+    conf = rng.beta(8, 2, 3000)
+    th = calibrate_confidence_drop(conf, ERT, seed=7)
+    det = ConfidenceDrop(th)
+    n = 60_000
+    alarms = sum(det.update(_sig(conf=float(c))) for c in rng.choice(conf, n))
+    assert _poisson_ok(alarms, n, ERT), alarms
+    det = ConfidenceDrop(th)
+    for c in rng.choice(conf, 500):
+        det.update(_sig(conf=float(c)))
+    low = rng.beta(2, 2, 1000)
+    assert any(det.update(_sig(conf=float(c))) for c in low)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: OodCusum(0.0, 1.0, 5.0),
+        lambda: ConfidenceDrop(3.0),
+        lambda: LabelShift(threshold=50.0, window=50, every=5, prior=np.full(5, 0.2)),
+        lambda: EmbeddingShift(threshold=20.0, window=30, every=5, mean=np.zeros(2), precision=np.eye(2)),
+    ],
+)
+def test_state_round_trip_continues_identically(make):
+    import json
+
+    rng = np.random.default_rng(8)
+    sigs = [
+        _sig(float(rng.normal()), float(rng.random()), int(rng.integers(0, 5)), tuple(rng.normal(size=2)))
+        for _ in range(400)
+    ]
+    a, b = make(), make()
+    for s in sigs[:200]:
+        a.update(s)
+    b.load_state(json.loads(json.dumps(a.state())))  # the state survives JSON, as in a snapshot
+    out_a = [a.update(s) for s in sigs[200:]]
+    out_b = [b.update(s) for s in sigs[200:]]
+    assert out_a == out_b and a.statistic == pytest.approx(b.statistic)
+
+
+def test_calibration_ships_in_artifact_and_drift_eval_reports_every_scenario(trained_registry, small_data):
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from training.registry import Registry
+
+    art = Registry(trained_registry).load()
+    assert art.drift is not None and art.drift.ert == 1_000
+    names = [d.name for d in art.drift.detectors()]
+    assert names == ["ood_cusum", "confidence_drop", "label_shift", "embedding_shift"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streams.cli",
+            "drift-eval",
+            "--registry",
+            str(trained_registry),
+            "--in",
+            str(small_data),
+            "--shift",
+            str(small_data),
+            "--seeds",
+            "3",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["ert"] == 1_000 and set(out["scenarios"]) == {
+        "stationary",
+        "abrupt",
+        "mixture_20",
+        "label_shift",
+    }
+    for scenario in out["scenarios"].values():
+        assert set(scenario) == {"combined", "baseline", *names}
+        for m in scenario.values():
+            assert set(m) == {"false_alarms_per_10k", "median_delay", "p90_delay", "missed_rate", "runs"}
+            assert m["runs"] == 3
+    abrupt = out["scenarios"]["abrupt"]["combined"]
+    assert abrupt["missed_rate"] == 0 and abrupt["median_delay"] < 100
+    assert out["scenarios"]["stationary"]["combined"]["median_delay"] is None
+    # Calibrated for one false alarm per 1,000 messages: far from the 10 per 10k that would break it.
+    assert out["scenarios"]["stationary"]["combined"]["false_alarms_per_10k"] < 25

@@ -1,0 +1,71 @@
+"""Encoder fine-tuning: the tuned encoder ships inside the artifact, safely, and is what serves."""
+
+import json
+
+import numpy as np
+import pytest
+
+from models.artifact import ArtifactError, load_artifact
+from models.embedder import Embedder
+from tests.conftest import FROZEN, small_clinc_rows
+from training.data import load_rows
+from training.evaluate import evaluate_rows
+from training.fit import TrainConfig, train
+from training.registry import Registry
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "tiny.jsonl"
+    rows = [r for r in small_clinc_rows(n_labels=5, seed=3) if r["label"] != "oos" or r["split"] != "train"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_finetuned_encoder_ships_in_artifact_and_serves(tiny, tmp_path, embedder):
+    reg = Registry(tmp_path / "reg")
+    frozen = train(tiny, reg, FROZEN, quiet=True, embedder=embedder)
+    tuned = train(
+        tiny,
+        reg,
+        TrainConfig(finetune_epochs=0.5, drift_ert=1_000),
+        quiet=True,
+        embedder=embedder,
+        force=True,
+    )
+    assert tuned.promoted and reg.current() == tuned.version
+
+    art = load_artifact(tuned.path)
+    assert (tuned.path / "encoder" / "model.safetensors").is_file()
+    assert all(name in art.manifest["files"] for name in ("encoder/model.safetensors", "head.npz", "ood.npz"))
+    assert art.manifest["embedder"]["finetuned"]["steps"] > 0
+    assert art.embedder_name == str(tuned.path / "encoder")
+
+    # The caller's encoder was not changed by fine-tuning; the tuned one differs from it.
+    probe = ["how do i change my pin", "what's the weather like"]
+    tuned_emb = Embedder.load(art.embedder_name, "cpu")
+    base_again = Embedder.load(device="cpu").encode(probe)
+    assert np.allclose(embedder.encode(probe), base_again, atol=1e-5)
+    assert not np.allclose(tuned_emb.encode(probe), base_again, atol=1e-3)
+
+    # Each model is judged through its own encoder: the frozen model's figures are reproduced.
+    test_rows = [r for r in load_rows(tiny) if r.split == "test"]
+    m = evaluate_rows(art, tuned_emb, test_rows)
+    assert m["accuracy"] > 0.9 and m["finetuned_encoder"] is True
+    assert frozen.version in tuned.decision
+    # The frozen CURRENT was judged through its own (base) encoder: its own figures, reproduced.
+    assert tuned.compared_with["version"] == frozen.version
+    for key in ("accuracy", "ood_auroc", "ood_fpr95"):
+        assert tuned.compared_with["val"][key] == pytest.approx(frozen.metrics[key], abs=1e-6)
+
+
+def test_extra_or_pickle_files_in_encoder_are_refused(tiny, tmp_path, embedder):
+    reg = Registry(tmp_path / "reg")
+    tuned = train(tiny, reg, TrainConfig(finetune_epochs=0.2, drift_ert=1_000), quiet=True, embedder=embedder)
+    (tuned.path / "encoder" / "pytorch_model.bin").write_bytes(b"not really weights")
+    with pytest.raises(ArtifactError, match="pickle"):
+        load_artifact(tuned.path)
+    (tuned.path / "encoder" / "pytorch_model.bin").unlink()
+    (tuned.path / "encoder" / "notes.txt").write_text("hello")
+    with pytest.raises(ArtifactError, match="not in the manifest"):
+        load_artifact(tuned.path)

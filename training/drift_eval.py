@@ -1,0 +1,187 @@
+"""``streamscore drift-eval``: false alarms and detection delays of the calibrated detectors.
+
+Scenarios are built from per-message signals of held-out in-distribution texts (``--in``) and
+shifted texts (``--shift``), embedded once and cached. Each scenario is repeated over seeds;
+each detector runs exactly as the drift agent runs it, and ``combined`` is the alert stream a
+user receives: one alert per detector episode (alarms of a detector within ``episode_gap``
+messages of its previous alarm are folded into that episode).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.artifact import ModelArtifact
+from models.drift import Signal
+from models.embedder import Embedder
+from training.data import load_rows
+
+CHANGE_AT = 2_000  # messages of in-distribution text before the change
+AFTER = 2_000  # a change not detected within this many messages is missed
+STATIONARY_LEN = 20_000
+
+
+@dataclass
+class Signals:
+    ood: np.ndarray
+    confidence: np.ndarray
+    label: np.ndarray
+    projection: np.ndarray
+    true_label: list[str]
+
+    def take(self, idx: np.ndarray) -> list[Signal]:
+        return [
+            Signal(
+                float(self.ood[i]), float(self.confidence[i]), int(self.label[i]), tuple(self.projection[i])
+            )
+            for i in idx
+        ]
+
+
+def cached_embeddings(embedder: Embedder, texts: list[str], cache_dir: Path, key: str) -> np.ndarray:
+    digest = hashlib.sha256(("\n".join(texts) + "\0" + key).encode()).hexdigest()[:20]
+    path = cache_dir / f"emb-{digest}.npy"
+    if path.is_file():
+        return np.load(path, allow_pickle=False)
+    X = embedder.encode(texts)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.save(path, X, allow_pickle=False)
+    return X
+
+
+def signals_for(artifact: ModelArtifact, X: np.ndarray, true_label: list[str]) -> Signals:
+    assert artifact.drift is not None
+    probs = artifact.head.predict_proba(X)
+    return Signals(
+        ood=artifact.ood.score(X, artifact.head),
+        confidence=probs.max(axis=1),
+        label=probs.argmax(axis=1),
+        projection=artifact.drift.project(X),
+        true_label=true_label,
+    )
+
+
+def _stream(
+    name: str, ins: Signals, shift: Signals, rng: np.random.Generator
+) -> tuple[list[Signal], int | None]:
+    n_in = len(ins.ood)
+    if name == "stationary":
+        return ins.take(rng.integers(0, n_in, STATIONARY_LEN)), None
+    before = ins.take(rng.integers(0, n_in, CHANGE_AT))
+    if name == "abrupt":
+        after = shift.take(rng.integers(0, len(shift.ood), AFTER))
+    elif name == "mixture_20":
+        is_shift = rng.random(AFTER) < 0.2
+        after = [
+            shift.take(rng.integers(0, len(shift.ood), 1))[0] if s else ins.take(rng.integers(0, n_in, 1))[0]
+            for s in is_shift
+        ]
+    elif name == "label_shift":
+        # Same kind of texts, another class mix: a random 10% of the classes take half the traffic.
+        classes = sorted(set(ins.true_label))
+        favoured = set(rng.choice(classes, size=max(1, len(classes) // 10), replace=False))
+        fav = np.array([lab in favoured for lab in ins.true_label])
+        weights = np.where(fav, 0.5 / fav.sum(), 0.5 / max((~fav).sum(), 1))
+        after = ins.take(rng.choice(n_in, size=AFTER, p=weights / weights.sum()))
+    else:
+        raise ValueError(name)
+    return before + after, CHANGE_AT
+
+
+def _episode_starts(alarm_times: list[int], gap: int) -> list[int]:
+    starts, last = [], None
+    for t in alarm_times:
+        if last is None or t - last > gap:
+            starts.append(t)
+        last = t
+    return starts
+
+
+def _summarise(starts_per_run: list[list[int]], change: int | None, length: int) -> dict[str, Any]:
+    false_alarms = 0
+    delays: list[int] = []
+    missed = 0
+    for starts in starts_per_run:
+        before = [t for t in starts if change is None or t < change]
+        false_alarms += len(before)
+        if change is not None:
+            hit = [t - change for t in starts if change <= t < change + AFTER]
+            if hit:
+                delays.append(hit[0] + 1)
+            else:
+                missed += 1
+    clean_msgs = len(starts_per_run) * (change if change is not None else length)
+    return {
+        "false_alarms_per_10k": 10_000 * false_alarms / clean_msgs,
+        "median_delay": float(np.median(delays)) if delays else None,
+        "p90_delay": float(np.percentile(delays, 90)) if delays else None,
+        "missed_rate": (missed / len(starts_per_run)) if change is not None else None,
+        "runs": len(starts_per_run),
+    }
+
+
+SCENARIOS = ("stationary", "abrupt", "mixture_20", "label_shift")
+
+
+def drift_eval(
+    artifact: ModelArtifact, ins: Signals, shift: Signals, seeds: int = 10, episode_gap: int = 1_000
+) -> dict[str, Any]:
+    assert artifact.drift is not None, "this model has no drift calibration: retrain it"
+    ert = artifact.drift.ert
+    out: dict[str, Any] = {"ert": ert, "model_version": artifact.version, "scenarios": {}}
+    for scenario in SCENARIOS:
+        per_detector: dict[str, list[list[int]]] = {}
+        combined: list[list[int]] = []
+        baseline: list[list[int]] = []
+        length = 0
+        for seed in range(seeds):
+            rng = np.random.default_rng(seed)
+            stream, change = _stream(scenario, ins, shift, rng)
+            length = len(stream)
+            detectors = artifact.drift.detectors()
+            alarms: dict[str, list[int]] = {d.name: [] for d in detectors}
+            for t, sig in enumerate(stream):
+                for d in detectors:
+                    if d.update(sig):
+                        alarms[d.name].append(t)
+            run_starts = []
+            for name, times in alarms.items():
+                starts = _episode_starts(times, episode_gap)
+                per_detector.setdefault(name, []).append(starts)
+                run_starts += starts
+            combined.append(sorted(run_starts))
+            # The trivial baseline: an alarm every ERT messages, at a random phase.
+            phase = int(rng.integers(0, int(ert)))
+            baseline.append(list(range(phase, length, int(ert))))
+        result = {"combined": _summarise(combined, change, length)}
+        result.update({name: _summarise(runs, change, length) for name, runs in per_detector.items()})
+        result["baseline"] = _summarise(baseline, change, length)
+        out["scenarios"][scenario] = result
+    return out
+
+
+def load_signals(
+    artifact: ModelArtifact,
+    embedder: Embedder,
+    path: str,
+    cache_dir: Path,
+    split: str | None,
+    ood_label: str,
+    want_ood: bool,
+) -> Signals:
+    """Signals of ``path``'s rows of ``split``: in-distribution rows, or for the shifted stream
+    its OOD-labelled rows when it has any (else all its rows)."""
+    rows = [r for r in load_rows(path) if split in (None, "any") or r.split == split]
+    ood = [r for r in rows if r.label == ood_label]
+    rows = (ood or rows) if want_ood else [r for r in rows if r.label != ood_label]
+    if not rows:
+        raise ValueError(f"{path} has no usable rows with split {split!r}")
+    X = cached_embeddings(
+        embedder, [r.text for r in rows], cache_dir, artifact.embedder_name + artifact.version
+    )
+    return signals_for(artifact, X, [r.label for r in rows])
