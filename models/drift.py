@@ -50,13 +50,16 @@ class OodCusum:
     k: float = 0.25  # allowance: shifts smaller than k standard deviations are ignored
     clip: float = 6.0  # one extreme text cannot raise an alarm alone
     s: float = 0.0
+    last: float = 0.0  # s after the latest update, before a restart: what an alert reports
+    run: int = 0  # messages since s was last 0: the span the statistic covers
     name: str = "ood_cusum"
 
     def update_value(self, x: float) -> bool:
         z = min(max((x - self.mean) / self.std, -self.clip), self.clip)
-        self.s = max(0.0, self.s + z - self.k)
+        self.s = self.last = max(0.0, self.s + z - self.k)
+        self.span = self.run = self.run + 1 if self.s > 0 else 0
         if self.s > self.threshold:
-            self.s = 0.0
+            self.s, self.run = 0.0, 0
             return True
         return False
 
@@ -65,13 +68,15 @@ class OodCusum:
 
     @property
     def statistic(self) -> float:
-        return self.s
+        return self.last
+
+    span: int = 0
 
     def state(self) -> dict[str, Any]:
-        return {"s": self.s}
+        return {"s": self.s, "last": self.last, "run": self.run}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.s = float(state["s"])
+        self.s, self.last, self.run = float(state["s"]), float(state["last"]), int(state["run"])
 
 
 def _cusum_alarms(z: np.ndarray, k: float, h: float) -> int:
@@ -156,6 +161,10 @@ class WindowTest:
     @property
     def statistic(self) -> float:
         return self.last
+
+    @property
+    def span(self) -> int:
+        return self.window
 
     def state(self) -> dict[str, Any]:
         return {"seen": self.seen, "last": self.last, "buffer": [_plain(v) for v in self.buffer]}
@@ -334,6 +343,10 @@ class ConfidenceDrop:
     @property
     def statistic(self) -> float:
         return float(self.ph._sum_increase - self.ph._min_increase)
+
+    @property
+    def span(self) -> int:
+        return int(self.ph._x_mean.n)
 
     def state(self) -> dict[str, Any]:
         # River keeps its state in attributes; these are all of Page-Hinkley's (river 0.26).

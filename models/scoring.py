@@ -26,6 +26,8 @@ class Scores:
     top_k_probs: np.ndarray  # (n, k)
     ood_scores: np.ndarray  # (n,)
     ood_threshold: float
+    label_index: np.ndarray | None = None  # (n,) index into the model's labels
+    projection: np.ndarray | None = None  # (n, k) embedding projection for drift detection
 
     @property
     def is_ood(self) -> np.ndarray:
@@ -45,6 +47,8 @@ def score_embeddings(artifact: ModelArtifact, X: np.ndarray, top_k: int = 3) -> 
         top_k_probs=top_probs,
         ood_scores=artifact.ood.score(X, artifact.head),
         ood_threshold=artifact.ood_threshold,
+        label_index=top[:, 0],
+        projection=artifact.drift.project(X) if artifact.drift is not None else None,
     )
 
 

@@ -9,12 +9,15 @@ send is retried rather than skipped. That gives at-least-once delivery.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from typing import Any
 
 import faust
 
 from schemas.messages import Origin
+from streams.drift_watch import DriftWatch
 from streams.pipeline import BatchOutput, RawMessage, process_batch
 from streams.serving import ModelHolder
 from streams.settings import Settings
@@ -35,14 +38,27 @@ def create_app(settings: Settings, bootstrap_servers: str, holder: ModelHolder) 
         broker_heartbeat_interval=3,
     )
     # Raw bytes in and out: we validate ourselves so a bad message is dead-lettered, not dropped.
-    texts, scored, dead_letters = (
+    texts, scored, dead_letters, signals, alerts, drift_state = (
         app.topic(name, key_serializer="raw", value_serializer="raw")
-        for name in (settings.input_topic, settings.scored_topic, settings.dlq_topic)
+        for name in (
+            settings.input_topic,
+            settings.scored_topic,
+            settings.dlq_topic,
+            settings.signals_topic,
+            settings.alerts_topic,
+            settings.drift_state_topic,
+        )
     )
 
     async def produce(out: BatchOutput) -> None:
+        await send_confirmed(
+            [(scored, k, v) for k, v in out.scored]
+            + [(dead_letters, k, v) for k, v in out.dead]
+            + [(signals, None, v) for v in out.signals]
+        )
+
+    async def send_confirmed(pending: list[tuple[Any, bytes | None, bytes]]) -> None:
         """Send every record and wait for the broker to confirm, retrying until it does."""
-        pending = [(scored, k, v) for k, v in out.scored] + [(dead_letters, k, v) for k, v in out.dead]
         delay = 0.5
         while pending:
             futures = [await topic.send(key=k, value=v) for topic, k, v in pending]
@@ -75,6 +91,35 @@ def create_app(settings: Settings, bootstrap_servers: str, holder: ModelHolder) 
             await produce(out)
             if out.dead:
                 log.info("dead-lettered %d of %d messages: %s", len(out.dead), len(batch), dict(out.reasons))
+
+    drift = DriftWatch(settings, bootstrap_servers, holder)
+
+    @app.agent(signals)
+    async def watch_drift(stream: Any) -> None:
+        await drift.restore()
+        last_snapshot = 0.0
+        async for events in stream.take_events(1_000, within=0.2):
+            raised = []
+            for e in events:
+                try:
+                    record = json.loads(e.message.value)
+                    monitor = await drift.monitor_for(record["model_version"])
+                except Exception:  # a signal we cannot read must not stop drift watching
+                    log.exception("skipping unreadable drift signal at offset %s", e.message.offset)
+                    continue
+                if monitor is not None:
+                    raised += drift.closing_alerts() + monitor.observe(record, e.message.offset)
+            for alert in raised:
+                log.warning("drift alert: %s %s (%s)", alert["detector"], alert["status"], alert["alert_id"])
+            if raised:
+                await send_confirmed(
+                    [(alerts, a["alert_id"].encode(), json.dumps(a).encode()) for a in raised]
+                )
+            now = time.monotonic()
+            # The snapshot follows every alert, so a restart never repeats one; else once a second.
+            if drift.monitor is not None and (raised or now - last_snapshot > 1.0):
+                await send_confirmed([(drift_state, b"drift", drift.monitor.snapshot())])
+                last_snapshot = now
 
     @app.timer(interval=settings.reload_interval_s)
     async def follow_current_model() -> None:

@@ -208,7 +208,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from streams.demo import run_demo
 
     return run_demo(
-        _settings(args), n_in=args.n_in, n_drift=args.n_drift, drift_share=args.drift_share, rate=args.rate
+        _settings(args),
+        n_in=args.n_in,
+        n_drift=args.n_drift,
+        drift_share=args.drift_share,
+        rate=args.rate,
+        n_after=args.n_after,
     )
 
 
@@ -284,6 +289,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--input-topic", dest="input_topic", default=None)
     sp.add_argument("--scored-topic", dest="scored_topic", default=None)
     sp.add_argument("--dlq-topic", dest="dlq_topic", default=None)
+    sp.add_argument("--signals-topic", dest="signals_topic", default=None)
+    sp.add_argument("--alerts-topic", dest="alerts_topic", default=None)
+    sp.add_argument("--drift-state-topic", dest="drift_state_topic", default=None)
+    sp.add_argument(
+        "--drift-quiet",
+        dest="drift_quiet",
+        type=int,
+        default=None,
+        help="messages without alarm that end an episode",
+    )
+    sp.add_argument(
+        "--drift-cooldown",
+        dest="drift_cooldown",
+        type=int,
+        default=None,
+        help="messages before a new episode may start",
+    )
     sp.add_argument("--partitions", type=int, default=None)
     sp.add_argument("--group-id", dest="group_id", default=None)
     sp.add_argument(
@@ -337,7 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n-in", type=int, default=600, help="in-distribution messages before the drift")
     sp.add_argument("--n-drift", type=int, default=400, help="messages in the drift phase")
     sp.add_argument("--drift-share", type=float, default=0.5, help="share of OOD texts in the drift phase")
-    sp.add_argument("--rate", type=float, default=100.0, help="messages per second")
+    sp.add_argument("--n-after", type=int, default=1_200, help="in-distribution messages after the drift")
+    sp.add_argument("--rate", type=float, default=150.0, help="messages per second")
     sp.set_defaults(func=cmd_demo)
     return p
 

@@ -30,9 +30,10 @@ DEMO_DATA = Path(__file__).resolve().parent.parent / "datasets" / "clinc150" / "
 
 
 def demo_stream(
-    path: Path, n_in: int, n_drift: int, drift_share: float, seed: int = 0
+    path: Path, n_in: int, n_drift: int, drift_share: float, n_after: int = 0, seed: int = 0
 ) -> list[dict[str, Any]]:
-    """In-scope test texts, then a phase where ``drift_share`` of texts are out-of-scope."""
+    """In-scope test texts, a drift phase where ``drift_share`` of texts are out-of-scope, then
+    in-scope texts again so the drift episodes can end."""
     rows = [json.loads(line) for line in open(path, encoding="utf-8")]
     rng = random.Random(seed)
     in_scope = [r for r in rows if r["split"] == "test" and r["label"] != "oos"]
@@ -40,15 +41,16 @@ def demo_stream(
     rng.shuffle(in_scope)
     rng.shuffle(oos)
     stream = []
-    for i in range(n_in + n_drift):
-        drifting = i >= n_in and rng.random() < drift_share
-        row = oos.pop() if drifting and oos else in_scope.pop()
+    for i in range(n_in + n_drift + n_after):
+        phase = "normal" if i < n_in else "drift" if i < n_in + n_drift else "recovered"
+        drifting = phase == "drift" and rng.random() < drift_share
+        row = oos.pop() if drifting and oos else in_scope[i % len(in_scope)]
         stream.append(
             {
                 "id": f"demo-{i:05d}",
                 "text": row["text"],
                 "source": "demo",
-                "meta": {"phase": "drift" if i >= n_in else "normal", "true_label": row["label"]},
+                "meta": {"phase": phase, "true_label": row["label"]},
             }
         )
     return stream
@@ -94,7 +96,7 @@ async def _watch(
 ) -> dict[str, Any]:
     window: deque[bool] = deque(maxlen=100)
     seen = ood = 0
-    by_phase: dict[str, list[int]] = {"normal": [0, 0], "drift": [0, 0]}
+    by_phase: dict[str, list[int]] = {"normal": [0, 0], "drift": [0, 0], "recovered": [0, 0]}
     async for rec in read_topic(bootstrap, settings.scored_topic, idle_timeout_s=60, limit=total):
         v = rec["value"]
         seen += 1
@@ -105,10 +107,12 @@ async def _watch(
                 "\n[demo] ===== drift phase: out-of-scope texts are now mixed into the stream =====\n",
                 flush=True,
             )
+        if v["meta"].get("phase") == "recovered" and not by_phase["recovered"][0]:
+            print("\n[demo] ===== drift phase over: in-scope texts only again =====\n", flush=True)
         phase = by_phase[v["meta"].get("phase", "normal")]
         phase[0] += 1
         phase[1] += bool(v["is_ood"])
-        if seen % show_every == 0 or (v["is_ood"] and v["meta"].get("phase") == "drift" and seen % 3 == 0):
+        if seen % show_every == 0 or (v["is_ood"] and v["meta"].get("phase") == "drift" and seen % 5 == 0):
             print(f"  {format_scored(rec)}  «{v['meta'].get('true_label')}»", flush=True)
         if seen % 100 == 0:
             rate = sum(window) / len(window)
@@ -120,11 +124,30 @@ async def _watch(
     return {"scored": seen, "ood": ood, "by_phase": by_phase}
 
 
+async def _watch_alerts(bootstrap: str, settings: Settings, seen: list[dict[str, Any]]) -> None:
+    """Print drift alerts as the drift agent raises them (runs until cancelled)."""
+    async for rec in read_topic(bootstrap, settings.alerts_topic):
+        a = rec["value"]
+        seen.append(a)
+        mark = "DRIFT ALERT" if a["status"] == "drift" else "resolved   "
+        print(
+            f"\n[demo] *** {mark} {a['detector']} on {a['signal']}: statistic {a['statistic']:.3g} vs "
+            f"threshold {a['threshold']:.3g}, signals {a['window']['first_offset']}..{a['window']['last_offset']} "
+            f"({a['alert_id']})\n         {a['message']}\n",
+            flush=True,
+        )
+
+
 def run_demo(
-    settings: Settings, n_in: int = 600, n_drift: int = 400, drift_share: float = 0.5, rate: float = 100.0
+    settings: Settings,
+    n_in: int = 600,
+    n_drift: int = 400,
+    drift_share: float = 0.5,
+    rate: float = 150.0,
+    n_after: int = 1_200,
 ) -> int:
     version = ensure_model(settings)
-    stream = demo_stream(DEMO_DATA, n_in, n_drift, drift_share)
+    stream = demo_stream(DEMO_DATA, n_in, n_drift, drift_share, n_after=n_after)
     with bootstrap_or_embedded(
         settings.bootstrap_servers, log=lambda m: print(f"[demo] {m}", flush=True)
     ) as bootstrap:
@@ -146,9 +169,15 @@ def run_demo(
         try:
 
             async def both() -> dict[str, Any]:
-                watch = asyncio.create_task(_watch(bootstrap, settings, len(stream), 25, 1 - 0.95))
+                watch = asyncio.create_task(_watch(bootstrap, settings, len(stream), 50, 1 - 0.95))
+                alerts = asyncio.create_task(_watch_alerts(bootstrap, settings, seen_alerts))
                 await _send(bootstrap, settings.input_topic, stream, rate)
-                return await watch
+                summary = await watch
+                await asyncio.sleep(3)  # the drift agent trails the scorer by a batch or two
+                alerts.cancel()
+                return summary
+
+            seen_alerts: list[dict[str, Any]] = []
 
             summary = asyncio.run(both())
             dead = asyncio.run(_count(bootstrap, settings.dlq_topic))
@@ -159,12 +188,18 @@ def run_demo(
             except subprocess.TimeoutExpired:
                 worker.kill()
     normal, drift = summary["by_phase"]["normal"], summary["by_phase"]["drift"]
+    opened = [a for a in seen_alerts if a["status"] == "drift"]
+    closed = [a for a in seen_alerts if a["status"] == "resolved"]
     print("\n[demo] done.")
     print(
         f"  scored {summary['scored']} of {len(stream)} texts; {dead} malformed messages went to {settings.dlq_topic}"
     )
     print(
         f"  OOD rate: {normal[1] / max(normal[0], 1):.1%} before the drift, {drift[1] / max(drift[0], 1):.1%} during it"
+    )
+    print(
+        f"  drift alerts: {len(opened)} episode(s) opened ({', '.join(sorted({a['detector'] for a in opened})) or 'none'}), "
+        f"{len(closed)} resolved; topic {settings.alerts_topic}"
     )
     print(
         "  next: `streamscore worker` + `streamscore produce FILE` + `streamscore tail --pretty` against "

@@ -48,6 +48,7 @@ class RawMessage:
 class BatchOutput:
     scored: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, value)
     dead: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    signals: list[bytes] = field(default_factory=list)  # drift signals, one per scored message
     reasons: Counter[str] = field(default_factory=Counter)
     model_version: str | None = None
 
@@ -100,6 +101,21 @@ def _add_scored(out: BatchOutput, msgs: list[InputText], scores: Scores, version
             latency_ms=max(latency, 0.0),
         )
         out.scored.append((msg.id.encode("utf-8"), _encode(record)))
+        if scores.projection is not None and scores.label_index is not None:
+            out.signals.append(
+                _encode(
+                    {
+                        "id": msg.id,
+                        "model_version": version,
+                        "ood_score": record["ood_score"],
+                        "confidence": record["confidence"],
+                        "label": int(scores.label_index[i]),
+                        "projection": [round(float(v), 5) for v in scores.projection[i]],
+                        "origin": record["origin"],
+                        "timestamp_ms": msg.timestamp_ms,
+                    }
+                )
+            )
 
 
 async def process_batch(batch: list[RawMessage], score: ScoreFn, settings: Settings) -> BatchOutput:

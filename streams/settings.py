@@ -28,6 +28,11 @@ class Settings:
     input_topic: str = "texts"
     scored_topic: str = "texts.scored"
     dlq_topic: str = "texts.dlq"
+    signals_topic: str = "drift.signals"  # one partition: one drift agent sees the whole stream
+    alerts_topic: str = "drift.alerts"
+    drift_state_topic: str = "drift.state"  # detector snapshots, so a restart resumes
+    drift_quiet: int = 1_000  # messages without an alarm that end a drift episode
+    drift_cooldown: int = 500  # messages after an episode ends before the next may start
     partitions: int = 4  # for topics the worker creates
     group_id: str = "streamscore"
     batch_size: int = 64  # messages per micro-batch
@@ -66,8 +71,16 @@ class Settings:
             problems.append("max_text_chars must be at least 1")
         if self.partitions < 1:
             problems.append("partitions must be at least 1")
-        if len({self.input_topic, self.scored_topic, self.dlq_topic}) < 3:
-            problems.append("input, scored and DLQ topics must differ")
+        names = [
+            self.input_topic,
+            self.scored_topic,
+            self.dlq_topic,
+            self.signals_topic,
+            self.alerts_topic,
+            self.drift_state_topic,
+        ]
+        if len(set(names)) < len(names):
+            problems.append("input, scored, DLQ and drift topics must all differ")
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))
 

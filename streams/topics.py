@@ -11,11 +11,14 @@ from streams.settings import Settings
 
 
 def topic_plan(settings: Settings) -> dict[str, int]:
-    """Topic name → partitions. The DLQ is small, so one partition keeps it in order."""
+    """Topic name → partitions. Drift topics have one partition: one global view, in order."""
     return {
         settings.input_topic: settings.partitions,
         settings.scored_topic: settings.partitions,
         settings.dlq_topic: 1,
+        settings.signals_topic: 1,
+        settings.alerts_topic: 1,
+        settings.drift_state_topic: 1,
     }
 
 

@@ -97,15 +97,25 @@ class WorkerHandle:
     topics: dict[str, str]
     bootstrap: str
     log_path: Path
+    tag: str
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
 
-def start_worker(bootstrap: str, registry: Path, log_dir: Path, **extra: str) -> WorkerHandle:
-    """A real ``streamscore worker`` process on fresh topics of its own."""
-    tag = uuid.uuid4().hex[:8]
-    topics = {"input": f"texts-{tag}", "scored": f"texts.scored-{tag}", "dlq": f"texts.dlq-{tag}"}
+def start_worker(
+    bootstrap: str, registry: Path, log_dir: Path, tag: str | None = None, **extra: str
+) -> WorkerHandle:
+    """A real ``streamscore worker`` process on fresh topics of its own (or those of ``tag``)."""
+    tag = tag or uuid.uuid4().hex[:8]
+    topics = {
+        "input": f"texts-{tag}",
+        "scored": f"texts.scored-{tag}",
+        "dlq": f"texts.dlq-{tag}",
+        "signals": f"drift.signals-{tag}",
+        "alerts": f"drift.alerts-{tag}",
+        "state": f"drift.state-{tag}",
+    }
     args = [
         sys.executable,
         "-m",
@@ -121,6 +131,12 @@ def start_worker(bootstrap: str, registry: Path, log_dir: Path, **extra: str) ->
         topics["scored"],
         "--dlq-topic",
         topics["dlq"],
+        "--signals-topic",
+        topics["signals"],
+        "--alerts-topic",
+        topics["alerts"],
+        "--drift-state-topic",
+        topics["state"],
         "--group-id",
         f"streamscore-test-{tag}",
         "--partitions",
@@ -128,10 +144,10 @@ def start_worker(bootstrap: str, registry: Path, log_dir: Path, **extra: str) ->
     ]
     for key, value in extra.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
-    log_path = log_dir / f"worker-{tag}.log"
+    log_path = log_dir / f"worker-{tag}-{uuid.uuid4().hex[:4]}.log"
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
-    return WorkerHandle(proc, topics, bootstrap, log_path)
+    return WorkerHandle(proc, topics, bootstrap, log_path, tag)
 
 
 def stop_worker(handle: WorkerHandle) -> None:

@@ -20,7 +20,7 @@ def test_env_then_overrides():
 def test_bad_values_are_explained():
     with pytest.raises(ValueError, match="STREAMSCORE_BATCH_SIZE"):
         Settings.from_env({"STREAMSCORE_BATCH_SIZE": "many"})
-    with pytest.raises(ValueError, match="topics must differ"):
+    with pytest.raises(ValueError, match="topics must all differ"):
         Settings.from_env({}, scored_topic="texts")
     with pytest.raises(ValueError, match="batch_size"):
         Settings.from_env({}, batch_size=0)

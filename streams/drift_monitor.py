@@ -1,0 +1,160 @@
+"""Drift episodes and alerts: detector alarms → one ``drift`` alert per episode, then ``resolved``.
+
+A detector's alarm starts an episode unless one is open (then it is folded into it) or the
+detector is cooling down after its last episode. An episode ends when the detector has not
+alarmed for ``quiet`` messages, and a ``resolved`` alert closes it. The monitor's whole state
+is plain JSON (``state`` / ``load_state``), so the drift agent can snapshot it to Kafka and a
+restarted worker carries on mid-episode without relearning or repeating an alert.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from models.drift import DriftCalibration, Signal
+from schemas.messages import now_iso
+
+SIGNAL_OF = {
+    "ood_cusum": "ood_score",
+    "confidence_drop": "confidence",
+    "label_shift": "predicted_label",
+    "embedding_shift": "embedding_projection",
+}
+REFERENCE_OF = {
+    "ood_cusum": "mean and spread of OOD scores on held-out training-distribution texts",
+    "confidence_drop": "the stream's own running mean of 1 - confidence (Page-Hinkley)",
+    "label_shift": "predicted-label mix on held-out training-distribution texts",
+    "embedding_shift": "mean embedding projection on held-out training-distribution texts",
+}
+
+
+@dataclass
+class Episode:
+    """Where one detector stands: in an episode or not, and since when."""
+
+    open: bool = False
+    alert_id: str | None = None
+    started_at: int = 0  # message count (``seen``) when it started
+    last_alarm: int = -(10**12)
+    last_resolved: int = -(10**12)
+    alarms: int = 0
+
+
+@dataclass
+class DriftMonitor:
+    """Feeds signals to the calibrated detectors of one model version and emits alerts."""
+
+    calibration: DriftCalibration
+    model_version: str
+    quiet: int = 1_000
+    cooldown: int = 500
+    seen: int = 0
+    last_offset: int = -1
+    detectors: list[Any] = field(default_factory=list)
+    episodes: dict[str, Episode] = field(default_factory=dict)
+    recent: list[tuple[int, int | None]] = field(default_factory=list)  # (offset, timestamp_ms)
+
+    def __post_init__(self) -> None:
+        if not self.detectors:
+            self.detectors = self.calibration.detectors()
+        for d in self.detectors:
+            self.episodes.setdefault(d.name, Episode())
+
+    def observe(self, record: dict[str, Any], offset: int) -> list[dict[str, Any]]:
+        """One signal record (from ``drift.signals``) at ``offset``; returns the alerts it causes."""
+        if offset <= self.last_offset:
+            return []  # already reflected in the state we resumed from
+        self.last_offset = offset
+        self.seen += 1
+        self.recent.append((offset, record.get("timestamp_ms")))
+        if len(self.recent) > 1_000:
+            del self.recent[:500]
+        sig = Signal(record["ood_score"], record["confidence"], record["label"], tuple(record["projection"]))
+        alerts = []
+        for det in self.detectors:
+            ep = self.episodes[det.name]
+            if det.update(sig):
+                ep.last_alarm = self.seen
+                if ep.open:
+                    ep.alarms += 1
+                elif self.seen - ep.last_resolved >= self.cooldown:
+                    ep.open, ep.started_at, ep.alarms = True, self.seen, 1
+                    ep.alert_id = f"{det.name}-{self.model_version}-{offset}"
+                    alerts.append(self._alert(det, ep, "drift"))
+            elif ep.open and self.seen - ep.last_alarm >= self.quiet:
+                alerts.append(self._alert(det, ep, "resolved"))
+                ep.open, ep.last_resolved = False, self.seen
+        return alerts
+
+    def _alert(self, det: Any, ep: Episode, status: str) -> dict[str, Any]:
+        span = det.span if status == "drift" else self.seen - ep.started_at + 1
+        window = self.recent[-min(max(span, 1), len(self.recent)) :]
+        if status == "drift":
+            message = (
+                f"{det.name}: {SIGNAL_OF[det.name]} changed (statistic {det.statistic:.3g} > threshold "
+                f"{det.threshold:.3g}) against {REFERENCE_OF[det.name]}; look at texts.scored around "
+                f"the window's offsets and at the OOD and label panels"
+            )
+        else:
+            message = f"{det.name}: no alarm for {self.quiet} messages; episode {ep.alert_id} ended after {ep.alarms} alarm(s)"
+        return {
+            "alert_id": ep.alert_id,
+            "detector": det.name,
+            "signal": SIGNAL_OF[det.name],
+            "status": status,
+            "statistic": round(float(det.statistic), 6),
+            "threshold": round(float(det.threshold), 6),
+            "window": {
+                "first_offset": window[0][0],
+                "last_offset": window[-1][0],
+                "first_time_ms": window[0][1],
+                "last_time_ms": window[-1][1],
+                "n": len(window),
+            },
+            "model_version": self.model_version,
+            "reference": REFERENCE_OF[det.name],
+            "ert": self.calibration.ert,
+            "alarms_in_episode": ep.alarms,
+            "detected_at": now_iso(),
+            "message": message,
+        }
+
+    def close_all(self, why: str) -> list[dict[str, Any]]:
+        """``resolved`` alerts for every open episode, when this monitor is being replaced."""
+        alerts = []
+        for det in self.detectors:
+            ep = self.episodes[det.name]
+            if ep.open:
+                alert = self._alert(det, ep, "resolved")
+                alert["message"] = (
+                    f"{det.name}: episode {ep.alert_id} closed: {why}; detectors restart on its reference"
+                )
+                alerts.append(alert)
+                ep.open = False
+        return alerts
+
+    @property
+    def open_episodes(self) -> list[str]:
+        return [name for name, ep in self.episodes.items() if ep.open]
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model_version": self.model_version,
+            "seen": self.seen,
+            "last_offset": self.last_offset,
+            "recent": self.recent[-500:],
+            "detectors": {d.name: d.state() for d in self.detectors},
+            "episodes": {name: asdict(ep) for name, ep in self.episodes.items()},
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.seen, self.last_offset = int(state["seen"]), int(state["last_offset"])
+        self.recent = [tuple(x) for x in state["recent"]]  # type: ignore[misc]
+        for d in self.detectors:
+            d.load_state(state["detectors"][d.name])
+        self.episodes = {name: Episode(**ep) for name, ep in state["episodes"].items()}
+
+    def snapshot(self) -> bytes:
+        return json.dumps(self.state(), separators=(",", ":")).encode()
