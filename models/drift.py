@@ -248,8 +248,17 @@ def _threshold_for_rate(stats: np.ndarray, ert: float, window: int, every: int) 
     return hi
 
 
-def _window_checks(n_streams: int, steps: int, window: int, every: int) -> np.ndarray:
-    return np.arange(window, steps + 1, every)
+_SIM_STREAMS = 40
+
+
+def _window_threshold(ert: float, window: int, every: int, seed: int, window_stats: Any) -> float:
+    """Threshold of a window test: ``window_stats(rng, steps, ends)`` gives the statistic at each
+    check (window ending at ``ends``) of one simulated stationary stream."""
+    rng = np.random.default_rng(seed)
+    steps = int(max(2_000, 30 * ert / _SIM_STREAMS))
+    ends = np.arange(window, steps + 1, every)
+    stats = np.stack([window_stats(rng, steps, ends) for _ in range(_SIM_STREAMS)])
+    return _threshold_for_rate(stats, ert, window, every)
 
 
 def calibrate_label_shift(
@@ -265,20 +274,15 @@ def calibrate_label_shift(
     in-distribution texts), and a threshold from bootstrap streams of ``stream_sample``."""
     labels = np.asarray(labels, dtype=np.int64)
     prior = (np.bincount(labels, minlength=n_labels) + 0.5) / (len(labels) + 0.5 * n_labels)
-    if stream_sample is not None:
-        labels = np.asarray(stream_sample, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    streams, steps = 40, int(max(2_000, 30 * ert / 40))
-    ends = _window_checks(streams, steps, window, every)
-    stats = np.empty((streams, len(ends)))
-    for i in range(streams):
-        onehot_cum = np.zeros((steps + 1, n_labels), dtype=np.int32)
-        draws = rng.choice(labels, size=steps)
-        np.add.at(onehot_cum[1:], (np.arange(steps), draws), 1)
-        onehot_cum = onehot_cum.cumsum(axis=0)
-        counts = onehot_cum[ends] - onehot_cum[ends - window]
-        stats[i] = g_statistic(counts, prior)
-    return prior, _threshold_for_rate(stats, ert, window, every)
+    sample = labels if stream_sample is None else np.asarray(stream_sample, dtype=np.int64)
+
+    def window_stats(rng: np.random.Generator, steps: int, ends: np.ndarray) -> np.ndarray:
+        cum = np.zeros((steps + 1, n_labels), dtype=np.int32)
+        np.add.at(cum[1:], (np.arange(steps), rng.choice(sample, size=steps)), 1)
+        cum = cum.cumsum(axis=0)
+        return g_statistic(cum[ends] - cum[ends - window], prior)
+
+    return prior, _window_threshold(ert, window, every, seed, window_stats)
 
 
 def calibrate_embedding_shift(
@@ -294,18 +298,15 @@ def calibrate_embedding_shift(
     P = np.asarray(projections, dtype=np.float64)
     mean = P.mean(axis=0)
     precision = np.linalg.inv(np.cov(P, rowvar=False) + 1e-6 * np.eye(P.shape[1]))
-    if stream_sample is not None:
-        P = np.asarray(stream_sample, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    streams, steps = 40, int(max(2_000, 30 * ert / 40))
-    ends = _window_checks(streams, steps, window, every)
-    stats = np.empty((streams, len(ends)))
-    for i in range(streams):
-        draws = P[rng.integers(0, len(P), size=steps)]
-        cum = np.vstack([np.zeros(P.shape[1]), draws.cumsum(axis=0)])
+    sample = P if stream_sample is None else np.asarray(stream_sample, dtype=np.float64)
+
+    def window_stats(rng: np.random.Generator, steps: int, ends: np.ndarray) -> np.ndarray:
+        draws = sample[rng.integers(0, len(sample), size=steps)]
+        cum = np.vstack([np.zeros(sample.shape[1]), draws.cumsum(axis=0)])
         d = (cum[ends] - cum[ends - window]) / window - mean
-        stats[i] = window * np.einsum("ij,jk,ik->i", d, precision, d)
-    return mean, precision, _threshold_for_rate(stats, ert, window, every)
+        return window * np.einsum("ij,jk,ik->i", d, precision, d)
+
+    return mean, precision, _window_threshold(ert, window, every, seed, window_stats)
 
 
 # ---------------------------------------------------- confidence: River's Page-Hinkley test
