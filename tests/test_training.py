@@ -162,12 +162,21 @@ def test_decide_promotion_says_which_metric_decided():
     assert not ok and "ood_auroc" in why
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-def test_every_ood_strategy_ranks_unrelated_text_higher(strategy, trained_registry, embedder):
+@pytest.fixture(scope="module")
+def train_embeddings(trained_registry, embedder):
+    """The training rows of the small model and their embeddings, encoded once for all strategies."""
     artifact = Registry(trained_registry).load()
     rows = load_rows(artifact.manifest["training_data"]["path"])
     train_rows = [r for r in rows if r.split == "train" and r.label != "oos"]
-    X = embedder.encode([r.text for r in train_rows])
+    return train_rows, embedder.encode([r.text for r in train_rows])
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_ood_strategy_ranks_unrelated_text_higher(
+    strategy, trained_registry, embedder, train_embeddings
+):
+    artifact = Registry(trained_registry).load()
+    train_rows, X = train_embeddings
     scorer = OODScorer.fit(strategy, X, [r.label for r in train_rows], artifact.head.labels)
     ins = scorer.score(embedder.encode([train_rows[0].text, train_rows[500].text]), artifact.head)
     out = scorer.score(
