@@ -18,6 +18,7 @@ True
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +80,19 @@ class OodCusum:
         self.s, self.last, self.run = float(state["s"]), float(state["last"]), int(state["run"])
 
 
+def _bisect_threshold(
+    alarm_rate: Callable[[float], float], ert: float, lo: float, hi: float, steps: int
+) -> float:
+    """The lowest threshold (to bisection precision) whose simulated alarm rate is at most ``1/ert``."""
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        if alarm_rate(mid) > 1.0 / ert:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
 def _cusum_alarms(z: np.ndarray, k: float, h: float) -> int:
     """Alarms (with restart) of a CUSUM run over each row of ``z`` (streams × steps)."""
     s = np.zeros(z.shape[0])
@@ -109,15 +123,7 @@ def calibrate_cusum(
     rng = np.random.default_rng(seed)
     steps = int(max(1_000, 100 * ert / streams))  # about 100 alarms expected at the target
     z = rng.choice(z_ref, size=(streams, steps))
-    lo, hi = 0.5, 200.0
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        rate = _cusum_alarms(z, k, mid) / z.size
-        if rate > 1.0 / ert:
-            lo = mid
-        else:
-            hi = mid
-    return mean, std, hi
+    return mean, std, _bisect_threshold(lambda h: _cusum_alarms(z, k, h) / z.size, ert, 0.5, 200.0, 30)
 
 
 # ------------------------------------------------------ sliding-window tests (labels, embedding)
@@ -238,14 +244,13 @@ def _window_alarm_rate(stats: np.ndarray, threshold: float, window: int, every: 
 
 
 def _threshold_for_rate(stats: np.ndarray, ert: float, window: int, every: int) -> float:
-    lo, hi = float(stats.min()), float(stats.max()) * 4 + 1.0
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if _window_alarm_rate(stats, mid, window, every) > 1.0 / ert:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    return _bisect_threshold(
+        lambda th: _window_alarm_rate(stats, th, window, every),
+        ert,
+        float(stats.min()),
+        float(stats.max()) * 4 + 1.0,
+        40,
+    )
 
 
 _SIM_STREAMS = 40
@@ -373,19 +378,16 @@ def calibrate_confidence_drop(
     """Page-Hinkley threshold so that bootstrap streams of ``confidence`` alarm once per ``ert``."""
     rng = np.random.default_rng(seed)
     x = 1.0 - rng.choice(np.asarray(confidence, dtype=np.float64), size=int(max(20_000, 8 * ert)))
-    lo, hi = 0.1, 500.0
-    for _ in range(12):
-        mid = (lo + hi) / 2
-        det = ConfidenceDrop(threshold=mid, delta=delta, min_instances=min_instances)
+
+    def alarm_rate(threshold: float) -> float:
+        det = ConfidenceDrop(threshold=threshold, delta=delta, min_instances=min_instances)
         alarms = 0
         for v in x:
             det.ph.update(v)
             alarms += det.ph.drift_detected
-        if alarms / len(x) > 1.0 / ert:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+        return alarms / len(x)
+
+    return _bisect_threshold(alarm_rate, ert, 0.1, 500.0, 12)
 
 
 # ----------------------------------------------------------------- the calibrated detector set
