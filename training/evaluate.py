@@ -14,7 +14,7 @@ import numpy as np
 
 from models.artifact import ModelArtifact
 from models.embedder import Embedder
-from models.scoring import score_embeddings
+from models.scoring import Scores, score_embeddings
 from training.data import Row
 
 
@@ -42,10 +42,15 @@ def ood_metrics(in_scores: np.ndarray, ood_scores: np.ndarray, threshold: float)
 
 
 def evaluate_embeddings(
-    artifact: ModelArtifact, X: np.ndarray, labels: list[str], ood_label: str = "oos"
+    artifact: ModelArtifact,
+    X: np.ndarray,
+    labels: list[str],
+    ood_label: str = "oos",
+    scores: Scores | None = None,
 ) -> dict[str, Any]:
-    """All metrics for rows already embedded; ``labels`` equal to ``ood_label`` are OOD rows."""
-    scores = score_embeddings(artifact, X)
+    """All metrics for rows already embedded (and scored, if ``scores`` is given); ``labels``
+    equal to ``ood_label`` are OOD rows."""
+    scores = scores if scores is not None else score_embeddings(artifact, X)
     is_ood = np.array([label == ood_label for label in labels], dtype=bool)
     in_idx = np.flatnonzero(~is_ood)
     out: dict[str, Any] = {"n": len(labels), "n_in_scope": int(len(in_idx)), "n_ood": int(is_ood.sum())}
@@ -70,9 +75,9 @@ def evaluate_rows(
     X = embedder.encode([r.text for r in rows], progress=progress)
     encode_s = time.perf_counter() - t
     t = time.perf_counter()
-    score_embeddings(artifact, X)
+    scores = score_embeddings(artifact, X)
     head_s = time.perf_counter() - t
-    out = evaluate_embeddings(artifact, X, [r.label for r in rows], ood_label)
+    out = evaluate_embeddings(artifact, X, [r.label for r in rows], ood_label, scores)
     # Cost per message: the encoder dominates; head + OOD is what a strategy adds.
     out["ms_per_text_encode"] = 1000 * encode_s / len(rows)
     out["ms_per_text_head_ood"] = 1000 * head_s / len(rows)
