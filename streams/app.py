@@ -104,11 +104,10 @@ def create_app(settings: Settings, bootstrap_servers: str, holder: ModelHolder) 
                 try:
                     record = json.loads(e.message.value)
                     monitor = await drift.monitor_for(record["model_version"])
+                    if monitor is not None:
+                        raised += drift.closing_alerts() + monitor.observe(record, e.message.offset)
                 except Exception:  # a signal we cannot read must not stop drift watching
                     log.exception("skipping unreadable drift signal at offset %s", e.message.offset)
-                    continue
-                if monitor is not None:
-                    raised += drift.closing_alerts() + monitor.observe(record, e.message.offset)
             for alert in raised:
                 log.warning("drift alert: %s %s (%s)", alert["detector"], alert["status"], alert["alert_id"])
             if raised:
