@@ -121,7 +121,7 @@ class Embedder:
             for i in range(0, len(rows), self.batch_size)
         ]
         for width, rows in _progress(chunks, progress):
-            batch = batch_to_device(self._slice(features, rows, width), self.device)
+            batch = batch_to_device(self._slice(features, rows, width), torch.device(self.device))
             with torch.inference_mode():
                 vecs = self.model(batch)["sentence_embedding"]
                 vecs = torch.nn.functional.normalize(vecs.float(), p=2, dim=1)
