@@ -124,6 +124,91 @@ def cmd_produce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from streams.broker import bootstrap_or_embedded
+    from streams.replay import FieldMap, ReplayOptions, describe, install_interrupt, replay_file
+
+    settings = _settings(args)
+    opts = ReplayOptions(
+        topic=args.topic or settings.input_topic,
+        fields=FieldMap.parse(args.field),
+        id_prefix=args.id_prefix,
+        keep_timestamps=args.keep_timestamps,
+        rate=args.rate,
+        speed=args.speed,
+        skip=args.skip,
+        limit=args.limit,
+        send_malformed=args.send_malformed,
+        extra_meta=not args.no_extra_meta,
+        resume=args.resume,
+    )
+    opts.check()
+
+    async def run(bootstrap: str) -> Any:
+        stop = asyncio.Event()
+        install_interrupt(stop, say=lambda m: print(f"\nreplay: {m}", file=sys.stderr, flush=True))
+        return await replay_file(
+            args.file,
+            bootstrap,
+            opts,
+            state_dir=settings.registry,
+            max_text_chars=settings.max_text_chars,
+            max_message_bytes=settings.max_message_bytes,
+            progress=not args.json and sys.stderr.isatty(),
+            stop=stop,
+        )
+
+    with bootstrap_or_embedded(settings.bootstrap_servers) as bootstrap:
+        summary = asyncio.run(run(bootstrap))
+    if args.json:
+        _emit(summary.as_json(), True)
+    else:
+        print(describe(summary, args.file), flush=True)
+    return 0 if summary.complete else 130 if summary.interrupted else 1
+
+
+def cmd_rescore(args: argparse.Namespace) -> int:
+    from streams.broker import bootstrap_or_embedded
+    from streams.rescore import Window, describe, parse_offsets, parse_time, rescore
+    from streams.serving import ModelHolder
+    from streams.worker import load_scorer
+
+    settings = _settings(args)
+    now = int(time.time() * 1000)
+    window = Window(
+        from_ms=parse_time(args.from_time, now) if args.from_time else None,
+        to_ms=parse_time(args.to_time, now) if args.to_time else now if args.from_time else None,
+        from_offsets=parse_offsets(args.from_offset) if args.from_offset else None,
+        to_offsets=parse_offsets(args.to_offset) if args.to_offset else None,
+        lateness_ms=int(args.lateness * 1000),
+    )
+    window.check()
+    scorer = load_scorer(settings)
+    output = args.output_topic or f"{settings.input_topic}.rescored.{scorer.version}"
+    if output in (settings.input_topic, settings.scored_topic):
+        raise ValueError(
+            f"--output-topic {output} would mix rescored records into a live topic; pick another"
+        )
+    with bootstrap_or_embedded(settings.bootstrap_servers) as bootstrap:
+        result = asyncio.run(
+            rescore(
+                settings,
+                bootstrap,
+                window,
+                ModelHolder(scorer),
+                output,
+                compare=args.compare,
+                max_changed=args.max_changed,
+                progress=not args.json and sys.stderr.isatty(),
+            )
+        )
+    if args.json:
+        _emit(result.as_json(), True)
+    else:
+        print(describe(result), flush=True)
+    return 0
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     from streams.broker import bootstrap_or_embedded
     from streams.client import format_scored, read_topic
@@ -187,7 +272,7 @@ def cmd_drift_eval(args: argparse.Namespace) -> int:
             f"model {artifact.version} has no drift calibration: retrain it with `streamscore train`"
         )
     embedder = Embedder.load(artifact.embedder_name, args.device or "auto")
-    cache = Path(args.registry or "artifacts") / "cache"
+    cache = Path(args.registry) / "cache"
     ins = load_signals(artifact, embedder, args.in_file, cache, args.in_split, args.ood_label, want_ood=False)
     shift = load_signals(
         artifact, embedder, args.shift, cache, args.shift_split, args.ood_label, want_ood=True
@@ -323,6 +408,82 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--topic", default=None)
     sp.set_defaults(func=cmd_produce)
 
+    sp = sub.add_parser(
+        "replay",
+        help="send the rows of a JSONL, CSV or Parquet file to the input topic (paced, resumable)",
+        description="Rows become input messages (README: Replay). Malformed rows are reported with "
+        "their line numbers and not sent. Ctrl-C stops cleanly; --resume continues from there.",
+    )
+    common(sp, kafka=True, as_json=True)
+    sp.add_argument("file", help="JSONL, CSV, TSV or Parquet; .gz accepted for the text formats")
+    sp.add_argument("--topic", default=None, help="default: the input topic (texts)")
+    pace = sp.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--rate", type=float, default=None, help="rows per second (default: as fast as possible)"
+    )
+    pace.add_argument(
+        "--speed", type=float, default=None, help="the rows' own spacing in time, sped up by this factor"
+    )
+    sp.add_argument(
+        "--keep-timestamps", action="store_true", help="Kafka timestamp = the row's time (its ts field)"
+    )
+    sp.add_argument("--skip", type=int, default=0, help="start after this many rows")
+    sp.add_argument("--limit", type=int, default=None, help="send at most this many rows")
+    sp.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="take a message field (id, text, ts, source, meta) from another column; repeatable",
+    )
+    sp.add_argument("--id-prefix", default=None, help="ids made for rows without one: PREFIX + line number")
+    sp.add_argument(
+        "--no-extra-meta", action="store_true", help="drop unmapped columns instead of putting them in meta"
+    )
+    sp.add_argument(
+        "--send-malformed",
+        action="store_true",
+        help="send malformed rows too, so the worker dead-letters them",
+    )
+    sp.add_argument(
+        "--resume", action="store_true", help="continue an interrupted replay of this file and topic"
+    )
+    sp.add_argument("--max-text-chars", dest="max_text_chars", type=int, default=None)
+    sp.set_defaults(func=cmd_replay)
+
+    sp = sub.add_parser(
+        "rescore",
+        help="score a time or offset range of the input topic again, with a chosen model, into its own topic",
+        description="Reads without a consumer group, so live workers are not disturbed. Times: ISO-8601, "
+        "epoch ms, 'now' or -15m/-2h/-7d (write --from=-2h). The range ends where it stood at the start.",
+    )
+    common(sp, kafka=True, as_json=True)
+    sp.add_argument("--from", dest="from_time", default=None, help="start time (inclusive)")
+    sp.add_argument("--to", dest="to_time", default=None, help="end time (exclusive; default now)")
+    sp.add_argument(
+        "--lateness",
+        type=float,
+        default=0.0,
+        help="seconds of record time to read past --to, for records written out of time order",
+    )
+    sp.add_argument("--from-offset", default=None, help="N, or P=N,P=N per partition (inclusive)")
+    sp.add_argument("--to-offset", default=None, help="N, or P=N,P=N per partition (exclusive)")
+    sp.add_argument("--model", default=None, help="version or artifact folder (default CURRENT)")
+    sp.add_argument("--device", default=None)
+    sp.add_argument("--output-topic", default=None, help="default <input topic>.rescored.<version>")
+    sp.add_argument("--input-topic", dest="input_topic", default=None)
+    sp.add_argument(
+        "--scored-topic", dest="scored_topic", default=None, help="the live results --compare reads"
+    )
+    sp.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    sp.add_argument(
+        "--compare", action="store_true", help="compare with what the live model wrote for the same records"
+    )
+    sp.add_argument(
+        "--max-changed", type=int, default=1_000, help="changed records listed in full (all are counted)"
+    )
+    sp.set_defaults(func=cmd_rescore)
+
     sp = sub.add_parser("tail", help="print records of a topic as they arrive")
     common(sp, kafka=True)
     sp.add_argument("--topic", default=None, help="default texts.scored")
@@ -367,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "registry", False) is None:
+        # Every command sees the same registry: --registry, else STREAMSCORE_REGISTRY, else the default.
+        args.registry = Settings.from_env().registry
     logging.basicConfig(
         level=(args.log_level or "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -27,6 +27,25 @@ CLINC = ROOT / "datasets" / "clinc150" / "clinc150_full.jsonl"
 FROZEN = TrainConfig(finetune_epochs=0, drift_ert=1_000)
 
 
+def cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``streamscore ARGS`` as a user would; with ``check``, it must succeed."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "streams.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def last_json(proc: subprocess.CompletedProcess) -> dict:
+    """The JSON object a ``--json`` command prints as its last line."""
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def _docker_answers() -> bool:
     try:
         import docker

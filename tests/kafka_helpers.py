@@ -30,7 +30,7 @@ def send_json(bootstrap: str, topic: str, objs: list[dict]) -> None:
 
 
 async def _collect(
-    bootstrap: str, topic: str, expected: int, timeout_s: float, settle_s: float, match
+    bootstrap: str, topic: str, expected: int, timeout_s: float, settle_s: float, match, records: bool = False
 ) -> list[dict]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
@@ -51,8 +51,11 @@ async def _collect(
         settle_until = None
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=300)
-            for records in batch.values():
-                out.extend(v for v in (json.loads(r.value) for r in records) if match(v))
+            for recs in batch.values():
+                for r in recs:
+                    v = json.loads(r.value)
+                    if match(v):
+                        out.append(_with_kafka_fields(v, r) if records else v)
             if len(out) >= expected:
                 # Keep reading a little longer, so duplicates beyond the count would show.
                 settle_until = settle_until or time.monotonic() + settle_s
@@ -63,6 +66,10 @@ async def _collect(
         await consumer.stop()
 
 
+def _with_kafka_fields(value: dict, rec) -> dict:
+    return {"value": value, "timestamp": rec.timestamp, "partition": rec.partition, "offset": rec.offset}
+
+
 def collect(
     bootstrap: str,
     topic: str,
@@ -70,6 +77,8 @@ def collect(
     timeout_s: float = 90,
     settle_s: float = 2.0,
     match=lambda v: True,
+    records: bool = False,
 ) -> list[dict]:
-    """Records of ``topic`` that ``match``, waiting until ``expected`` arrived (then ``settle_s`` more)."""
-    return asyncio.run(_collect(bootstrap, topic, expected, timeout_s, settle_s, match))
+    """Values of ``topic`` that ``match``, waiting until ``expected`` arrived (then ``settle_s``
+    more); ``records`` gives ``{"value", "timestamp", "partition", "offset"}`` instead."""
+    return asyncio.run(_collect(bootstrap, topic, expected, timeout_s, settle_s, match, records))

@@ -1,19 +1,11 @@
 """The CLI as a user runs it: registry listing, promotion, rollback, errors that say what to do."""
 
 import json
+import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT
-
-
-def cli(*args, check=True):
-    proc = subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args], capture_output=True, text=True, cwd=ROOT
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+from tests.conftest import ROOT, cli
 
 
 def test_models_list_promote_rollback(trained_registry, tmp_path):
@@ -66,3 +58,23 @@ def test_no_model_says_how_to_train(tmp_path):
         check=False,
     )
     assert proc.returncode == 2 and "streamscore train" in proc.stderr
+
+
+def test_registry_defaults_to_the_environment_then_artifacts(tmp_path):
+    env_proc = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "models", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "STREAMSCORE_REGISTRY": str(tmp_path / "reg")},
+    )
+    assert env_proc.returncode == 0, env_proc.stderr
+    assert json.loads(env_proc.stdout.splitlines()[-1]) == {"current": None, "versions": []}
+    proc = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "train", "--data", str(tmp_path / "none.jsonl")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "STREAMSCORE_REGISTRY"},
+    )
+    assert proc.returncode == 2 and "none.jsonl does not exist" in proc.stderr, proc.stderr
