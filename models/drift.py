@@ -6,6 +6,8 @@ set by simulation on held-out in-distribution signals (``calibrate_*``) so that,
 stream, the mean number of messages between false alarms is the configured ERT.
 
 >>> import numpy as np
+
+from models.head import rowwise_matmul
 >>> rng = np.random.default_rng(0)
 >>> det = OodCusum(mean=0.0, std=1.0, threshold=20.0)
 >>> alarms = [det.update_value(x) for x in rng.normal(0, 1, 500)]
@@ -23,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from models.head import rowwise_matmul
 
 
 @dataclass(frozen=True)
@@ -406,7 +410,7 @@ class DriftCalibration:
     embedding: dict[str, Any]  # mean (list), precision (list of lists), threshold, window, every
 
     def project(self, X: np.ndarray) -> np.ndarray:
-        return (np.asarray(X) - self.projection_mean) @ self.projection_components.T
+        return rowwise_matmul(np.asarray(X) - self.projection_mean, self.projection_components)
 
     def detectors(self) -> list[Any]:
         """Fresh detectors with the calibrated thresholds, in a fixed order."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.head import LinearHead
+from models.head import LinearHead, rowwise_matmul, softmax
 
 STRATEGIES = ("energy", "msp", "mahalanobis", "relative_mahalanobis", "knn")
 
@@ -74,13 +74,16 @@ class OODScorer:
             arrays["global_precision"] = np.linalg.inv(cov0 + shrinkage * eye).astype(np.float32)
         return cls(strategy, arrays, {"shrinkage": shrinkage})
 
-    def score(self, X: np.ndarray, head: LinearHead) -> np.ndarray:
-        """OOD score per row of ``X`` (unit-length embeddings)."""
+    def score(self, X: np.ndarray, head: LinearHead, logits: np.ndarray | None = None) -> np.ndarray:
+        """OOD score per row of ``X`` (unit-length embeddings); ``logits`` of ``head`` if known.
+
+        Every strategy but ``knn`` gives a row the same score in any batch; ``knn``'s product
+        with the whole training set goes through BLAS, whose rounding depends on the batch.
+        """
         s = self.strategy
-        if s == "energy":
-            return -_logsumexp(X @ head.weights.T + head.bias)
-        if s == "msp":
-            return 1.0 - head.predict_proba(X).max(axis=1)
+        if s in ("energy", "msp"):
+            logits = head.logits(X) if logits is None else logits
+            return -_logsumexp(logits) if s == "energy" else 1.0 - softmax(logits).max(axis=1)
         if s == "knn":
             k = int(self.params.get("k", 5))
             sims = X @ self.arrays["reference"].astype(np.float32).T
@@ -89,11 +92,15 @@ class OODScorer:
         d = self._min_class_distance(X)
         if s == "relative_mahalanobis":
             c = X - self.arrays["global_mean"]
-            d = d - ((c @ self.arrays["global_precision"]) * c).sum(axis=1)
+            d = d - (rowwise_matmul(c, self.arrays["global_precision"]) * c).sum(axis=1)
         return d
 
     def _min_class_distance(self, X: np.ndarray) -> np.ndarray:
         P, mu = self.arrays["precision"], self.arrays["means"]
-        XP = X @ P
-        d = (XP * X).sum(axis=1)[:, None] - 2.0 * XP @ mu.T + ((mu @ P) * mu).sum(axis=1)[None, :]
+        XP = rowwise_matmul(X, P)  # P is symmetric, so this is X @ P
+        d = (
+            (XP * X).sum(axis=1)[:, None]
+            - 2.0 * rowwise_matmul(XP, mu)
+            + ((mu @ P) * mu).sum(axis=1)[None, :]
+        )
         return d.min(axis=1)

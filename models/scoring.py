@@ -14,6 +14,7 @@ import numpy as np
 
 from models.artifact import ArtifactError, ModelArtifact
 from models.embedder import Embedder, resolve_model_path
+from models.head import softmax
 
 
 @dataclass
@@ -35,7 +36,8 @@ class Scores:
 
 
 def score_embeddings(artifact: ModelArtifact, X: np.ndarray, top_k: int = 3) -> Scores:
-    probs = artifact.head.predict_proba(X)
+    logits = artifact.head.logits(X)
+    probs = softmax(logits)
     k = min(top_k, probs.shape[1])
     top = np.argsort(-probs, axis=1)[:, :k]
     top_probs = np.take_along_axis(probs, top, axis=1)
@@ -45,7 +47,7 @@ def score_embeddings(artifact: ModelArtifact, X: np.ndarray, top_k: int = 3) -> 
         confidence=top_probs[:, 0],
         top_k_labels=[[names[i] for i in row] for row in top],
         top_k_probs=top_probs,
-        ood_scores=artifact.ood.score(X, artifact.head),
+        ood_scores=artifact.ood.score(X, artifact.head, logits),
         ood_threshold=artifact.ood_threshold,
         label_index=top[:, 0],
         projection=artifact.drift.project(X) if artifact.drift is not None else None,
