@@ -140,6 +140,20 @@ def parse_input(
     )
 
 
+def ts_to_ms(ts: str | int | float) -> int:
+    """Epoch milliseconds of a valid ``ts``: ISO-8601 (no zone means UTC) or epoch milliseconds.
+
+    >>> ts_to_ms("2026-11-23T10:00:00Z"), ts_to_ms(1795430000000)
+    (1795428000000, 1795430000000)
+    """
+    if isinstance(ts, (int, float)) and not isinstance(ts, bool):
+        return int(ts)
+    when = datetime.fromisoformat(str(ts).replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(round(when.timestamp() * 1000))
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

@@ -1,10 +1,18 @@
-"""Labelled text rows from JSONL or CSV (optionally gzipped): ``text``, ``label``, ``split``.
+"""Records from JSONL, CSV or Parquet files (JSONL and CSV may be gzipped), and labelled rows.
+
+``read_records`` is shared by training and replay: it yields every record with its line (or
+row) number and reports a line that is not a record instead of raising, so a caller can name
+the line. ``load_rows`` reads ``text``, ``label`` and ``split`` for training.
 
 >>> import tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "d.jsonl")
->>> _ = open(path, "w").write('{"text": "hi", "label": "greet", "split": "train"}\\n')
->>> load_rows(path)[0]
-Row(text='hi', label='greet', split='train')
+>>> _ = open(path, "w").write('{"text": "hi", "label": "greet", "split": "train"}\\n{oops\\n')
+>>> [(n, type(r).__name__) for n, r in read_records(path)]
+[(1, 'dict'), (2, 'BadRecord')]
+>>> load_rows(path)  # doctest: +ELLIPSIS
+Traceback (most recent call last):
+...
+training.data.DataError: ...d.jsonl:2: not valid JSON (...)
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -32,18 +41,53 @@ class DataError(ValueError):
     """A data file that cannot be used; the message names the file and line."""
 
 
+@dataclass(frozen=True)
+class BadRecord:
+    """A line that holds no record: ``reason`` is ``invalid_json`` or ``not_an_object``."""
+
+    reason: str
+    detail: str
+    raw: bytes  # the line as read, so it can still be sent on to be dead-lettered
+
+
+FORMATS = ("jsonl", "csv", "tsv", "parquet")
+
+
+def file_format(path: str | Path) -> str:
+    """``jsonl``, ``csv``, ``tsv`` or ``parquet`` from the file name (``.gz`` looked through)."""
+    name = Path(path).name.lower().removesuffix(".gz")
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
+    if name.endswith(".csv"):
+        return "csv"
+    if name.endswith(".tsv"):
+        return "tsv"
+    return "jsonl"  # .jsonl, .ndjson, .json (one object per line)
+
+
 def _open_text(path: Path) -> io.TextIOBase:
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
     return open(path, encoding="utf-8", newline="")
 
 
-def _records(path: Path) -> Iterator[tuple[int, dict]]:
-    name = path.name.removesuffix(".gz")
+def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | BadRecord]]:
+    """``(line, record)`` for every record of ``path``: the line number for JSONL and CSV (where a
+    CSV record starts), the 1-based row number for Parquet. Blank JSONL lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    fmt = file_format(path)
+    if fmt == "parquet":
+        yield from _parquet_records(path)
+        return
     with _open_text(path) as f:
-        if name.endswith(".csv"):
-            for lineno, rec in enumerate(csv.DictReader(f), start=2):
-                yield lineno, rec
+        if fmt in ("csv", "tsv"):
+            reader = csv.DictReader(f, delimiter="," if fmt == "csv" else "\t")
+            start = 2  # line 1 is the header
+            for rec in reader:
+                yield start, rec
+                start = reader.line_num + 1
             return
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -51,19 +95,45 @@ def _records(path: Path) -> Iterator[tuple[int, dict]]:
             try:
                 rec = json.loads(line)
             except ValueError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
+                yield lineno, BadRecord("invalid_json", f"not valid JSON ({exc})", line.encode("utf-8"))
+                continue
             if not isinstance(rec, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
+                yield (
+                    lineno,
+                    BadRecord("not_an_object", f"expected a JSON object, got {type(rec).__name__}", line.encode()),
+                )
+                continue
             yield lineno, rec
+
+
+def _parquet_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:  # pragma: no cover - pyarrow is a dependency
+        raise DataError("reading Parquet needs pyarrow: pip install pyarrow") from exc
+    row = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+        for rec in batch.to_pylist():
+            row += 1
+            yield row, rec
+
+
+def count_records(path: str | Path) -> int:
+    """How many records ``read_records`` will yield (Parquet: from the footer, no scan)."""
+    if file_format(path) == "parquet":
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    return sum(1 for _ in read_records(path))
 
 
 def load_rows(path: str | Path, text_field: str = "text", label_field: str = "label") -> list[Row]:
     """Read labelled rows; a row without text or label is an error that names its line."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
     rows = []
-    for lineno, rec in _records(path):
+    for lineno, rec in read_records(path):
+        if isinstance(rec, BadRecord):
+            raise DataError(f"{path}:{lineno}: {rec.detail}")
         text, label = rec.get(text_field), rec.get(label_field)
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{path}:{lineno}: no '{text_field}' text")
