@@ -163,7 +163,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.json:
         _emit(summary.as_json(), True)
     else:
-        print(describe(summary, args.file), flush=True)
+        print(describe(summary, args.file, args.topic), flush=True)
     return 0 if summary.complete else 130 if summary.interrupted else 1
 
 

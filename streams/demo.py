@@ -1,8 +1,10 @@
 """``streamscore demo``: the whole product in one command on the embedded defaults.
 
 It trains the default model from the shipped CLINC150 copy when the registry has none,
-starts a broker and a worker, streams in-distribution texts and then a drift phase with
-out-of-scope texts mixed in, and prints scored records and the OOD rate as they arrive.
+starts a broker and a worker, writes a demo stream to a file (in-distribution texts, a drift
+phase with out-of-scope texts mixed in, in-distribution again, three malformed lines) and
+replays it at a steady rate with ``streamscore replay``'s code, printing scored records, the
+OOD rate and drift alerts as they arrive.
 """
 
 from __future__ import annotations
@@ -13,15 +15,13 @@ import os
 import random
 import subprocess
 import sys
-import time
 from collections import deque
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-
 from streams.broker import bootstrap_or_embedded
 from streams.client import format_scored, read_topic
+from streams.replay import ReplayOptions, replay_file
 from streams.settings import Settings
 from streams.topics import ensure_topics, topic_plan
 from training.registry import Registry
@@ -73,22 +73,18 @@ def ensure_model(settings: Settings) -> str:
     return current
 
 
-async def _send(bootstrap: str, topic: str, stream: list[dict[str, Any]], rate: float) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        start = time.monotonic()
-        for i, msg in enumerate(stream):
-            await producer.send(topic, json.dumps(msg).encode(), key=msg["id"].encode())
-            # Pace against the clock, not per sleep, so the rate holds over the run.
-            delay = start + (i + 1) / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        for bad in (b"not json at all", b'{"id": "bad-1"}', b'{"id": "bad-2", "text": ""}'):
-            await producer.send(topic, bad, key=b"bad")
-        await producer.flush()
-    finally:
-        await producer.stop()
+MALFORMED = ("not json at all", '{"id": "bad-1"}', '{"id": "bad-2", "text": ""}')
+
+
+def write_stream(stream: list[dict[str, Any]], path: Path) -> Path:
+    """The demo stream as a JSONL file for replay, ending with three malformed lines."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for msg in stream:
+            f.write(json.dumps(msg, ensure_ascii=False) + "\n")
+        for line in MALFORMED:
+            f.write(line + "\n")
+    return path
 
 
 async def _watch(
@@ -148,6 +144,7 @@ def run_demo(
 ) -> int:
     version = ensure_model(settings)
     stream = demo_stream(DEMO_DATA, n_in, n_drift, drift_share, n_after=n_after)
+    stream_file = write_stream(stream, Path(settings.registry) / "demo" / "demo-stream.jsonl")
     with bootstrap_or_embedded(
         settings.bootstrap_servers, log=lambda m: print(f"[demo] {m}", flush=True)
     ) as bootstrap:
@@ -163,7 +160,9 @@ def run_demo(
                 stderr=subprocess.STDOUT,
             )
         print(
-            f"[demo] worker started with model {version} (log: {log_path}); streaming {len(stream)} texts at {rate:.0f}/s",
+            f"[demo] worker started with model {version} (log: {log_path}); replaying {stream_file} "
+            f"({len(stream)} texts + {len(MALFORMED)} malformed lines) at {rate:.0f}/s, as "
+            f"`streamscore replay {stream_file} --rate {rate:g} --send-malformed` would",
             flush=True,
         )
         try:
@@ -171,7 +170,14 @@ def run_demo(
             async def both() -> dict[str, Any]:
                 watch = asyncio.create_task(_watch(bootstrap, settings, len(stream), 50, 1 - 0.95))
                 alerts = asyncio.create_task(_watch_alerts(bootstrap, settings, seen_alerts))
-                await _send(bootstrap, settings.input_topic, stream, rate)
+                sent = await replay_file(
+                    stream_file,
+                    bootstrap,
+                    ReplayOptions(topic=settings.input_topic, rate=rate, send_malformed=True),
+                    state_dir=settings.registry,
+                )
+                if not sent.complete:
+                    raise RuntimeError(f"the demo stream was not fully sent: {sent.error}")
                 summary = await watch
                 await asyncio.sleep(3)  # the drift agent trails the scorer by a batch or two
                 alerts.cancel()
@@ -202,8 +208,14 @@ def run_demo(
         f"{len(closed)} resolved; topic {settings.alerts_topic}"
     )
     print(
-        "  next: `streamscore worker` + `streamscore produce FILE` + `streamscore tail --pretty` against "
-        "`streamscore broker`; README.md explains the topics and message formats"
+        f"\n[demo] where to look next (this demo's broker stopped with it; README.md has the message formats):\n"
+        f"  topics: {settings.input_topic} (input), {settings.scored_topic} (results), {settings.dlq_topic} "
+        f"(bad input, with reasons), {settings.alerts_topic} (drift alerts), {settings.signals_topic}, "
+        f"{settings.drift_state_topic}\n"
+        f"  a broker that stays up:   streamscore broker &   export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092\n"
+        f"  then:                     streamscore worker &   streamscore tail --pretty\n"
+        f"  the same stream again:    streamscore replay {stream_file} --rate {rate:g}\n"
+        f"  score it with a model:    streamscore rescore --from=-10m --model {version} --compare"
     )
     return 0 if summary["scored"] == len(stream) else 1
 
