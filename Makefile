@@ -3,7 +3,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean prometheus
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,7 +19,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/streamscore demo
 
-test: $(STAMP)
+# The observability test scrapes a real worker with the Debian prometheus server.
+prometheus:
+	@command -v prometheus >/dev/null || [ -x /usr/bin/prometheus ] || { \
+	  echo "installing the Debian prometheus package (the tests run a real Prometheus server)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
+test: $(STAMP) prometheus
 	$(PY) -m pytest
 
 lint: $(STAMP)

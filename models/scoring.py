@@ -8,6 +8,7 @@ Typical use (needs a trained registry)::
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,7 @@ class Scores:
     ood_threshold: float
     label_index: np.ndarray | None = None  # (n,) index into the model's labels
     projection: np.ndarray | None = None  # (n, k) embedding projection for drift detection
+    embed_s: float = 0.0  # seconds spent embedding this batch
 
     @property
     def is_ood(self) -> np.ndarray:
@@ -83,4 +85,9 @@ class Scorer:
         return self.artifact.version
 
     def score(self, texts: list[str]) -> Scores:
-        return score_embeddings(self.artifact, self.embedder.encode(texts), self.top_k)
+        started = time.perf_counter()
+        X = self.embedder.encode(texts)
+        embed_s = time.perf_counter() - started
+        scores = score_embeddings(self.artifact, X, self.top_k)
+        scores.embed_s = embed_s
+        return scores

@@ -58,6 +58,22 @@ class InputText:
     timestamp_ms: int | None = None  # the Kafka record timestamp
 
 
+DLQ_REASONS = (
+    "empty_message",
+    "message_too_large",
+    "invalid_utf8",
+    "invalid_json",
+    "not_an_object",
+    "missing_text",
+    "wrong_type",
+    "empty_text",
+    "text_too_long",
+    "missing_ts",
+    "scoring_failed",
+)
+"""Every ``reason`` a dead letter can carry (metrics create a zero series for each up front)."""
+
+
 @dataclass(frozen=True)
 class Rejection:
     """Why a message could not be scored."""

@@ -16,8 +16,10 @@ from typing import Any
 
 import faust
 
+from models.scoring import Scorer
 from schemas.messages import Origin
 from streams.drift_watch import DriftWatch
+from streams.metrics import BatchStats, WorkerMetrics
 from streams.pipeline import BatchOutput, RawMessage, process_batch
 from streams.serving import ModelHolder
 from streams.settings import Settings
@@ -25,11 +27,19 @@ from streams.settings import Settings
 log = logging.getLogger("streamscore.worker")
 
 
-def create_app(settings: Settings, bootstrap_servers: str, holder: ModelHolder) -> faust.App:
+def create_app(
+    settings: Settings, bootstrap_servers: str, holder: ModelHolder, metrics: WorkerMetrics | None = None
+) -> faust.App:
+    metrics = metrics or WorkerMetrics.create()
+    datadir = settings.registry / "worker-data" / settings.group_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    show_model(metrics, holder.scorer)
     app = faust.App(
         settings.group_id,
         broker=f"kafka://{bootstrap_servers}",
         store="memory://",
+        # Faust wants a data dir even for memory tables; keep it out of the user's cwd.
+        datadir=str(datadir),
         web_enabled=False,
         topic_partitions=settings.partitions,
         consumer_auto_offset_reset="earliest",
@@ -75,9 +85,12 @@ def create_app(settings: Settings, bootstrap_servers: str, holder: ModelHolder) 
                 delay = min(delay * 2, 30.0)
             pending = failed
 
+    next_offset: dict[int, int] = {}  # per input partition: the next offset to process
+
     @app.agent(texts)
     async def score(stream: Any) -> None:  # faust's StreamT stub lacks take_events
         async for events in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
+            taken = time.perf_counter()
             batch = [
                 RawMessage(
                     key=e.message.key,
@@ -89,6 +102,13 @@ def create_app(settings: Settings, bootstrap_servers: str, holder: ModelHolder) 
             ]
             out = await process_batch(batch, holder.score, settings)
             await produce(out)
+            metrics.observe_batch(
+                BatchStats(len(batch), out.labels, out.is_ood, out.event_ms, out.reasons, out.embed_s),
+                time.perf_counter() - taken,
+            )
+            for raw in batch:
+                p = raw.origin.partition
+                next_offset[p] = max(next_offset.get(p, 0), raw.origin.offset + 1)
             if out.dead:
                 log.info("dead-lettered %d of %d messages: %s", len(out.dead), len(batch), dict(out.reasons))
 
@@ -108,6 +128,10 @@ def create_app(settings: Settings, bootstrap_servers: str, holder: ModelHolder) 
                         raised += drift.closing_alerts() + monitor.observe(record, e.message.offset)
                 except Exception:  # a signal we cannot read must not stop drift watching
                     log.exception("skipping unreadable drift signal at offset %s", e.message.offset)
+            if drift.monitor is not None:
+                metrics.observe_drift(
+                    drift.monitor.detectors, drift.monitor.open_episodes, raised, len(events)
+                )
             for alert in raised:
                 log.warning("drift alert: %s %s (%s)", alert["detector"], alert["status"], alert["alert_id"])
             if raised:
@@ -123,8 +147,38 @@ def create_app(settings: Settings, bootstrap_servers: str, holder: ModelHolder) 
     @app.timer(interval=settings.reload_interval_s)
     async def follow_current_model() -> None:
         try:
-            await holder.follow_registry()
+            if await holder.follow_registry():
+                show_model(metrics, holder.scorer)
         except Exception:  # a timer that raises would stop following; log and try next tick
             log.exception("checking the registry for a new model failed")
 
+    @app.timer(interval=2.0)
+    async def report_lag() -> None:
+        try:
+            assigned = app.consumer.assignment()
+            lags = {}
+            for tp in assigned:
+                if tp.topic != settings.input_topic:
+                    continue
+                end = app.consumer.highwater(tp)
+                position = next_offset.get(tp.partition)
+                if position is None:
+                    position = await app.consumer.position(tp)
+                if end is not None and position is not None:
+                    lags[tp.partition] = end - position
+            metrics.set_lag(settings.input_topic, lags)
+            metrics.set_ready(bool(assigned))
+        except Exception:  # metrics must never stop the worker
+            log.debug("could not compute consumer lag", exc_info=True)
+
     return app
+
+
+def show_model(metrics: WorkerMetrics, scorer: Scorer) -> None:
+    """Publish the serving model's version, OOD reference rate and label prior."""
+    artifact = scorer.artifact
+    keep = float(artifact.manifest.get("thresholds", {}).get("keep_in_dist", 0.95))
+    prior: dict[str, float] = {}
+    if artifact.drift is not None:
+        prior = dict(zip(artifact.head.labels, artifact.drift.labels["prior"], strict=False))
+    metrics.set_model(scorer.version, scorer.embedder.name, str(scorer.embedder.device), 1.0 - keep, prior)

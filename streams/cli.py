@@ -400,6 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds between CURRENT checks",
     )
+    sp.add_argument("--metrics-host", dest="metrics_host", default=None, help="default 127.0.0.1")
+    sp.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        default=None,
+        help="default 9464, or the next free port above it; 0 turns /metrics off",
+    )
     sp.set_defaults(func=cmd_worker)
 
     sp = sub.add_parser("produce", help="send texts (JSONL or plain lines) to the input topic")

@@ -13,8 +13,10 @@ import asyncio
 import json
 import os
 import random
+import re
 import subprocess
 import sys
+import urllib.request
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -187,6 +189,7 @@ def run_demo(
 
             summary = asyncio.run(both())
             dead = asyncio.run(_count(bootstrap, settings.dlq_topic))
+            metrics_url, metrics_lines = _scrape(log_path)
         finally:
             worker.terminate()
             try:
@@ -215,9 +218,35 @@ def run_demo(
         f"  a broker that stays up:   streamscore broker &   export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092\n"
         f"  then:                     streamscore worker &   streamscore tail --pretty\n"
         f"  the same stream again:    streamscore replay {stream_file} --rate {rate:g}\n"
-        f"  score it with a model:    streamscore rescore --from=-10m --model {version} --compare"
+        f"  score it with a model:    streamscore rescore --from=-10m --model {version} --compare\n"
+        f"  metrics: the worker served {metrics_url or '/metrics (see its log)'} while it ran; "
+        f"with Prometheus and Grafana: docker compose up (README: Observability)"
     )
+    for line in metrics_lines:
+        print(f"    {line}")
     return 0 if summary["scored"] == len(stream) else 1
+
+
+SHOWN_METRICS = (
+    "streamscore_messages_in_total",
+    "streamscore_messages_scored_total",
+    "streamscore_ood_reference_rate",
+    'streamscore_drift_alerts_total{detector="ood_cusum",status="drift"}',
+    'streamscore_messages_dead_lettered_total{reason="invalid_json"}',
+)
+
+
+def _scrape(worker_log: Path) -> tuple[str | None, list[str]]:
+    """The worker's metrics URL (from its log) and a few of its metrics, read once."""
+    found = re.search(r"metrics on (http://\S+/metrics)", worker_log.read_text(errors="replace"))
+    if not found:
+        return None, []
+    try:
+        with urllib.request.urlopen(found.group(1), timeout=3) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return found.group(1), []
+    return found.group(1), [line for line in text.splitlines() if line.startswith(SHOWN_METRICS)]
 
 
 async def _count(bootstrap: str, topic: str) -> int:

@@ -51,6 +51,11 @@ class BatchOutput:
     signals: list[bytes] = field(default_factory=list)  # drift signals, one per scored message
     reasons: Counter[str] = field(default_factory=Counter)
     model_version: str | None = None
+    # Per scored message, for metrics: predicted label, OOD flag, event time (epoch ms).
+    labels: list[str] = field(default_factory=list)
+    is_ood: list[bool] = field(default_factory=list)
+    event_ms: list[float | None] = field(default_factory=list)
+    embed_s: float = 0.0
 
 
 def _encode(record: dict) -> bytes:
@@ -83,6 +88,10 @@ def _add_scored(out: BatchOutput, msgs: list[InputText], scores: Scores, version
     scored_at = now_iso()
     now_ms = time.time() * 1000.0
     out.model_version = version
+    out.embed_s += scores.embed_s
+    out.labels += scores.labels
+    out.is_ood += [bool(x) for x in scores.is_ood]
+    out.event_ms += [float(m.timestamp_ms) if m.timestamp_ms else None for m in msgs]
     for i, msg in enumerate(msgs):
         top_k = [
             {"label": label, "prob": round(float(p), 6)}

@@ -43,6 +43,8 @@ class Settings:
     top_k: int = 3
     reload_interval_s: float = 2.0  # how often the worker checks the registry's CURRENT
     log_level: str = "info"
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can reach it
+    metrics_port: int = 9464  # taken: the next free port above it (printed at start); 0: none
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

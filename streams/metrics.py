@@ -1,0 +1,319 @@
+"""What a worker tells Prometheus, and the small HTTP server for ``/metrics`` and ``/healthz``.
+
+Conventions: base units (seconds), ``_total`` counters, labels only with few values (DLQ reason,
+detector, partition, the model's own labels). Each worker owns its :class:`WorkerMetrics` in a
+registry of its own; several workers on one host each take a port of their own (the configured
+one, or the next free one above it, printed at start). The README lists every metric.
+
+>>> m = WorkerMetrics.create()
+>>> m.observe_batch(BatchStats(n_in=2, labels=["a", "b"], is_ood=[False, True],
+...                            event_ms=[None, None], dead_reasons={}), 0.01, now_ms=0)
+>>> m.value("streamscore_ood_rate")
+0.5
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import threading
+import time
+from collections import Counter as Tally
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+from schemas.messages import DLQ_REASONS
+
+log = logging.getLogger("streamscore.metrics")
+
+ROLLING = 500  # messages behind the rolling OOD rate and label-mix distance
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one micro-batch did, as the metrics need it (no Kafka, no model objects)."""
+
+    n_in: int
+    labels: list[str]  # predicted label per scored message
+    is_ood: list[bool]
+    event_ms: list[float | None]  # event time per scored message
+    dead_reasons: Mapping[str, int]
+    embed_s: float = 0.0
+
+
+@dataclass
+class WorkerMetrics:
+    """Every metric of one worker, plus the rolling windows behind the derived gauges."""
+
+    registry: CollectorRegistry
+    m: dict[str, Any]
+    recent_ood: deque[bool] = field(default_factory=lambda: deque(maxlen=ROLLING))
+    recent_labels: deque[str] = field(default_factory=lambda: deque(maxlen=ROLLING))
+    prior: dict[str, float] = field(default_factory=dict)
+    health: dict[str, Any] = field(default_factory=lambda: {"status": "starting"})
+
+    @classmethod
+    def create(cls) -> WorkerMetrics:
+        r = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        p = "streamscore_"
+        m: dict[str, Any] = {
+            "in": Counter(p + "messages_in", "Messages read from the input topic", registry=r),
+            "scored": Counter(p + "messages_scored", "Messages scored and produced", registry=r),
+            "dead": Counter(p + "messages_dead_lettered", "Messages sent to the DLQ", ["reason"], registry=r),
+            "ood": Counter(p + "ood", "Scored messages flagged out-of-distribution", registry=r),
+            "ood_rate": Gauge(p + "ood_rate", f"OOD share of the last {ROLLING} scored messages", registry=r),
+            "ood_ref": Gauge(
+                p + "ood_reference_rate",
+                "OOD share expected on training-distribution texts (1 - keep_in_dist)",
+                registry=r,
+            ),
+            "labels": Counter(
+                p + "predicted_labels", "Scored messages by predicted label", ["label"], registry=r
+            ),
+            "prior": Gauge(
+                p + "label_prior", "Share of each label in the training reference", ["label"], registry=r
+            ),
+            "mix": Gauge(
+                p + "label_mix_distance",
+                f"Total variation distance between the last {ROLLING} predicted labels and the prior",
+                registry=r,
+            ),
+            "e2e": Histogram(
+                p + "end_to_end_latency_seconds",
+                "Event time to output confirmed by the broker",
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            ),
+            "proc": Histogram(
+                p + "processing_latency_seconds",
+                "Batch taken from the consumer to its outputs confirmed, per message",
+                buckets=LATENCY_BUCKETS,
+                registry=r,
+            ),
+            "batch": Histogram(
+                p + "batch_size", "Messages per micro-batch", buckets=BATCH_BUCKETS, registry=r
+            ),
+            "embed": Histogram(
+                p + "embedding_seconds", "Embedding time per micro-batch", buckets=LATENCY_BUCKETS, registry=r
+            ),
+            "lag": Gauge(
+                p + "consumer_lag", "Messages behind the partition's end", ["topic", "partition"], registry=r
+            ),
+            "drift_stat": Gauge(p + "drift_statistic", "Drift detector statistic", ["detector"], registry=r),
+            "drift_thr": Gauge(
+                p + "drift_threshold", "Drift detector alarm threshold", ["detector"], registry=r
+            ),
+            "drift_state": Gauge(
+                p + "drift_state", "1 while the detector is in a drift episode", ["detector"], registry=r
+            ),
+            "drift_alerts": Counter(
+                p + "drift_alerts", "Drift alerts sent", ["detector", "status"], registry=r
+            ),
+            "signals": Counter(p + "drift_signals", "Drift signals read by the drift agent", registry=r),
+            "model": Info(p + "model", "The model version in service", registry=r),
+            "model_loaded": Gauge(
+                p + "model_loaded_timestamp_seconds", "When the serving model was loaded", registry=r
+            ),
+            "build": Info(p + "build", "streamscore and library versions", registry=r),
+            "started": Gauge(p + "worker_start_time_seconds", "When the worker started", registry=r),
+            "ready": Gauge(p + "worker_ready", "1 once the worker has partitions and a model", registry=r),
+        }
+        for reason in DLQ_REASONS:  # zero series up front, so rate() sees the first dead letter
+            m["dead"].labels(reason)
+        m["build"].info(_build_info())
+        m["started"].set(time.time())
+        return cls(r, m)
+
+    # --- updates -----------------------------------------------------------------------------
+
+    def set_model(
+        self, version: str, embedder: str, device: str, ood_reference: float, prior: Mapping[str, float]
+    ) -> None:
+        """The serving model changed (or was loaded at start)."""
+        self.m["model"].info({"version": version, "embedder": embedder, "device": device})
+        self.m["model_loaded"].set(time.time())
+        self.m["ood_ref"].set(ood_reference)
+        self.m["prior"].clear()  # a new model may have other labels
+        for label, share in prior.items():
+            self.m["prior"].labels(label).set(share)
+            self.m["labels"].labels(label)  # zero series up front, as for DLQ reasons
+        self.prior = dict(prior)
+        self.recent_labels.clear()
+        self.health["model_version"] = version
+
+    def observe_batch(self, stats: BatchStats, processing_s: float, now_ms: float | None = None) -> None:
+        """One micro-batch produced and confirmed ``processing_s`` after it was taken."""
+        now_ms = time.time() * 1000.0 if now_ms is None else now_ms
+        m = self.m
+        m["in"].inc(stats.n_in)
+        m["batch"].observe(stats.n_in)
+        for reason, n in stats.dead_reasons.items():
+            m["dead"].labels(reason).inc(n)
+        n_scored = len(stats.labels)
+        if n_scored:
+            m["scored"].inc(n_scored)
+            m["ood"].inc(sum(stats.is_ood))
+            m["embed"].observe(stats.embed_s)
+            for label, n in Tally(stats.labels).items():
+                m["labels"].labels(label).inc(n)
+            self.recent_ood.extend(stats.is_ood)
+            self.recent_labels.extend(stats.labels)
+            m["ood_rate"].set(sum(self.recent_ood) / len(self.recent_ood))
+            m["mix"].set(label_mix_distance(self.recent_labels, self.prior))
+            for t in stats.event_ms:
+                if t is not None:
+                    m["e2e"].observe(max(now_ms - t, 0.0) / 1000.0)
+        for _ in range(stats.n_in):
+            m["proc"].observe(processing_s)
+        self.health["last_batch_at"] = time.time()
+
+    def set_lag(self, topic: str, lags: Mapping[int, int]) -> None:
+        """Lag of the partitions this worker holds now; partitions it lost disappear."""
+        self.m["lag"].clear()
+        for partition, lag in lags.items():
+            self.m["lag"].labels(topic, str(partition)).set(max(lag, 0))
+        self.health["partitions"] = sorted(lags)
+
+    def set_ready(self, ready: bool) -> None:
+        self.m["ready"].set(1 if ready else 0)
+        self.health["status"] = "ok" if ready else "starting"
+
+    def observe_drift(
+        self, detectors: list[Any], open_episodes: list[str], alerts: list[dict], signals: int
+    ) -> None:
+        """After the drift agent handled ``signals`` signals: detector values, states, alerts."""
+        self.m["signals"].inc(signals)
+        for d in detectors:
+            self.m["drift_stat"].labels(d.name).set(float(d.statistic))
+            self.m["drift_thr"].labels(d.name).set(float(d.threshold))
+            self.m["drift_state"].labels(d.name).set(1 if d.name in open_episodes else 0)
+            for status in ("drift", "resolved"):  # present from the start, so increase() sees the first
+                self.m["drift_alerts"].labels(d.name, status)
+        for a in alerts:
+            self.m["drift_alerts"].labels(a["detector"], a["status"]).inc()
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def value(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+        """One sample's current value (for tests and the demo's summary)."""
+        return self.registry.get_sample_value(name, dict(labels or {}))
+
+
+def label_mix_distance(recent: deque[str] | list[str], prior: Mapping[str, float]) -> float:
+    """Total variation distance (0..1) between the labels in ``recent`` and ``prior``.
+
+    >>> label_mix_distance(["a", "a", "b", "b"], {"a": 0.5, "b": 0.5})
+    0.0
+    >>> label_mix_distance(["a", "a"], {"a": 0.5, "b": 0.5})
+    0.5
+    """
+    if not recent or not prior:
+        return 0.0
+    counts = Tally(recent)
+    n = len(recent)
+    keys = set(counts) | set(prior)
+    return 0.5 * sum(abs(counts.get(k, 0) / n - prior.get(k, 0.0)) for k in keys)
+
+
+def _build_info() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    info = {"python": platform.python_version()}
+    for dist in ("streamscore", "faust-streaming", "aiokafka", "torch", "sentence-transformers", "river"):
+        try:
+            info[dist.replace("-", "_")] = version(dist)
+        except PackageNotFoundError:
+            info[dist.replace("-", "_")] = "unknown"
+    info["version"] = info.pop("streamscore")
+    return info
+
+
+# --- the HTTP endpoint ------------------------------------------------------------------------
+
+
+@dataclass
+class MetricsServer:
+    """``GET /metrics`` (Prometheus text format) and ``GET /healthz`` (JSON; 503 until ready)."""
+
+    metrics: WorkerMetrics
+    host: str = "127.0.0.1"
+    port: int = 9464
+    tries: int = 64  # ports tried upward from ``port`` when it is taken
+    server: ThreadingHTTPServer | None = None
+
+    def start(self) -> MetricsServer:
+        handler = _handler(self.metrics.exposition, lambda: dict(self.metrics.health))
+        last_error: OSError | None = None
+        for port in range(self.port, self.port + max(self.tries, 1)):
+            try:
+                self.server = ThreadingHTTPServer((self.host, port), handler)
+                break
+            except OSError as exc:
+                last_error = exc
+        if self.server is None:
+            raise OSError(
+                f"no free port for /metrics on {self.host} in {self.port}..{self.port + self.tries - 1} "
+                f"({last_error}); set --metrics-port to a free one"
+            )
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        threading.Thread(target=self.server.serve_forever, name="metrics-http", daemon=True).start()
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/metrics"
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def _handler(exposition: Callable[[], bytes], health: Callable[[], dict[str, Any]]) -> type:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            path = self.path.split("?")[0]
+            if path == "/metrics":
+                self._send(200, CONTENT_TYPE_LATEST, exposition())
+            elif path in ("/healthz", "/health"):
+                state = health()
+                code = 200 if state.get("status") == "ok" else 503
+                self._send(code, "application/json", json.dumps(state).encode())
+            else:
+                self._send(404, "text/plain", b"not found: try /metrics or /healthz\n")
+
+        def _send(self, code: int, ctype: str, body: bytes) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # scrapes every few seconds: keep quiet
+            pass
+
+    return Handler
