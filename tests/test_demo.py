@@ -20,7 +20,9 @@ def test_demo_from_nothing_shows_scores_drift_alert_and_dead_letters(tmp_path):
     assert alert and alert.start() > drift_starts, "the OOD alert comes after the drift starts"
     # The alert arrives within a few dozen messages, well before the 400-message phase is over.
     assert alert.start() < drift_ends, out[drift_starts:drift_ends]
-    assert re.search(r"resolved\s+ood_cusum", out[drift_ends:]), "the episode is closed once traffic is normal"
+    assert re.search(r"resolved\s+ood_cusum", out[drift_ends:]), (
+        "the episode is closed once traffic is normal"
+    )
     before, during = re.search(r"OOD rate: ([\d.]+)% before the drift, ([\d.]+)% during it", out).groups()
     assert float(before) < 10 < 30 < float(during)
     assert "streamscore replay" in out and "rescore" in out, "it says where to look next"

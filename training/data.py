@@ -100,7 +100,9 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | BadRe
             if not isinstance(rec, dict):
                 yield (
                     lineno,
-                    BadRecord("not_an_object", f"expected a JSON object, got {type(rec).__name__}", line.encode()),
+                    BadRecord(
+                        "not_an_object", f"expected a JSON object, got {type(rec).__name__}", line.encode()
+                    ),
                 )
                 continue
             yield lineno, rec
