@@ -1,9 +1,9 @@
 """The Faust application: ``texts`` → score agent → ``texts.scored`` / ``texts.dlq``.
 
-Read top to bottom as the data flows. Faust commits the offset of every event the agent has
-acknowledged, even when the handler raised, so the agent never raises: each micro-batch is
-fully produced (delivery confirmed) before ``take_events`` acknowledges it, and a failing
-send is retried rather than skipped. That gives at-least-once delivery.
+Read top to bottom as the data flows. Faust commits the offset of every event that has been
+acknowledged, so events are acknowledged by hand (``noack_take``) and only once every output
+of their micro-batch has been confirmed by the broker; a failing send is retried rather than
+skipped, and scoring never raises. That gives at-least-once delivery.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import faust
 from models.scoring import Scorer
 from schemas.messages import Origin
 from streams.drift_watch import DriftWatch
+from streams.faust_transport import StreamApp
 from streams.metrics import BatchStats, WorkerMetrics
 from streams.pipeline import BatchOutput, RawMessage, process_batch
 from streams.serving import ModelHolder
@@ -34,7 +35,7 @@ def create_app(
     datadir = settings.registry / "worker-data" / settings.group_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
     show_model(metrics, holder.scorer)
-    app = faust.App(
+    app = StreamApp(
         settings.group_id,
         broker=f"kafka://{bootstrap_servers}",
         store="memory://",
@@ -60,18 +61,24 @@ def create_app(
         )
     )
 
-    async def produce(out: BatchOutput) -> None:
-        await send_confirmed(
+    def records_of(out: BatchOutput) -> list[tuple[Any, bytes | None, bytes]]:
+        return (
             [(scored, k, v) for k, v in out.scored]
             + [(dead_letters, k, v) for k, v in out.dead]
             + [(signals, None, v) for v in out.signals]
         )
 
-    async def send_confirmed(pending: list[tuple[Any, bytes | None, bytes]]) -> None:
-        """Send every record and wait for the broker to confirm, retrying until it does."""
+    async def send_all(pending: list[tuple[Any, bytes | None, bytes]]) -> list[Any]:
+        return [await topic.send(key=k, value=v) for topic, k, v in pending]
+
+    async def send_confirmed(
+        pending: list[tuple[Any, bytes | None, bytes]], futures: list[Any] | None = None
+    ) -> None:
+        """Wait for the broker to confirm every record (sent already when ``futures`` is given),
+        resending the ones it refused until it takes them."""
         delay = 0.5
         while pending:
-            futures = [await topic.send(key=k, value=v) for topic, k, v in pending]
+            futures = futures if futures is not None else await send_all(pending)
             results = await asyncio.gather(*futures, return_exceptions=True)
             failed = [p for p, r in zip(pending, results, strict=False) if isinstance(r, BaseException)]
             if failed:
@@ -83,13 +90,22 @@ def create_app(
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-            pending = failed
+            pending, futures = failed, None
 
+    # A three-stage pipeline, so the encoder never waits for Kafka: Faust fills the next batch
+    # while one is scored, and the broker confirms one batch while the next is scored. A batch's
+    # events are acknowledged (so their offsets may be committed) only once all its outputs are
+    # confirmed; Faust commits only offsets below the lowest unacknowledged one per partition.
+    to_score: asyncio.Queue[tuple[Any, list[Any]]] = asyncio.Queue(maxsize=2)
+    to_confirm: asyncio.Queue[tuple[Any, list[Any], list[RawMessage], BatchOutput, list[Any], float]] = (
+        asyncio.Queue(maxsize=2)
+    )
     next_offset: dict[int, int] = {}  # per input partition: the next offset to process
+    stages: list[asyncio.Task] = []
 
-    @app.agent(texts)
-    async def score(stream: Any) -> None:  # faust's StreamT stub lacks take_events
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
+    async def score_stage() -> None:
+        while True:
+            stream, events = await to_score.get()
             taken = time.perf_counter()
             batch = [
                 RawMessage(
@@ -100,8 +116,17 @@ def create_app(
                 )
                 for e in events
             ]
-            out = await process_batch(batch, holder.score, settings)
-            await produce(out)
+            out = await process_batch(batch, holder.score, settings)  # never raises
+            pending = records_of(out)
+            futures = await send_all(pending)
+            await to_confirm.put((stream, events, batch, out, futures, taken))
+
+    async def confirm_stage() -> None:
+        while True:
+            stream, events, batch, out, futures, taken = await to_confirm.get()
+            await send_confirmed(records_of(out), futures)
+            for e in events:
+                await stream.ack(e)
             metrics.observe_batch(
                 BatchStats(len(batch), out.labels, out.is_ood, out.event_ms, out.reasons, out.embed_s),
                 time.perf_counter() - taken,
@@ -111,6 +136,21 @@ def create_app(
                 next_offset[p] = max(next_offset.get(p, 0), raw.origin.offset + 1)
             if out.dead:
                 log.info("dead-lettered %d of %d messages: %s", len(out.dead), len(batch), dict(out.reasons))
+
+    def supervise(task: asyncio.Task) -> None:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            log.error("a scoring stage stopped: %r; stopping the worker", error)
+            asyncio.ensure_future(app.crash(error))  # unacknowledged batches are redone
+
+    @app.agent(texts)
+    async def score(stream: Any) -> None:  # faust's StreamT stub lacks noack_take
+        if not stages or any(t.done() for t in stages):
+            stages[:] = [asyncio.create_task(score_stage()), asyncio.create_task(confirm_stage())]
+            for t in stages:
+                t.add_done_callback(supervise)
+        async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
+            await to_score.put((stream, events))  # waits while two batches are queued: backpressure
 
     drift = DriftWatch(settings, bootstrap_servers, holder)
 

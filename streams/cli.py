@@ -95,14 +95,35 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     rows = [r for r in load_rows(args.data) if args.split in (None, "any") or r.split == args.split]
     if not rows:
         raise ValueError(f"{args.data} has no rows with split {args.split!r}")
-    embedder = Embedder.load(artifact.embedder_name, args.device or "auto")
+    embedder = Embedder.load(artifact.embedder_name, args.device or "auto", backend=args.backend)
     t = time.perf_counter()
     metrics = evaluate_rows(
         artifact, embedder, rows, args.ood_label, progress=not args.json and sys.stderr.isatty()
     )
     metrics["seconds"] = round(time.perf_counter() - t, 2)
     metrics["split"] = args.split
+    metrics["backend"] = args.backend
     _emit(metrics, args.json)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from streams.bench import BenchOptions, run_bench
+
+    settings = _settings(args)
+    opts = BenchOptions(
+        messages=args.messages,
+        repeats=args.repeats,
+        naive_messages=args.naive_messages,
+        latency_seconds=args.latency_seconds,
+        backends=tuple(b for b in (args.backends or "").split(",") if b),
+        say=None if args.json else (lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)),
+    )
+    result = run_bench(settings, opts)
+    if args.json:
+        _emit(result, True)
+    else:
+        print(json.dumps(result, indent=2))
     return 0
 
 
@@ -360,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", default=None, help="version or artifact folder (default CURRENT)")
     sp.add_argument("--data", required=True)
     sp.add_argument("--split", default="test", help="rows of this split ('any' for all)")
+    sp.add_argument(
+        "--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help="embedder runtime"
+    )
     sp.add_argument("--ood-label", default="oos")
     sp.add_argument("--device", default=None)
     sp.set_defaults(func=cmd_evaluate)
@@ -400,6 +424,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds between CURRENT checks",
     )
+    sp.add_argument(
+        "--backend",
+        default=None,
+        choices=["torch", "onnx", "onnx-int8"],
+        help="embedder runtime (default torch)",
+    )
+    sp.add_argument(
+        "--embed-cache-size", dest="embed_cache_size", type=int, default=None, help="LRU embeddings; 0: off"
+    )
     sp.add_argument("--metrics-host", dest="metrics_host", default=None, help="default 127.0.0.1")
     sp.add_argument(
         "--metrics-port",
@@ -409,6 +442,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="default 9464, or the next free port above it; 0 turns /metrics off",
     )
     sp.set_defaults(func=cmd_worker)
+
+    sp = sub.add_parser(
+        "bench",
+        help="raw encoder vs. end-to-end worker vs. naive consumer, latency and memory (README: Performance)",
+    )
+    common(sp, kafka=True, as_json=True)
+    sp.add_argument("--messages", type=int, default=4_000, help="per end-to-end run")
+    sp.add_argument("--repeats", type=int, default=2, help="end-to-end runs per backend (best counts)")
+    sp.add_argument("--naive-messages", dest="naive_messages", type=int, default=800)
+    sp.add_argument(
+        "--latency-seconds", dest="latency_seconds", type=float, default=20.0, help="per load level"
+    )
+    sp.add_argument(
+        "--backends", default=None, help="comma-separated, e.g. torch,onnx,onnx-int8 (first: latency, memory)"
+    )
+    sp.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    sp.add_argument("--device", default=None)
+    sp.set_defaults(func=cmd_bench)
 
     sp = sub.add_parser("produce", help="send texts (JSONL or plain lines) to the input topic")
     common(sp, kafka=True)

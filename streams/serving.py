@@ -61,7 +61,13 @@ class ModelHolder:
             artifact = self.registry.load(wanted)
             embedder = self.scorer.embedder
             if artifact.embedder_name != embedder.name:
-                embedder = Embedder.load(artifact.embedder_name, embedder.device, embedder.batch_size)
+                embedder = Embedder.load(
+                    artifact.embedder_name,
+                    embedder.device,
+                    embedder.batch_size,
+                    backend=embedder.backend,
+                    cache_size=embedder.cache.maxsize if embedder.cache else 0,
+                )
             new = Scorer.load(artifact, embedder, self.scorer.top_k)
         except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
             self.refused[key] = str(exc)

@@ -25,6 +25,9 @@ class Settings:
     model: str | None = None  # version or artifact dir; None: the registry's CURRENT
     device: str = "auto"  # auto | cpu | cuda
     embed_batch_size: int = 64
+    backend: str = "torch"  # torch | onnx | onnx-int8 (README: Performance)
+    embed_cache_size: int = 20_000  # embeddings kept in an in-process LRU; 0: no cache
+    cache_dir: Path = Path("~/.cache/streamscore")  # ONNX exports
     input_topic: str = "texts"
     scored_topic: str = "texts.scored"
     dlq_topic: str = "texts.dlq"
@@ -71,6 +74,10 @@ class Settings:
             problems.append("batch_wait_s must be positive")
         if self.max_text_chars < 1:
             problems.append("max_text_chars must be at least 1")
+        if self.backend not in ("torch", "onnx", "onnx-int8"):
+            problems.append(f"backend must be torch, onnx or onnx-int8, not {self.backend!r}")
+        if self.embed_cache_size < 0:
+            problems.append("embed_cache_size must be 0 (off) or more")
         if self.partitions < 1:
             problems.append("partitions must be at least 1")
         names = [

@@ -21,7 +21,14 @@ log = logging.getLogger("streamscore.worker")
 
 def load_scorer(settings: Settings) -> Scorer:
     artifact = Registry(settings.registry).load(settings.model)
-    embedder = Embedder.load(artifact.embedder_name, settings.device, settings.embed_batch_size)
+    embedder = Embedder.load(
+        artifact.embedder_name,
+        settings.device,
+        settings.embed_batch_size,
+        backend=settings.backend,
+        cache_size=settings.embed_cache_size,
+        cache_dir=settings.cache_dir,
+    )
     return Scorer.load(artifact, embedder, settings.top_k)
 
 

@@ -41,3 +41,48 @@ def test_bucketed_vectors_match_sentence_transformers(embedder):
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
     # Same model, same maths: only float rounding differs.
     assert np.abs(ours - theirs).max() < 1e-5
+
+
+def test_cache_hits_return_exactly_what_encoding_would(embedder):
+    from models.cache import EmbeddingCache
+
+    texts = _texts(120)
+    plain = embedder.encode(texts)
+    cached = type(embedder)(embedder.name, embedder.device, embedder.model, cache=EmbeddingCache(1_000))
+    # Duplicates and whitespace variants within one call, then the whole list again: all hits.
+    noisy = texts[:40] + ["  " + t.replace(" ", "   ") + "\n" for t in texts[:40]] + texts[40:]
+    first = cached.encode(noisy)
+    assert np.array_equal(first[:40], plain[:40]) and np.array_equal(first[40:80], plain[:40])
+    assert np.array_equal(first[80:], plain[40:])
+    assert cached.cache.misses == len(noisy) and len(cached.cache) == len(texts)
+    again = cached.encode(texts)
+    assert np.array_equal(again, plain)
+    assert cached.cache.hits == len(texts)
+
+
+def test_onnx_backends_agree_with_torch(embedder, tmp_path):
+    from models.embedder import Embedder
+
+    texts = _texts(150)
+    reference = embedder.encode(texts)
+    fp32 = Embedder.load(backend="onnx", cache_dir=tmp_path)
+    int8 = Embedder.load(backend="onnx-int8", cache_dir=tmp_path)
+    assert (fp32.backend, int8.backend, fp32.device) == ("onnx", "onnx-int8", "cpu")
+    cos32 = (fp32.encode(texts) * reference).sum(axis=1)
+    cos8 = (int8.encode(texts) * reference).sum(axis=1)
+    assert cos32.min() > 0.9999, cos32.min()
+    assert cos8.mean() > 0.98 and cos8.min() > 0.9, (cos8.mean(), cos8.min())
+    # fp32 ONNX keeps the batch-independence of the torch path.
+    assert np.array_equal(fp32.encode(texts[:7]), fp32.encode(texts)[:7])
+    # The export is made once and reused.
+    exports = list((tmp_path / "onnx").iterdir())
+    assert len(exports) == 1 and (exports[0] / "onnx" / "model.onnx").exists()
+
+
+def test_unknown_backend_is_refused_with_the_choices():
+    import pytest
+
+    from models.embedder import Embedder
+
+    with pytest.raises(ValueError, match="torch, onnx, onnx-int8"):
+        Embedder.load(backend="tensorrt")

@@ -1,0 +1,390 @@
+"""``streamscore bench``: how close the pipeline runs to the encoder, measured in one run.
+
+Figures, all on the same real texts (the shipped CLINC150 test split) and batch size:
+
+- ``raw_encode_per_s``: sentence-transformers ``encode`` alone (torch, fp32): the limit;
+- ``e2e_msgs_per_s``: a real ``streamscore worker`` process (drift agent on), from the first
+  message produced to ``texts`` until the last one is read back from ``texts.scored``;
+- ``naive_msgs_per_s``: a plain aiokafka consumer that embeds, scores and produces one message
+  at a time, the way per-request services score;
+- ``latency_ms``: end-to-end latency percentiles (produce → scored record read back) while
+  texts arrive at 50% and 90% of the measured e2e rate;
+- ``worker_rss_mb``: the worker's peak resident memory (``VmHWM``).
+
+Each figure says how many messages and repetitions it rests on. Ratios between figures of one
+run are what to compare across machines; absolute rates depend on the CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from streams.broker import bootstrap_or_embedded, free_port
+from streams.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DATA = ROOT / "datasets" / "clinc150" / "clinc150_full.jsonl"
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    messages: int = 4_000  # per e2e repetition
+    repeats: int = 2
+    naive_messages: int = 800
+    latency_seconds: float = 20.0  # per load level
+    backends: tuple[str, ...] = ()  # empty: the settings' backend
+    say: Any = None  # progress lines (stderr); None: quiet
+
+
+def bench_texts(n: int) -> list[str]:
+    """``n`` real short texts: CLINC150 test queries (in scope and out), cycled if needed."""
+    rows = [json.loads(line) for line in open(BENCH_DATA, encoding="utf-8")]
+    texts = [r["text"] for r in rows if r.get("split") == "test"]
+    return [texts[i % len(texts)] for i in range(n)]
+
+
+def raw_encode_rate(texts: list[str], batch_size: int, device: str) -> dict[str, Any]:
+    """sentence-transformers' own ``encode``, torch fp32: the physical limit of the pipeline."""
+    from models.embedder import Embedder
+
+    emb = Embedder.load(device=device, batch_size=batch_size)
+    emb.model.encode(texts[: batch_size * 2], batch_size=batch_size)  # warm up
+    start = time.perf_counter()
+    emb.model.encode(texts, batch_size=batch_size, normalize_embeddings=True)
+    elapsed = time.perf_counter() - start
+    return {"per_s": len(texts) / elapsed, "messages": len(texts), "device": emb.device}
+
+
+# --- producing and reading back ------------------------------------------------------------------
+
+
+def _message(i: int, text: str, run: str) -> bytes:
+    return json.dumps({"id": f"{run}-{i}", "text": text, "ts": int(time.time() * 1000)}).encode()
+
+
+async def _produce(bootstrap: str, topic: str, texts: list[str], run: str, rate: float | None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
+    await producer.start()
+    try:
+        start = time.perf_counter()
+        futures = []
+        for i, text in enumerate(texts):
+            if rate:
+                delay = start + i / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            futures.append(await producer.send(topic, _message(i, text, run), key=f"{run}-{i}".encode()))
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+class ScoredReader:
+    """Reads ``texts.scored`` from its end (no group), noting when each id of a run arrives."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        # A short fetch wait: the embedded broker holds a fetch for the whole wait even when
+        # records arrive (streams/faust_transport.py), which would add to every latency measured.
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
+        )
+        await self.consumer.start()
+        parts = None
+        while not parts:
+            await self.consumer._client.force_metadata_update()
+            parts = self.consumer.partitions_for_topic(self.topic)
+            if not parts:
+                await asyncio.sleep(0.3)
+        tps = [TopicPartition(self.topic, p) for p in parts]
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_end(*tps)
+
+    async def wait_for(self, run: str, n: int, timeout_s: float) -> dict[str, float]:
+        """Arrival time (epoch ms) minus the message's send time, per id of ``run``."""
+        assert self.consumer is not None
+        latency: dict[str, float] = {}
+        deadline = time.monotonic() + timeout_s
+        prefix = run + "-"
+        while len(latency) < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"only {len(latency)} of {n} scored records came back in {timeout_s:.0f} s"
+                )
+            batch = await self.consumer.getmany(timeout_ms=200, max_records=5_000)
+            now = time.time() * 1000
+            for records in batch.values():
+                for rec in records:
+                    v = json.loads(rec.value)
+                    if str(v.get("id", "")).startswith(prefix) and v["id"] not in latency:
+                        latency[v["id"]] = now - float(v["ts"])
+        return latency
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+
+# --- the worker under test -------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerProcess:
+    proc: subprocess.Popen
+    topics: dict[str, str]
+    metrics_url: str
+    log_path: Path
+
+    def peak_rss_mb(self) -> float | None:
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return None
+        found = re.search(r"VmHWM:\s+(\d+) kB", status)
+        return int(found.group(1)) / 1024 if found else None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_worker(settings: Settings, bootstrap: str, tag: str, log_dir: Path) -> WorkerProcess:
+    topics = {
+        "input": f"bench-texts-{tag}",
+        "scored": f"bench-texts.scored-{tag}",
+        "dlq": f"bench-texts.dlq-{tag}",
+        "signals": f"bench-drift.signals-{tag}",
+        "alerts": f"bench-drift.alerts-{tag}",
+        "state": f"bench-drift.state-{tag}",
+    }
+    port = free_port()
+    env = dict(
+        os.environ,
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        STREAMSCORE_REGISTRY=str(settings.registry),
+        STREAMSCORE_INPUT_TOPIC=topics["input"],
+        STREAMSCORE_SCORED_TOPIC=topics["scored"],
+        STREAMSCORE_DLQ_TOPIC=topics["dlq"],
+        STREAMSCORE_SIGNALS_TOPIC=topics["signals"],
+        STREAMSCORE_ALERTS_TOPIC=topics["alerts"],
+        STREAMSCORE_DRIFT_STATE_TOPIC=topics["state"],
+        STREAMSCORE_GROUP_ID=f"bench-{tag}",
+        STREAMSCORE_METRICS_PORT=str(port),
+        STREAMSCORE_BATCH_SIZE=str(settings.batch_size),
+        STREAMSCORE_EMBED_BATCH_SIZE=str(settings.embed_batch_size),
+        STREAMSCORE_EMBED_CACHE_SIZE=str(settings.embed_cache_size),
+        STREAMSCORE_BACKEND=settings.backend,
+        STREAMSCORE_DEVICE=settings.device,
+        STREAMSCORE_LOG_LEVEL="warning",
+    )
+    if settings.model:
+        env["STREAMSCORE_MODEL"] = settings.model
+    log_path = log_dir / f"worker-{tag}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    worker = WorkerProcess(proc, topics, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the worker exited at start:\n{log_path.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(worker.metrics_url + "/healthz", timeout=2) as resp:
+                if json.loads(resp.read())["status"] == "ok":
+                    return worker
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            worker.stop()
+            raise RuntimeError(f"the worker did not become ready in 180 s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+# --- the naive reference ---------------------------------------------------------------------------
+
+
+async def naive_rate(bootstrap: str, settings: Settings, texts: list[str], tag: str) -> dict[str, Any]:
+    """One message at a time: read it, embed and score it alone, produce it and wait for the ack."""
+    from schemas.messages import scored_record
+    from streams.worker import load_scorer
+
+    scorer = load_scorer(settings)
+    topic_in, topic_out = f"bench-naive-in-{tag}", f"bench-naive-out-{tag}"
+    await _produce(bootstrap, topic_in, texts, "naive", None)
+    consumer = AIOKafkaConsumer(
+        topic_in,
+        bootstrap_servers=bootstrap,
+        fetch_max_wait_ms=20,
+        group_id=f"bench-naive-{tag}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=True,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await consumer.start()
+    await producer.start()
+    try:
+        done = 0
+        start = None
+        while done < len(texts):
+            rec = await consumer.getone()
+            start = start or time.perf_counter()
+            msg = json.loads(rec.value)
+            scores = scorer.score([msg["text"]])
+            from schemas.messages import InputText, Origin
+
+            out = scored_record(
+                InputText(msg["id"], msg["text"], Origin(rec.topic, rec.partition, rec.offset)),
+                label=scores.labels[0],
+                confidence=float(scores.confidence[0]),
+                top_k=[],
+                ood_score=float(scores.ood_scores[0]),
+                ood_threshold=scores.ood_threshold,
+                model_version=scorer.version,
+                scored_at="",
+                latency_ms=0.0,
+            )
+            await producer.send_and_wait(topic_out, json.dumps(out).encode(), key=rec.key)
+            done += 1
+        elapsed = time.perf_counter() - (start or time.perf_counter())
+        return {"per_s": len(texts) / elapsed, "messages": len(texts), "repeats": 1}
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+# --- the whole run -----------------------------------------------------------------------------------
+
+
+async def _e2e_once(
+    bootstrap: str, worker: WorkerProcess, texts: list[str], run: str, rate: float | None
+) -> tuple[float, dict[str, float]]:
+    reader = ScoredReader(bootstrap, worker.topics["scored"])
+    await reader.start()
+    try:
+        start = time.perf_counter()
+        sender = asyncio.create_task(_produce(bootstrap, worker.topics["input"], texts, run, rate))
+        latency = await reader.wait_for(run, len(texts), timeout_s=60 + len(texts) / 20)
+        await sender
+        return time.perf_counter() - start, latency
+    finally:
+        await reader.stop()
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    qs = statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50": round(qs[49], 1), "p95": round(qs[94], 1), "p99": round(qs[98], 1), "n": len(values)}
+
+
+def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
+    """Every figure of the module docstring, for ``opts.backends`` (the first gets latency and memory)."""
+    from streams.demo import ensure_model
+
+    say = opts.say or (lambda m: None)
+    backends = list(opts.backends or (settings.backend,))
+    version = ensure_model(settings)
+    texts = bench_texts(opts.messages)
+    say(f"raw encoder: sentence-transformers encode of {len(texts)} texts, batch {settings.embed_batch_size}")
+    raw = raw_encode_rate(texts, settings.embed_batch_size, settings.device)
+    say(f"  {raw['per_s']:.0f} texts/s")
+    result: dict[str, Any] = {
+        "messages": len(texts),
+        "repeats": opts.repeats,
+        "batch_size": settings.batch_size,
+        "embed_batch_size": settings.embed_batch_size,
+        "raw_encode_per_s": round(raw["per_s"], 1),
+        "device": raw["device"],
+        "backend": backends[0],
+        "model_version": version,
+        "texts": f"CLINC150 test split ({BENCH_DATA.name}), 5,500 queries, cycled",
+        "cpu": _cpu_name(),
+        "cpus": os.cpu_count(),
+        "e2e_msgs_per_s_by_backend": {},
+        "e2e_runs_per_s_by_backend": {},
+    }
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        bootstrap_or_embedded(settings.bootstrap_servers, log=say) as bootstrap,
+    ):
+        for backend in backends:
+            tag = uuid.uuid4().hex[:8]
+            # No embedding cache here: the bench measures scoring, and its texts repeat across runs.
+            worker = start_worker(
+                settings.replace(backend=backend, embed_cache_size=0), bootstrap, tag, Path(tmp)
+            )
+            try:
+                asyncio.run(_e2e_once(bootstrap, worker, texts[:300], "warmup", None))
+                rates = []
+                for r in range(opts.repeats):
+                    elapsed, _ = asyncio.run(_e2e_once(bootstrap, worker, texts, f"e2e{r}", None))
+                    rates.append(len(texts) / elapsed)
+                    say(f"[{backend}] end to end, run {r + 1}: {rates[-1]:.0f} messages/s")
+                result["e2e_msgs_per_s_by_backend"][backend] = round(max(rates), 1)
+                result["e2e_runs_per_s_by_backend"][backend] = [round(x, 1) for x in rates]
+                if backend != backends[0]:
+                    continue
+                e2e = max(rates)
+                result["e2e_msgs_per_s"] = round(e2e, 1)
+                result["latency_ms"] = {}
+                for name, share in (("load_50", 0.5), ("load_90", 0.9)):
+                    rate = share * e2e
+                    n = max(int(rate * opts.latency_seconds), 50)
+                    _, latency = asyncio.run(_e2e_once(bootstrap, worker, bench_texts(n), name, rate))
+                    result["latency_ms"][name] = {
+                        "rate_per_s": round(rate, 1),
+                        **_percentiles(list(latency.values())),
+                    }
+                    say(
+                        f"[{backend}] latency at {share:.0%} load ({rate:.0f}/s): {result['latency_ms'][name]}"
+                    )
+                result["worker_rss_mb"] = round(worker.peak_rss_mb() or 0.0, 1)
+            finally:
+                worker.stop()
+        say(f"naive consumer: {opts.naive_messages} messages, one at a time (torch)")
+        naive = asyncio.run(
+            naive_rate(bootstrap, settings.replace(backend="torch"), texts[: opts.naive_messages], tag)
+        )
+        result["naive_msgs_per_s"] = round(naive["per_s"], 1)
+        result["naive_messages"] = naive["messages"]
+    by_backend = result["e2e_msgs_per_s_by_backend"]
+    result["ratios"] = {
+        "e2e_over_raw": round(result["e2e_msgs_per_s"] / result["raw_encode_per_s"], 3),
+        "e2e_over_naive": round(result["e2e_msgs_per_s"] / result["naive_msgs_per_s"], 2),
+    }
+    if "torch" in by_backend:
+        for b, v in by_backend.items():
+            if b != "torch":
+                result["ratios"][f"{b}_over_torch_e2e"] = round(v / by_backend["torch"], 3)
+    return result
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"

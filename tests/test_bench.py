@@ -1,0 +1,36 @@
+"""``streamscore bench --json`` measures what DESIGN.md lists, on a real broker and worker.
+
+Figures are checked for shape and sanity only: performance targets live in the bench output
+and the README, not in timed tests.
+"""
+
+import pytest
+
+from tests.conftest import cli, last_json
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_reports_every_figure(kafka, trained_registry):
+    proc = cli(
+        "bench",
+        "--registry", str(trained_registry),
+        "--bootstrap-servers", kafka,
+        "--messages", "300",
+        "--repeats", "1",
+        "--naive-messages", "40",
+        "--latency-seconds", "2",
+        "--json",
+        timeout=900,
+    )  # fmt: skip
+    out = last_json(proc)
+    for key in ("raw_encode_per_s", "e2e_msgs_per_s", "naive_msgs_per_s", "worker_rss_mb"):
+        assert out[key] > 0, (key, out)
+    assert out["messages"] == 300 and out["naive_messages"] == 40 and out["repeats"] == 1
+    assert out["backend"] == "torch" and out["device"] in ("cpu", "cuda")
+    assert out["e2e_msgs_per_s_by_backend"] == {"torch": out["e2e_msgs_per_s"]}
+    for load in ("load_50", "load_90"):
+        lat = out["latency_ms"][load]
+        assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] and lat["n"] >= 50
+    assert out["latency_ms"]["load_50"]["rate_per_s"] < out["latency_ms"]["load_90"]["rate_per_s"]
+    assert out["ratios"]["e2e_over_raw"] == round(out["e2e_msgs_per_s"] / out["raw_encode_per_s"], 3)
