@@ -44,8 +44,13 @@ def export_dir(model_path: str, cache_dir: Path | None = None) -> Path:
     return (cache_dir or DEFAULT_CACHE).expanduser() / "onnx" / f"{src.name}-{digest}"
 
 
-def load_onnx_model(model_path: str, backend: str, cache_dir: Path | None = None) -> Any:
-    """A SentenceTransformer on ONNX Runtime (CPU), exporting and quantising on first use."""
+def load_onnx_model(
+    model_path: str, backend: str, cache_dir: Path | None = None, threads: int | None = None
+) -> Any:
+    """A SentenceTransformer on ONNX Runtime (CPU), exporting and quantising on first use.
+
+    ``threads`` caps ONNX Runtime's threads per call (None: its default, every core)."""
+    import onnxruntime as ort
     from sentence_transformers import SentenceTransformer
 
     if backend not in ("onnx", "onnx-int8"):
@@ -57,12 +62,16 @@ def load_onnx_model(model_path: str, backend: str, cache_dir: Path | None = None
         file_name = _exported_file(target, backend)
         if file_name is None:
             raise RuntimeError(f"exporting {model_path} for the {backend} backend left no model in {target}")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
     return SentenceTransformer(
         str(target),
         device="cpu",
         backend="onnx",
         # ORT lists AzureExecutionProvider first on some builds: ask for the CPU one by name.
-        model_kwargs={"provider": "CPUExecutionProvider", "file_name": file_name},
+        model_kwargs={"provider": "CPUExecutionProvider", "file_name": file_name, "session_options": options},
     )
 
 

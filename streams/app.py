@@ -92,20 +92,47 @@ def create_app(
                 delay = min(delay * 2, 30.0)
             pending, futures = failed, None
 
-    # A three-stage pipeline, so the encoder never waits for Kafka: Faust fills the next batch
-    # while one is scored, and the broker confirms one batch while the next is scored. A batch's
-    # events are acknowledged (so their offsets may be committed) only once all its outputs are
-    # confirmed; Faust commits only offsets below the lowest unacknowledged one per partition.
-    to_score: asyncio.Queue[tuple[Any, list[Any]]] = asyncio.Queue(maxsize=2)
-    to_confirm: asyncio.Queue[tuple[Any, list[Any], list[RawMessage], BatchOutput, list[Any], float]] = (
-        asyncio.Queue(maxsize=2)
+    # A pipeline, so the encoder never waits for Kafka: Faust fills the next batch while
+    # ``holder.parallel`` batches are scored at once (one per scorer thread), their outputs are
+    # sent in input order, and the broker confirms one batch while the next ones are scored. A
+    # batch's events are acknowledged (so their offsets may be committed) only once all its
+    # outputs are confirmed; Faust commits only offsets below the lowest unacknowledged one per
+    # partition. Every queue is bounded: a slow broker stops the intake (backpressure).
+    #
+    # A batch goes to the scorer only when a scorer thread is free; what arrives meanwhile is
+    # merged into the next batch. Small batches embed at up to twice the cost per text, so
+    # dispatching every Faust ``take`` as it came would queue small batches under load.
+    to_score: asyncio.Queue[tuple[Any, list[Any]]] = asyncio.Queue(maxsize=8)
+    free_scorers = asyncio.Semaphore(holder.parallel)
+    to_send: asyncio.Queue[tuple[list[tuple[Any, Any]], list[RawMessage], asyncio.Future, float]] = (
+        asyncio.Queue(maxsize=holder.parallel)
     )
+    to_confirm: asyncio.Queue[
+        tuple[list[tuple[Any, Any]], list[RawMessage], BatchOutput, list[Any], float]
+    ] = asyncio.Queue(maxsize=2)
     next_offset: dict[int, int] = {}  # per input partition: the next offset to process
     stages: list[asyncio.Task] = []
 
+    held: list[list[tuple[Any, Any]]] = []  # a take that did not fit the last batch
+
+    async def next_batch() -> list[tuple[Any, Any]]:
+        """(stream, event) pairs: the next take, plus those queued behind it while they fit."""
+        if not held:
+            stream, events = await to_score.get()
+            held.append([(stream, e) for e in events])
+        batch = held.pop()
+        while not to_score.empty():
+            stream, events = to_score.get_nowait()
+            if len(batch) + len(events) > settings.batch_size:
+                held.append([(stream, e) for e in events])
+                break
+            batch += [(stream, e) for e in events]
+        return batch
+
     async def score_stage() -> None:
         while True:
-            stream, events = await to_score.get()
+            await free_scorers.acquire()
+            events = await next_batch()
             taken = time.perf_counter()
             batch = [
                 RawMessage(
@@ -114,18 +141,24 @@ def create_app(
                     origin=Origin(e.message.topic, e.message.partition, e.message.offset),
                     timestamp_ms=int(e.message.timestamp * 1000) if e.message.timestamp else None,
                 )
-                for e in events
+                for _, e in events
             ]
-            out = await process_batch(batch, holder.score, settings)  # never raises
-            pending = records_of(out)
-            futures = await send_all(pending)
-            await to_confirm.put((stream, events, batch, out, futures, taken))
+            job = asyncio.ensure_future(process_batch(batch, holder.score, settings))  # never raises
+            job.add_done_callback(lambda _: free_scorers.release())
+            await to_send.put((events, batch, job, taken))
+
+    async def send_stage() -> None:
+        while True:
+            events, batch, job, taken = await to_send.get()
+            out = await job
+            futures = await send_all(records_of(out))
+            await to_confirm.put((events, batch, out, futures, taken))
 
     async def confirm_stage() -> None:
         while True:
-            stream, events, batch, out, futures, taken = await to_confirm.get()
+            events, batch, out, futures, taken = await to_confirm.get()
             await send_confirmed(records_of(out), futures)
-            for e in events:
+            for stream, e in events:
                 await stream.ack(e)
             metrics.observe_batch(
                 BatchStats(len(batch), out.labels, out.is_ood, out.event_ms, out.reasons, out.embed_s),
@@ -146,11 +179,11 @@ def create_app(
     @app.agent(texts)
     async def score(stream: Any) -> None:  # faust's StreamT stub lacks noack_take
         if not stages or any(t.done() for t in stages):
-            stages[:] = [asyncio.create_task(score_stage()), asyncio.create_task(confirm_stage())]
+            stages[:] = [asyncio.create_task(f()) for f in (score_stage, send_stage, confirm_stage)]
             for t in stages:
                 t.add_done_callback(supervise)
         async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
-            await to_score.put((stream, events))  # waits while two batches are queued: backpressure
+            await to_score.put((stream, events))  # waits while 8 takes are queued: backpressure
 
     drift = DriftWatch(settings, bootstrap_servers, holder)
 

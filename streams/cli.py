@@ -394,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default=None)
     sp.add_argument("--batch-size", dest="batch_size", type=int, default=None)
     sp.add_argument("--batch-wait", dest="batch_wait_s", type=float, default=None, help="seconds")
+    sp.add_argument(
+        "--scoring-threads",
+        dest="scoring_threads",
+        type=int,
+        default=None,
+        help="batches embedded at once; 0: one per core up to 4",
+    )
     sp.add_argument("--max-text-chars", dest="max_text_chars", type=int, default=None)
     sp.add_argument("--input-topic", dest="input_topic", default=None)
     sp.add_argument("--scored-topic", dest="scored_topic", default=None)

@@ -28,10 +28,20 @@ class ModelHolder:
     scorer: Scorer
     registry: Registry | None = None
     refused: dict[tuple[str, float], str] = field(default_factory=dict)
-    # One thread for model work: calls stay ordered and the event loop keeps heartbeating.
-    executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
-    )
+    # Model work runs off the event loop, so it keeps heartbeating: one thread per batch the
+    # embedder may encode at once, each set up with its share of the cores.
+    executor: ThreadPoolExecutor = field(init=False)
+
+    def __post_init__(self) -> None:
+        embedder = self.scorer.embedder
+        self.executor = ThreadPoolExecutor(
+            max_workers=embedder.parallel, thread_name_prefix="scorer", initializer=embedder.setup_thread
+        )
+
+    @property
+    def parallel(self) -> int:
+        """How many batches may be scored at once."""
+        return self.scorer.embedder.parallel
 
     @property
     def version(self) -> str:
@@ -67,6 +77,7 @@ class ModelHolder:
                     embedder.batch_size,
                     backend=embedder.backend,
                     cache_size=embedder.cache.maxsize if embedder.cache else 0,
+                    parallel=embedder.parallel,
                 )
             new = Scorer.load(artifact, embedder, self.scorer.top_k)
         except (ArtifactError, OSError, ValueError, RuntimeError) as exc:

@@ -26,6 +26,7 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda
     embed_batch_size: int = 64
     backend: str = "torch"  # torch | onnx | onnx-int8 (README: Performance)
+    scoring_threads: int = 0  # batches embedded at once; 0: one per core up to 4 (1 on a GPU)
     embed_cache_size: int = 20_000  # embeddings kept in an in-process LRU; 0: no cache
     cache_dir: Path = Path("~/.cache/streamscore")  # ONNX exports
     input_topic: str = "texts"
@@ -76,6 +77,8 @@ class Settings:
             problems.append("max_text_chars must be at least 1")
         if self.backend not in ("torch", "onnx", "onnx-int8"):
             problems.append(f"backend must be torch, onnx or onnx-int8, not {self.backend!r}")
+        if self.scoring_threads < 0:
+            problems.append("scoring_threads must be 0 (one per core) or more")
         if self.embed_cache_size < 0:
             problems.append("embed_cache_size must be 0 (off) or more")
         if self.partitions < 1:
@@ -92,6 +95,13 @@ class Settings:
             problems.append("input, scored, DLQ and drift topics must all differ")
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))
+
+    @property
+    def scoring_parallel(self) -> int:
+        """How many batches the worker embeds at once (``scoring_threads``, 0 resolved)."""
+        from models.embedder import cpu_cores
+
+        return self.scoring_threads or min(cpu_cores(), 4)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -28,6 +28,7 @@ def load_scorer(settings: Settings) -> Scorer:
         backend=settings.backend,
         cache_size=settings.embed_cache_size,
         cache_dir=settings.cache_dir,
+        parallel=settings.scoring_parallel,
     )
     return Scorer.load(artifact, embedder, settings.top_k)
 

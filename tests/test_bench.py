@@ -24,7 +24,13 @@ def test_bench_reports_every_figure(kafka, trained_registry):
         timeout=900,
     )  # fmt: skip
     out = last_json(proc)
-    for key in ("raw_encode_per_s", "e2e_msgs_per_s", "naive_msgs_per_s", "worker_rss_mb"):
+    for key in (
+        "raw_encode_per_s",
+        "worker_encode_per_s",
+        "e2e_msgs_per_s",
+        "naive_msgs_per_s",
+        "worker_rss_mb",
+    ):
         assert out[key] > 0, (key, out)
     assert out["messages"] == 300 and out["naive_messages"] == 40 and out["repeats"] == 1
     assert out["backend"] == "torch" and out["device"] in ("cpu", "cuda")
@@ -34,3 +40,4 @@ def test_bench_reports_every_figure(kafka, trained_registry):
         assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] and lat["n"] >= 50
     assert out["latency_ms"]["load_50"]["rate_per_s"] < out["latency_ms"]["load_90"]["rate_per_s"]
     assert out["ratios"]["e2e_over_raw"] == round(out["e2e_msgs_per_s"] / out["raw_encode_per_s"], 3)
+    assert out["scoring_threads"] >= 1

@@ -60,6 +60,31 @@ def test_cache_hits_return_exactly_what_encoding_would(embedder):
     assert cached.cache.hits == len(texts)
 
 
+def test_threads_encoding_at_once_get_exactly_the_same_vectors(embedder):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from models.cache import EmbeddingCache
+    from models.embedder import threads_per_call
+
+    texts = _texts(240)
+    plain = embedder.encode(texts)
+    shared = type(embedder)(
+        embedder.name, embedder.device, embedder.model, cache=EmbeddingCache(10_000), parallel=2
+    )
+    chunks = [texts[i : i + 16] for i in range(0, len(texts), 16)]
+    # Twice over: in the second round cache hits race with the misses of other threads.
+    with ThreadPoolExecutor(2, initializer=shared.setup_thread) as pool:
+        first = list(pool.map(shared.encode, chunks))
+        second = list(pool.map(shared.encode, chunks))
+        threads = set(pool.map(lambda _: torch.get_num_threads(), range(8)))
+    assert np.array_equal(np.concatenate(first), plain)
+    assert np.array_equal(np.concatenate(second), plain)
+    assert shared.cache.hits >= len(texts) and len(shared.cache) == len({" ".join(t.split()) for t in texts})
+    assert threads == {threads_per_call(2)}
+
+
 def test_onnx_backends_agree_with_torch(embedder, tmp_path):
     from models.embedder import Embedder
 

@@ -46,9 +46,21 @@ def test_valid_texts_scored_exactly_once(worker, trained_registry):
         for i, r in enumerate(rows)
     ]
     send_json(worker.bootstrap, worker.topics["input"], msgs)
-    out = collect(
-        worker.bootstrap, worker.topics["scored"], len(msgs), match=lambda r: r["id"].startswith("v")
+    kept = collect(
+        worker.bootstrap,
+        worker.topics["scored"],
+        len(msgs),
+        match=lambda r: r["id"].startswith("v"),
+        records=True,
     )
+    out = [k["value"] for k in kept]
+    # Batches are scored on several threads at once, but their outputs go out in input order:
+    # records of one input partition keep their order within each output partition.
+    last: dict[tuple[int, int], int] = {}
+    for k in sorted(kept, key=lambda k: (k["partition"], k["offset"])):
+        origin = (k["partition"], k["value"]["origin"]["partition"])
+        assert k["value"]["origin"]["offset"] > last.get(origin, -1), "outputs out of input order"
+        last[origin] = k["value"]["origin"]["offset"]
     counts = Counter(r["id"] for r in out)
     assert set(counts) == {m["id"] for m in msgs}
     assert max(counts.values()) == 1, "an input was scored twice"
