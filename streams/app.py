@@ -18,8 +18,10 @@ import faust
 
 from models.scoring import Scorer
 from schemas.messages import Origin
+from streams.broker_watch import BrokerWatch
 from streams.drift_watch import DriftWatch
 from streams.faust_transport import StreamApp
+from streams.kafka_security import client_options, faust_credentials
 from streams.metrics import BatchStats, WorkerMetrics
 from streams.pipeline import BatchOutput, RawMessage, process_batch
 from streams.serving import ModelHolder
@@ -38,6 +40,7 @@ def create_app(
     app = StreamApp(
         settings.group_id,
         broker=f"kafka://{bootstrap_servers}",
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         # Faust wants a data dir even for memory tables; keep it out of the user's cwd.
         datadir=str(datadir),
@@ -46,6 +49,8 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_session_timeout=30,
+        # After a crash, everything confirmed since the last commit is scored again.
+        broker_commit_interval=settings.commit_interval_s,
         broker_heartbeat_interval=3,
     )
     # Raw bytes in and out: we validate ourselves so a bad message is dead-lettered, not dropped.
@@ -224,6 +229,12 @@ def create_app(
                 show_model(metrics, holder.scorer)
         except Exception:  # a timer that raises would stop following; log and try next tick
             log.exception("checking the registry for a new model failed")
+
+    broker = BrokerWatch(bootstrap_servers, metrics, client_options(settings))
+
+    @app.timer(interval=2.0)
+    async def watch_broker() -> None:
+        await broker.check()
 
     @app.timer(interval=2.0)
     async def report_lag() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from models.artifact import ArtifactError
+from streams.kafka_security import client_options
 from streams.settings import Settings
 from training.fit import TrainConfig
 
@@ -140,7 +141,9 @@ def cmd_produce(args: argparse.Namespace) -> int:
     settings = _settings(args)
     f = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
     with f, bootstrap_or_embedded(settings.bootstrap_servers) as bootstrap:
-        n = asyncio.run(produce(bootstrap, args.topic or settings.input_topic, text_messages(f)))
+        n = asyncio.run(
+            produce(bootstrap, args.topic or settings.input_topic, text_messages(f), client_options(settings))
+        )
     print(f"sent {n} messages to {args.topic or settings.input_topic}", file=sys.stderr)
     return 0
 
@@ -177,6 +180,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             max_message_bytes=settings.max_message_bytes,
             progress=not args.json and sys.stderr.isatty(),
             stop=stop,
+            client_options=client_options(settings),
         )
 
     with bootstrap_or_embedded(settings.bootstrap_servers) as bootstrap:
@@ -239,7 +243,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
     async def run(bootstrap: str) -> None:
         async for rec in read_topic(
-            bootstrap, topic, from_beginning=args.from_beginning, idle_timeout_s=args.timeout, limit=args.n
+            bootstrap,
+            topic,
+            from_beginning=args.from_beginning,
+            idle_timeout_s=args.timeout,
+            limit=args.n,
+            options=client_options(settings),
         ):
             print(
                 format_scored(rec) if args.pretty else json.dumps(rec["value"], ensure_ascii=False),
@@ -394,6 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default=None)
     sp.add_argument("--batch-size", dest="batch_size", type=int, default=None)
     sp.add_argument("--batch-wait", dest="batch_wait_s", type=float, default=None, help="seconds")
+    sp.add_argument(
+        "--processing-guarantee",
+        dest="processing_guarantee",
+        choices=["at_least_once", "exactly_once"],
+        default=None,
+        help="exactly_once needs a broker with transactions (README, Reliability)",
+    )
     sp.add_argument(
         "--scoring-threads",
         dest="scoring_threads",

@@ -33,9 +33,16 @@ def text_messages(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
         yield msg
 
 
-async def produce(bootstrap_servers: str, topic: str, messages: Iterable[dict[str, Any]]) -> int:
+async def produce(
+    bootstrap_servers: str,
+    topic: str,
+    messages: Iterable[dict[str, Any]],
+    options: dict[str, Any] | None = None,
+) -> int:
     """Send messages keyed by id; returns how many the broker confirmed."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5, **(options or {})
+    )
     await producer.start()
     try:
         futures = []
@@ -56,9 +63,12 @@ async def read_topic(
     from_beginning: bool = True,
     idle_timeout_s: float | None = None,
     limit: int | None = None,
+    options: dict[str, Any] | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Yield decoded records of ``topic`` until ``limit`` or ``idle_timeout_s`` without records."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None, **(options or {})
+    )
     await consumer.start()
     try:
         parts = None

@@ -10,6 +10,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.drift_monitor import DriftMonitor
+from streams.kafka_security import client_options
 from streams.serving import ModelHolder
 from streams.settings import Settings
 
@@ -30,7 +31,11 @@ class DriftWatch:
 
     async def restore(self) -> None:
         """Read the last snapshot of ``drift.state`` (if any) so detectors resume where they were."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            enable_auto_commit=False,
+            **client_options(self.settings),
+        )
         await consumer.start()
         try:
             tp = TopicPartition(self.settings.drift_state_topic, 0)

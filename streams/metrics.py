@@ -137,6 +137,7 @@ class WorkerMetrics:
             "build": Info(p + "build", "streamscore and library versions", registry=r),
             "started": Gauge(p + "worker_start_time_seconds", "When the worker started", registry=r),
             "ready": Gauge(p + "worker_ready", "1 once the worker has partitions and a model", registry=r),
+            "broker_up": Gauge(p + "broker_up", "1 while the broker answers the worker's probe", registry=r),
         }
         for reason in DLQ_REASONS:  # zero series up front, so rate() sees the first dead letter
             m["dead"].labels(reason)
@@ -196,7 +197,27 @@ class WorkerMetrics:
 
     def set_ready(self, ready: bool) -> None:
         self.m["ready"].set(1 if ready else 0)
-        self.health["status"] = "ok" if ready else "starting"
+        self.health["ready"] = ready
+        self._status()
+
+    def set_broker(self, up: bool, down_since: float | None) -> None:
+        """Whether the broker answered the last probe, and since when it has not."""
+        self.m["broker_up"].set(1 if up else 0)
+        if up:
+            self.health["broker"] = "ok"
+        else:
+            since = down_since or time.time()
+            self.health["broker"] = f"unreachable for {time.time() - since:.0f} s"
+        self._status()
+
+    def _status(self) -> None:
+        # starting → ok; degraded (HTTP 503) while the broker does not answer.
+        if not self.health.get("ready"):
+            self.health["status"] = "starting"
+        elif self.health.get("broker", "ok") != "ok":
+            self.health["status"] = "degraded"
+        else:
+            self.health["status"] = "ok"
 
     def observe_drift(
         self, detectors: list[Any], open_episodes: list[str], alerts: list[dict], signals: int

@@ -285,8 +285,10 @@ async def replay_file(
     max_message_bytes: int = 1_000_000,
     progress: bool = False,
     stop: asyncio.Event | None = None,
+    client_options: dict[str, Any] | None = None,
 ) -> ReplaySummary:
-    """Send the rows of ``path`` to ``opts.topic``; ``stop`` set ends the run after the row in hand."""
+    """Send the rows of ``path`` to ``opts.topic``; ``stop`` set ends the run after the row in hand.
+    ``client_options``: Kafka security options (streams/kafka_security.py)."""
     from aiokafka import AIOKafkaProducer
 
     path = Path(path).resolve()
@@ -316,7 +318,13 @@ async def replay_file(
         total = max(0, min(total, end) if end is not None else total) - start
         bar = tqdm(total=total, unit="row", desc=f"replay → {opts.topic}", smoothing=0.05)
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10, max_batch_size=262_144)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=10,
+        max_batch_size=262_144,
+        **(client_options or {}),
+    )
     try:
         await producer.start()
     except Exception as exc:

@@ -37,6 +37,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.messages import Origin, ts_to_ms
+from streams.kafka_security import client_options
 from streams.pipeline import RawMessage, process_batch
 from streams.serving import ModelHolder
 from streams.settings import Settings
@@ -294,12 +295,15 @@ async def rescore(
     """Score the window of ``settings.input_topic`` with ``holder``'s model into ``output_topic``."""
     window.check()
     began = time.monotonic()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    security = client_options(settings)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **security
+    )
     await consumer.start()
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10, **security)
     try:
         ranges = await plan_ranges(consumer, settings.input_topic, window)
-        await ensure_topics(bootstrap, {output_topic: max(1, len(ranges))})
+        await ensure_topics(bootstrap, {output_topic: max(1, len(ranges))}, security)
         await producer.start()
         result = RescoreResult(
             settings.input_topic, output_topic, holder.version, _window_json(window), ranges

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -21,6 +21,16 @@ from typing import Any, get_type_hints
 @dataclass(frozen=True)
 class Settings:
     bootstrap_servers: str | None = None  # None: start an embedded broker
+    # Kafka security (streams/kafka_security.py). The password only from the environment
+    # (STREAMSCORE_SASL_PASSWORD) or a file; it is left out of repr and logs.
+    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    sasl_mechanism: str = "PLAIN"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    sasl_password_file: Path | None = None
+    ssl_cafile: Path | None = None  # None: the system's CAs
+    ssl_certfile: Path | None = None  # client certificate (mutual TLS)
+    ssl_keyfile: Path | None = None
     registry: Path = Path("artifacts")
     model: str | None = None  # version or artifact dir; None: the registry's CURRENT
     device: str = "auto"  # auto | cpu | cuda
@@ -45,6 +55,9 @@ class Settings:
     max_message_bytes: int = 1_000_000
     score_retries: int = 2  # retries of a failing batch before its messages are dead-lettered
     top_k: int = 3
+    processing_guarantee: str = "at_least_once"  # or exactly_once (streams/guarantees.py)
+    commit_interval_s: float = 1.0  # how often confirmed offsets are committed (bounds redone work)
+    shutdown_timeout_s: float = 30.0  # SIGTERM: longest wait for in-flight batches to finish
     reload_interval_s: float = 2.0  # how often the worker checks the registry's CURRENT
     log_level: str = "info"
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can reach it
@@ -77,6 +90,10 @@ class Settings:
             problems.append("max_text_chars must be at least 1")
         if self.backend not in ("torch", "onnx", "onnx-int8"):
             problems.append(f"backend must be torch, onnx or onnx-int8, not {self.backend!r}")
+        if self.processing_guarantee not in ("at_least_once", "exactly_once"):
+            problems.append(
+                f"processing_guarantee must be at_least_once or exactly_once, not {self.processing_guarantee!r}"
+            )
         if self.scoring_threads < 0:
             problems.append("scoring_threads must be 0 (one per core) or more")
         if self.embed_cache_size < 0:
@@ -93,6 +110,9 @@ class Settings:
         ]
         if len(set(names)) < len(names):
             problems.append("input, scored, DLQ and drift topics must all differ")
+        from streams.kafka_security import problems as security_problems
+
+        problems += security_problems(self)
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))
 

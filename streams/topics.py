@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
@@ -22,9 +23,17 @@ def topic_plan(settings: Settings) -> dict[str, int]:
     }
 
 
-async def ensure_topics(bootstrap_servers: str, plan: dict[str, int], timeout_s: float = 30.0) -> None:
-    """Create the topics of ``plan`` that do not exist yet; leave existing ones alone."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+async def ensure_topics(
+    bootstrap_servers: str,
+    plan: dict[str, int],
+    options: dict[str, Any] | None = None,
+    timeout_s: float = 30.0,
+) -> None:
+    """Create the topics of ``plan`` that do not exist yet; leave existing ones alone.
+    ``options``: security options (streams/kafka_security.py)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000, **(options or {})
+    )
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
         try:

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
+import threading
+from typing import Any
+
+import faust
 
 from models.embedder import Embedder
 from models.scoring import Scorer
 from streams.app import create_app
 from streams.broker import bootstrap_or_embedded
+from streams.guarantees import check_guarantee
+from streams.kafka_security import client_options
 from streams.metrics import MetricsServer, WorkerMetrics
 from streams.serving import ModelHolder
 from streams.settings import Settings
@@ -34,15 +41,15 @@ def load_scorer(settings: Settings) -> Scorer:
 
 
 def run_worker(settings: Settings) -> int:
-    import faust
-
     scorer = load_scorer(settings)  # fail before touching Kafka when there is no usable model
     metrics = WorkerMetrics.create()
     server = None
     if settings.metrics_port:
         server = MetricsServer(metrics, settings.metrics_host, settings.metrics_port).start()
     with bootstrap_or_embedded(settings.bootstrap_servers) as bootstrap:
-        asyncio.run(ensure_topics(bootstrap, topic_plan(settings)))
+        # Before anything is consumed: a guarantee that cannot hold must stop the worker here.
+        asyncio.run(check_guarantee(settings.processing_guarantee, bootstrap, client_options(settings)))
+        asyncio.run(ensure_topics(bootstrap, topic_plan(settings), client_options(settings)))
         asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed the last one
         # A pinned --model never changes; otherwise follow the registry's CURRENT pointer.
         follow = None if settings.model else Registry(settings.registry)
@@ -58,10 +65,54 @@ def run_worker(settings: Settings) -> int:
             print(
                 f"streamscore worker: metrics on {server.url} (health: /healthz)", file=sys.stderr, flush=True
             )
-        worker = faust.Worker(app, loglevel=settings.log_level, redirect_stdouts=False)
+        worker = BoundedShutdownWorker(
+            app,
+            loglevel=settings.log_level,
+            redirect_stdouts=False,
+            shutdown_timeout_s=settings.shutdown_timeout_s,
+        )
         try:
             worker.execute_from_commandline()
         finally:
             if server is not None:
                 server.stop()
     return 0
+
+
+class BoundedShutdownWorker(faust.Worker):
+    """A Faust worker whose SIGTERM/SIGINT shutdown ends within ``shutdown_timeout_s``.
+
+    On a signal, Faust stops taking input, waits until every event taken has been acknowledged
+    (our pipeline acknowledges a batch once its outputs are confirmed), commits and flushes the
+    producer. If the broker cannot confirm, that wait has no end; past the timeout the process
+    exits with code 3 and the unconfirmed batches are redone by the next worker (at-least-once).
+    """
+
+    def __init__(self, *args: Any, shutdown_timeout_s: float = 30.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self._deadline: threading.Timer | None = None
+
+    def _schedule_shutdown(self, signal: Any) -> None:  # mode's hook for SIGTERM and SIGINT
+        if self._deadline is None:
+            log.info(
+                "%s received: finishing in-flight batches (at most %.0f s)",
+                signal.name,
+                self.shutdown_timeout_s,
+            )
+            self._deadline = threading.Timer(
+                self.shutdown_timeout_s, _give_up, args=(self.shutdown_timeout_s,)
+            )
+            self._deadline.daemon = True
+            self._deadline.start()
+        super()._schedule_shutdown(signal)
+
+
+def _give_up(timeout_s: float) -> None:
+    print(
+        f"streamscore worker: shutdown did not finish in {timeout_s:.0f} s (broker unreachable?); "
+        "exiting now: unconfirmed batches were not committed and will be scored again",
+        file=sys.stderr,
+        flush=True,
+    )
+    os._exit(3)

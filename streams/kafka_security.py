@@ -1,0 +1,108 @@
+"""How every streamscore Kafka client authenticates and encrypts: SASL (PLAIN, SCRAM) and TLS.
+
+One place turns the settings into client options, so the worker, its drift and broker watchers,
+topic creation and the CLI tools all connect the same way. Secrets come from the environment
+(``STREAMSCORE_SASL_PASSWORD``) or a file (``sasl_password_file``), never from a command-line
+flag (flags show in ``ps``); the password is kept out of ``repr`` and never logged.
+
+>>> from streams.settings import Settings
+>>> s = Settings.from_env({"STREAMSCORE_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+...     "STREAMSCORE_SASL_MECHANISM": "SCRAM-SHA-256", "STREAMSCORE_SASL_USERNAME": "scorer",
+...     "STREAMSCORE_SASL_PASSWORD": "s3cret"})
+>>> opts = client_options(s)
+>>> opts["security_protocol"], opts["sasl_mechanism"], opts["sasl_plain_username"]
+('SASL_PLAINTEXT', 'SCRAM-SHA-256', 'scorer')
+>>> "s3cret" in repr(s)
+False
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
+
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def problems(settings: Settings) -> list[str]:
+    """What is wrong with the security settings, in words a user can act on."""
+    out = []
+    if settings.security_protocol not in PROTOCOLS:
+        out.append(
+            f"security_protocol must be one of {', '.join(PROTOCOLS)}, not {settings.security_protocol!r}"
+        )
+    if settings.sasl_mechanism not in MECHANISMS:
+        out.append(f"sasl_mechanism must be one of {', '.join(MECHANISMS)}, not {settings.sasl_mechanism!r}")
+    if settings.security_protocol.startswith("SASL_"):
+        if not settings.sasl_username:
+            out.append(f"{settings.security_protocol} needs sasl_username (STREAMSCORE_SASL_USERNAME)")
+        if not settings.sasl_password and not settings.sasl_password_file:
+            out.append(
+                f"{settings.security_protocol} needs a password: set STREAMSCORE_SASL_PASSWORD or "
+                "sasl_password_file (a file holding only the password)"
+            )
+    files = [("sasl_password_file", settings.sasl_password_file)] + [
+        (name, getattr(settings, name)) for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    ]
+    for name, path in files:
+        if path is not None and not path.expanduser().is_file():
+            out.append(f"{name} {str(path)!r} is not a readable file")
+    return out
+
+
+def sasl_password(settings: Settings) -> str | None:
+    if settings.sasl_password:
+        return settings.sasl_password
+    if settings.sasl_password_file:
+        return settings.sasl_password_file.expanduser().read_text(encoding="utf-8").strip()
+    return None
+
+
+def ssl_context(settings: Settings) -> Any:
+    """A TLS context (system CAs unless ``ssl_cafile``; a client certificate if given), or None."""
+    if not settings.security_protocol.endswith("SSL"):
+        return None
+    from aiokafka.helpers import create_ssl_context
+
+    def path(p: Any) -> str | None:
+        return str(p.expanduser()) if p else None
+
+    return create_ssl_context(
+        cafile=path(settings.ssl_cafile),
+        certfile=path(settings.ssl_certfile),
+        keyfile=path(settings.ssl_keyfile),
+    )
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for aiokafka's producer, consumer, admin and plain clients."""
+    if settings.security_protocol == "PLAINTEXT":
+        return {}
+    opts: dict[str, Any] = {"security_protocol": settings.security_protocol}
+    context = ssl_context(settings)
+    if context is not None:
+        opts["ssl_context"] = context
+    if settings.security_protocol.startswith("SASL_"):
+        opts["sasl_mechanism"] = settings.sasl_mechanism
+        opts["sasl_plain_username"] = settings.sasl_username
+        opts["sasl_plain_password"] = sasl_password(settings)
+    return opts
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """The same settings as Faust's ``broker_credentials`` (None for PLAINTEXT)."""
+    import faust
+
+    if settings.security_protocol == "PLAINTEXT":
+        return None
+    if settings.security_protocol == "SSL":
+        return faust.SSLCredentials(ssl_context(settings))
+    return faust.SASLCredentials(
+        username=settings.sasl_username,
+        password=sasl_password(settings),
+        ssl_context=ssl_context(settings),
+        mechanism=settings.sasl_mechanism,
+    )
