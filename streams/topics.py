@@ -41,9 +41,16 @@ async def ensure_topics(
             break
         except KafkaConnectionError:
             if asyncio.get_running_loop().time() > deadline:
+                protocol = (options or {}).get("security_protocol", "PLAINTEXT")
+                hint = (
+                    f"; it may not speak {protocol}: check security_protocol, the SASL user and "
+                    "password, and the TLS files"
+                    if protocol != "PLAINTEXT"
+                    else ""
+                )
                 raise RuntimeError(
                     f"cannot reach Kafka at {bootstrap_servers}: is the broker running? "
-                    "(`streamscore broker` starts one)"
+                    f"(`streamscore broker` starts one){hint}"
                 ) from None
             await asyncio.sleep(0.5)
     try:
