@@ -16,6 +16,8 @@ True
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import threading
 from dataclasses import dataclass, field
@@ -78,7 +80,13 @@ class Embedder:
     parallel: int = 1  # encode calls that may run at once, each in its own thread
     # The tokenizer and the cache are shared by those threads; HF fast tokenizers raise
     # "Already borrowed" when two threads call one at once.
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Embedder:
+        # A lock cannot be copied: the copy (e.g. an encoder to fine-tune) gets its own.
+        return dataclasses.replace(
+            self, model=copy.deepcopy(self.model, memo), cache=copy.deepcopy(self.cache, memo)
+        )
 
     @classmethod
     def load(
