@@ -96,6 +96,14 @@ def _ts_ok(ts: Any) -> bool:
     return False
 
 
+def _has_lone_surrogate(obj: Any) -> bool:
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
 def parse_input(
     raw: bytes | None,
     origin: Origin,
@@ -117,6 +125,10 @@ def parse_input(
         obj = json.loads(decoded)
     except (ValueError, RecursionError) as exc:
         return Rejection("invalid_json", f"not valid JSON: {str(exc)[:200]}")
+    if ("\\ud" in decoded or "\\uD" in decoded) and _has_lone_surrogate(obj):
+        # JSON may escape half of a UTF-16 pair (\ud800); such a string cannot be encoded as
+        # UTF-8 again, so the tokenizer and our own output would fail on it later.
+        return Rejection("invalid_utf8", "a string holds a lone UTF-16 surrogate escape (\\ud800-\\udfff)")
     if not isinstance(obj, dict):
         return Rejection("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
     if "text" not in obj or obj["text"] is None:

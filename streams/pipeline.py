@@ -148,7 +148,9 @@ async def process_batch(batch: list[RawMessage], score: ScoreFn, settings: Setti
         return out
     try:
         scores, version = await _score_with_retries(score, [m.text for m in valid], settings.score_retries)
-        _add_scored(out, valid, scores, version)
+        whole = BatchOutput()
+        _add_scored(whole, valid, scores, version)  # all or nothing: a failure leaves ``out`` as is
+        _merge(out, whole)
         return out
     except Exception:
         log.exception(
@@ -159,8 +161,20 @@ async def process_batch(batch: list[RawMessage], score: ScoreFn, settings: Setti
     for msg, raw in zip(valid, raws, strict=False):
         try:
             scores, version = await score([msg.text])
+            alone = BatchOutput()
+            _add_scored(alone, [msg], scores, version)  # may fail too: then nothing of it is kept
         except Exception as exc:
             _dead(out, raw, Rejection("scoring_failed", f"{type(exc).__name__}: {str(exc)[:300]}"))
             continue
-        _add_scored(out, [msg], scores, version)
+        _merge(out, alone)
     return out
+
+
+def _merge(out: BatchOutput, part: BatchOutput) -> None:
+    out.scored += part.scored
+    out.signals += part.signals
+    out.labels += part.labels
+    out.is_ood += part.is_ood
+    out.event_ms += part.event_ms
+    out.embed_s += part.embed_s
+    out.model_version = part.model_version or out.model_version

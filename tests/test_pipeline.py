@@ -66,3 +66,37 @@ def test_transient_failure_is_retried_without_loss():
     assert rec["origin"] == {"topic": "t", "partition": 0, "offset": 0} and rec["id"] == "t-0-0"
     assert rec["top_k"] == [{"label": "a", "prob": 0.9}, {"label": "b", "prob": 0.1}]
     assert rec["is_ood"] is False and rec["latency_ms"] > 0
+
+
+def test_lone_surrogate_escapes_are_dead_lettered_not_fatal():
+    async def score(texts):
+        for t in texts:
+            t.encode("utf-8")  # what the tokenizer needs
+        return fake_scores(texts), "v1"
+
+    batch = [
+        raw(0, b'{"text": "ok"}'),
+        raw(1, b'{"text": "bad \\ud800 x"}'),
+        raw(2, b'{"text": "fine", "meta": {"k": "\\udfff"}}'),
+        raw(3, b'{"id": "\\ud800", "text": "x"}'),
+        raw(4, b'{"text": "a real pair \\ud83d\\ude00 is fine"}'),
+    ]
+    out = asyncio.run(process_batch(batch, score, Settings()))
+    assert [k for k, _ in out.scored] == [b"t-0-0", b"t-0-4"]
+    assert out.reasons == {"invalid_utf8": 3}
+    assert len(out.scored) + len(out.dead) == len(batch)
+
+
+def test_a_record_that_cannot_be_written_is_dead_lettered_alone():
+    def broken_labels(texts):
+        s = fake_scores(texts)
+        s.labels = ["\udc80" if t == "poison" else "a" for t in texts]  # cannot be UTF-8 encoded
+        return s
+
+    async def score_broken(texts):
+        return broken_labels(texts), "v1"
+
+    batch = [raw(i, json.dumps({"text": t}).encode()) for i, t in enumerate(["one", "poison", "two"])]
+    out = asyncio.run(process_batch(batch, score_broken, Settings(score_retries=0)))
+    assert len(out.scored) == 2 and out.reasons == {"scoring_failed": 1}
+    assert len(out.labels) == len(out.scored) == len(out.is_ood) == len(out.event_ms)
