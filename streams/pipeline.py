@@ -85,13 +85,11 @@ async def _score_with_retries(score: ScoreFn, texts: list[str], retries: int) ->
 
 
 def _add_scored(out: BatchOutput, msgs: list[InputText], scores: Scores, version: str) -> None:
+    """Append the records of ``msgs`` to ``out``, all or nothing: every record is written first,
+    so one that cannot be (say, a string that is not valid UTF-8) leaves ``out`` untouched."""
     scored_at = now_iso()
     now_ms = time.time() * 1000.0
-    out.model_version = version
-    out.embed_s += scores.embed_s
-    out.labels += scores.labels
-    out.is_ood += [bool(x) for x in scores.is_ood]
-    out.event_ms += [float(m.timestamp_ms) if m.timestamp_ms else None for m in msgs]
+    scored, signals = [], []
     for i, msg in enumerate(msgs):
         top_k = [
             {"label": label, "prob": round(float(p), 6)}
@@ -109,9 +107,9 @@ def _add_scored(out: BatchOutput, msgs: list[InputText], scores: Scores, version
             scored_at=scored_at,
             latency_ms=max(latency, 0.0),
         )
-        out.scored.append((msg.id.encode("utf-8"), _encode(record)))
+        scored.append((msg.id.encode("utf-8"), _encode(record)))
         if scores.projection is not None and scores.label_index is not None:
-            out.signals.append(
+            signals.append(
                 _encode(
                     {
                         "id": msg.id,
@@ -125,6 +123,13 @@ def _add_scored(out: BatchOutput, msgs: list[InputText], scores: Scores, version
                     }
                 )
             )
+    out.scored += scored
+    out.signals += signals
+    out.model_version = version
+    out.embed_s += scores.embed_s
+    out.labels += scores.labels
+    out.is_ood += [bool(x) for x in scores.is_ood]
+    out.event_ms += [float(m.timestamp_ms) if m.timestamp_ms else None for m in msgs]
 
 
 async def process_batch(batch: list[RawMessage], score: ScoreFn, settings: Settings) -> BatchOutput:
@@ -148,9 +153,7 @@ async def process_batch(batch: list[RawMessage], score: ScoreFn, settings: Setti
         return out
     try:
         scores, version = await _score_with_retries(score, [m.text for m in valid], settings.score_retries)
-        whole = BatchOutput()
-        _add_scored(whole, valid, scores, version)  # all or nothing: a failure leaves ``out`` as is
-        _merge(out, whole)
+        _add_scored(out, valid, scores, version)
         return out
     except Exception:
         log.exception(
@@ -161,20 +164,7 @@ async def process_batch(batch: list[RawMessage], score: ScoreFn, settings: Setti
     for msg, raw in zip(valid, raws, strict=False):
         try:
             scores, version = await score([msg.text])
-            alone = BatchOutput()
-            _add_scored(alone, [msg], scores, version)  # may fail too: then nothing of it is kept
+            _add_scored(out, [msg], scores, version)
         except Exception as exc:
             _dead(out, raw, Rejection("scoring_failed", f"{type(exc).__name__}: {str(exc)[:300]}"))
-            continue
-        _merge(out, alone)
     return out
-
-
-def _merge(out: BatchOutput, part: BatchOutput) -> None:
-    out.scored += part.scored
-    out.signals += part.signals
-    out.labels += part.labels
-    out.is_ood += part.is_ood
-    out.event_ms += part.event_ms
-    out.embed_s += part.embed_s
-    out.model_version = part.model_version or out.model_version

@@ -48,8 +48,9 @@ def run_worker(settings: Settings) -> int:
         server = MetricsServer(metrics, settings.metrics_host, settings.metrics_port).start()
     with bootstrap_or_embedded(settings.bootstrap_servers) as bootstrap:
         # Before anything is consumed: a guarantee that cannot hold must stop the worker here.
-        asyncio.run(check_guarantee(settings.processing_guarantee, bootstrap, client_options(settings)))
-        asyncio.run(ensure_topics(bootstrap, topic_plan(settings), client_options(settings)))
+        security = client_options(settings)
+        asyncio.run(check_guarantee(settings.processing_guarantee, bootstrap, security))
+        asyncio.run(ensure_topics(bootstrap, topic_plan(settings), security))
         asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed the last one
         # A pinned --model never changes; otherwise follow the registry's CURRENT pointer.
         follow = None if settings.model else Registry(settings.registry)
