@@ -12,7 +12,7 @@ COPY streams ./streams
 COPY models ./models
 COPY schemas ./schemas
 COPY training ./training
-RUN pip install . && pip check
+RUN pip install ".[redis]" && pip check
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --create-home streamscore \

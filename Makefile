@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean prometheus
+.PHONY: demo test lint install clean prometheus redis
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml
@@ -26,7 +26,14 @@ prometheus:
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
-test: $(STAMP) prometheus
+# The shared embedding cache is tested against a real redis-server.
+redis:
+	@command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || { \
+	  echo "installing the Debian redis-server package (the tests run a real Redis)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
+
+test: $(STAMP) prometheus redis
 	$(PY) -m pytest
 
 lint: $(STAMP)

@@ -5,6 +5,10 @@ vector depends on its key alone and a cache hit returns exactly what encoding wo
 stay reproducible whatever the cache held. One cache belongs to one embedder (one model and
 backend); a worker that switches embedder starts a new one.
 
+``SharedCache`` is the same idea in Redis, shared by every worker of an encoder: its keys start
+with the encoder's fingerprint (weights, backend, device kind), so two encoders never read each
+other's vectors.
+
 >>> cache = EmbeddingCache(maxsize=2)
 >>> normalise("  where is   my parcel ")
 'where is my parcel'
@@ -18,11 +22,17 @@ backend); a worker that switches embedder starts a new one.
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+log = logging.getLogger("streamscore.cache")
 
 
 def normalise(text: str) -> str:
@@ -65,3 +75,81 @@ class EmbeddingCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+@dataclass
+class SharedCache:
+    """Embeddings in Redis, shared by workers on one encoder: ``get_many`` / ``put_many``.
+
+    A cache must never stop scoring: when Redis fails, the batch is encoded as if every text
+    missed, and Redis is left alone for ``retry_s`` so a dead server does not add its timeout to
+    every batch. Values are the raw float32 bytes, so a hit is bit-identical to encoding.
+    """
+
+    client: Any  # a redis.Redis (thread-safe: scorer threads share it)
+    namespace: str  # the encoder's fingerprint
+    dim: int
+    ttl_s: int = 7 * 24 * 3600
+    retry_s: float = 10.0
+    hits: int = 0
+    misses: int = 0
+    errors: int = 0
+    down_until: float = 0.0
+
+    @classmethod
+    def connect(cls, url: str, namespace: str, dim: int, ttl_s: int = 7 * 24 * 3600) -> SharedCache:
+        """A cache on the Redis at ``url`` (``redis://host:6379/0``); it connects on first use."""
+        try:
+            import redis
+        except ImportError:
+            raise RuntimeError(
+                "embed_cache_url needs the redis client: pip install 'streamscore[redis]'"
+            ) from None
+        client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        return cls(client, namespace, dim, ttl_s)
+
+    def for_encoder(self, namespace: str, dim: int) -> SharedCache:
+        """The same Redis for another encoder, under that encoder's keys."""
+        return SharedCache(self.client, namespace, dim, self.ttl_s, self.retry_s)
+
+    def key(self, text: str) -> str:
+        return f"streamscore:emb:{self.namespace}:{hashlib.sha256(text.encode('utf-8')).hexdigest()}"
+
+    def get_many(self, texts: list[str]) -> list[np.ndarray | None]:
+        """The cached vector of each text, None where Redis has none (or cannot answer)."""
+        if not texts or time.monotonic() < self.down_until:
+            return [None] * len(texts)
+        try:
+            raw = self.client.mget([self.key(t) for t in texts])
+        except Exception as exc:  # any Redis or socket trouble: encode instead
+            self._failed("read", exc)
+            return [None] * len(texts)
+        out: list[np.ndarray | None] = []
+        for value in raw:
+            ok = isinstance(value, bytes) and len(value) == 4 * self.dim
+            out.append(np.frombuffer(value, dtype=np.float32).copy() if ok else None)
+        found = sum(v is not None for v in out)
+        self.hits += found
+        self.misses += len(out) - found
+        return out
+
+    def put_many(self, items: dict[str, np.ndarray]) -> None:
+        if not items or time.monotonic() < self.down_until:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for text, vec in items.items():
+                pipe.set(self.key(text), np.asarray(vec, dtype=np.float32).tobytes(), ex=self.ttl_s)
+            pipe.execute()
+        except Exception as exc:
+            self._failed("write", exc)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        self.errors += 1
+        self.down_until = time.monotonic() + self.retry_s
+        log.warning(
+            "shared embedding cache: %s failed (%s); encoding without it for %.0f s",
+            what,
+            exc,
+            self.retry_s,
+        )

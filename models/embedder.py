@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import os
 import threading
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from models.cache import EmbeddingCache, normalise
+from models.cache import EmbeddingCache, SharedCache, normalise
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # Multiples of 8 tokens gave identical embeddings for any batch-mates and thread count on the
@@ -78,14 +79,16 @@ class Embedder:
     backend: str = "torch"  # torch | onnx | onnx-int8
     cache: EmbeddingCache | None = None
     parallel: int = 1  # encode calls that may run at once, each in its own thread
+    shared: SharedCache | None = None  # Redis, behind ``cache``, shared with other workers
     # The tokenizer and the cache are shared by those threads; HF fast tokenizers raise
     # "Already borrowed" when two threads call one at once.
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Embedder:
         # A lock cannot be copied: the copy (e.g. an encoder to fine-tune) gets its own.
+        # Nor is a Redis client, and a changed copy must not share the original's vectors.
         return dataclasses.replace(
-            self, model=copy.deepcopy(self.model, memo), cache=copy.deepcopy(self.cache, memo)
+            self, model=copy.deepcopy(self.model, memo), cache=copy.deepcopy(self.cache, memo), shared=None
         )
 
     @classmethod
@@ -98,6 +101,8 @@ class Embedder:
         cache_size: int = 0,
         cache_dir: Path | None = None,
         parallel: int = 1,
+        shared_cache_url: str | None = None,
+        shared_cache_ttl_s: int = 7 * 24 * 3600,
     ) -> Embedder:
         """Load ``name`` offline on ``device`` with ``backend``; ``cache_size`` > 0 keeps an LRU
         of that many embeddings. On a GPU the torch backend runs in fp16.
@@ -105,7 +110,10 @@ class Embedder:
         ``parallel`` is how many threads will encode at once (on CPU only; a GPU takes one at a
         time): the CPU cores are split between them. On 2 cores two single-threaded encodes
         ran 1.3-1.9x faster than one encode on two threads (README, Performance), because
-        intra-op threads wait for each other at every operator."""
+        intra-op threads wait for each other at every operator.
+
+        ``shared_cache_url`` (``redis://host:6379/0``) adds a Redis cache behind the in-process
+        one, keyed by this encoder's :attr:`fingerprint`, so workers share what any has encoded."""
         # Never download at run time: the hub is unreachable in our deployments and a
         # silent download would make a run depend on the network.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -134,7 +142,7 @@ class Embedder:
             ) from exc
         model.eval()
         cache = EmbeddingCache(cache_size) if cache_size > 0 else None
-        return cls(
+        emb = cls(
             name=name,
             device=dev,
             model=model,
@@ -143,6 +151,9 @@ class Embedder:
             cache=cache,
             parallel=parallel,
         )
+        if shared_cache_url:
+            emb.shared = SharedCache.connect(shared_cache_url, emb.fingerprint, emb.dim, shared_cache_ttl_s)
+        return emb
 
     def setup_thread(self) -> None:
         """Call once in each thread that will encode: gives it its share of the CPU cores."""
@@ -169,27 +180,80 @@ class Embedder:
             return f"size={st.st_size}"
         return "unknown"
 
+    @property
+    def fingerprint(self) -> str:
+        """What a vector depends on besides its text: the weights, backend, device kind (fp16 on
+        a GPU) and padding. Shared-cache keys start with it."""
+        path = Path(resolve_model_path(self.name))
+        digest = hashlib.sha256()
+        # Weights, tokenizer and configs; not the docs, nor other runtimes' exports.
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and p.name not in ("README.md", ".gitattributes")
+            and not {"onnx", "openvino"} & set(p.relative_to(path).parts)
+        )
+        for name in files:
+            digest.update(str(name.relative_to(path)).encode())
+            with open(name, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        if not files:  # a hub name we cannot read the files of: the name must do
+            digest.update(self.name.encode())
+        kind = "cuda" if self.device.startswith("cuda") else "cpu"
+        digest.update(f"{self.backend}|{kind}|{PAD_MULTIPLE}|{self.dim}".encode())
+        return digest.hexdigest()[:16]
+
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
         """Unit-length float32 vectors of ``texts`` (whitespace-normalised), one row per text."""
         texts = [normalise(t) for t in texts]
-        if self.cache is None:
+        if self.cache is None and self.shared is None:
             return self._encode(texts, progress)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        todo: dict[str, list[int]] = {}
-        with self._lock:
-            for i, text in enumerate(texts):
-                vec = self.cache.get(text)
-                if vec is None:
-                    todo.setdefault(text, []).append(i)
-                else:
-                    out[i] = vec
-        if todo:
-            fresh = self._encode(list(todo), progress)
+        todo: dict[str, list[int]] = {}  # text → its rows, for texts no cache had
+        for i, text in enumerate(texts):
+            todo.setdefault(text, []).append(i)
+        if self.cache is not None:
             with self._lock:
-                for vec, rows in zip(fresh, todo.values(), strict=True):
-                    out[rows] = vec
-                    self.cache.put(texts[rows[0]], vec.copy())
+                for text in list(todo):
+                    vec = self.cache.get(text)
+                    if vec is not None:
+                        out[todo.pop(text)] = vec
+        if todo and self.shared is not None:
+            found = {
+                t: v
+                for t, v in zip(list(todo), self.shared.get_many(list(todo)), strict=True)
+                if v is not None
+            }
+            for text, vec in found.items():
+                out[todo.pop(text)] = vec
+            self._remember(found)
+        if todo:
+            fresh = dict(zip(todo, self._encode(list(todo), progress), strict=True))
+            for text, vec in fresh.items():
+                out[todo[text]] = vec
+            self._remember(fresh)
+            if self.shared is not None:
+                self.shared.put_many(fresh)
         return out
+
+    def cache_counts(self) -> dict[tuple[str, str], int]:
+        """Lookups so far, by ``(tier, result)``: ``local`` (the LRU) and ``shared`` (Redis),
+        ``hit`` / ``miss``, and ``shared`` ``error`` (a failed Redis call)."""
+        counts: dict[tuple[str, str], int] = {}
+        if self.cache is not None:
+            counts[("local", "hit")], counts[("local", "miss")] = self.cache.hits, self.cache.misses
+        if self.shared is not None:
+            counts[("shared", "hit")], counts[("shared", "miss")] = self.shared.hits, self.shared.misses
+            counts[("shared", "error")] = self.shared.errors
+        return counts
+
+    def _remember(self, vecs: dict[str, np.ndarray]) -> None:
+        if self.cache is not None and vecs:
+            with self._lock:
+                for text, vec in vecs.items():
+                    self.cache.put(text, vec.copy())
 
     def _encode(self, texts: list[str], progress: bool) -> np.ndarray:
         if not texts:

@@ -37,6 +37,8 @@ def create_app(
     datadir = settings.registry / "worker-data" / settings.group_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
     show_model(metrics, holder.scorer)
+    # Read at each scrape from whichever embedder serves then (a new model may bring a new one).
+    metrics.watch_cache(lambda: holder.scorer.embedder.cache_counts())
     app = StreamApp(
         settings.group_id,
         broker=f"kafka://{bootstrap_servers}",

@@ -456,6 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--embed-cache-size", dest="embed_cache_size", type=int, default=None, help="LRU embeddings; 0: off"
     )
+    sp.add_argument(
+        "--embed-cache-url",
+        dest="embed_cache_url",
+        default=None,
+        help="redis://host:6379/0: an embedding cache shared by workers (needs streamscore[redis])",
+    )
     sp.add_argument("--metrics-host", dest="metrics_host", default=None, help="default 127.0.0.1")
     sp.add_argument(
         "--metrics-port",

@@ -233,6 +233,24 @@ class WorkerMetrics:
         for a in alerts:
             self.m["drift_alerts"].labels(a["detector"], a["status"]).inc()
 
+    def watch_cache(self, counts: Callable[[], Mapping[tuple[str, str], int]]) -> None:
+        """Export ``streamscore_embedding_cache_lookups_total{tier, result}`` from ``counts``
+        (the embedder's own running totals, read at each scrape)."""
+        from prometheus_client.core import CounterMetricFamily
+
+        class _Lookups:
+            def collect(self) -> Any:
+                family = CounterMetricFamily(
+                    "streamscore_embedding_cache_lookups",
+                    "Embedding cache lookups by tier (local LRU, shared Redis) and result",
+                    labels=["tier", "result"],
+                )
+                for (tier, result), n in sorted(counts().items()):
+                    family.add_metric([tier, result], n)
+                yield family
+
+        self.registry.register(_Lookups())  # type: ignore[arg-type]
+
     # --- reading ---------------------------------------------------------------------------
 
     def exposition(self) -> bytes:

@@ -79,6 +79,10 @@ class ModelHolder:
                     cache_size=embedder.cache.maxsize if embedder.cache else 0,
                     parallel=embedder.parallel,
                 )
+                if self.scorer.embedder.shared is not None:  # same Redis, the new encoder's keys
+                    embedder.shared = self.scorer.embedder.shared.for_encoder(
+                        embedder.fingerprint, embedder.dim
+                    )
             new = Scorer.load(artifact, embedder, self.scorer.top_k)
         except (ArtifactError, OSError, ValueError, RuntimeError) as exc:
             self.refused[key] = str(exc)

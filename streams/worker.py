@@ -36,6 +36,8 @@ def load_scorer(settings: Settings) -> Scorer:
         cache_size=settings.embed_cache_size,
         cache_dir=settings.cache_dir,
         parallel=settings.scoring_parallel,
+        shared_cache_url=settings.embed_cache_url,
+        shared_cache_ttl_s=settings.embed_cache_ttl_s,
     )
     return Scorer.load(artifact, embedder, settings.top_k)
 
