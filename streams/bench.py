@@ -6,6 +6,8 @@ Figures, all on the same real texts (the shipped CLINC150 test split) and batch 
   limit the issue names;
 - ``worker_encode_per_s``: our embedder alone, as the worker runs it (micro-batches on
   ``scoring_threads`` threads at once, torch): the limit of this pipeline's own encoder;
+- ``encode_ms_per_text_by_batch``: one scorer thread alone, milliseconds per text in
+  micro-batches of 1, 8 and 64 (256 texts each): what small batches at light load cost;
 - ``e2e_msgs_per_s``: a real ``streamscore worker`` process (drift agent on), from the first
   message produced to ``texts`` until the last one is read back from ``texts.scored``;
 - ``naive_msgs_per_s``: a plain aiokafka consumer that embeds, scores and produces one message
@@ -97,6 +99,36 @@ def worker_encode_rate(texts: list[str], settings: Settings) -> dict[str, Any]:
         list(pool.map(emb.encode, batches))
         elapsed = time.perf_counter() - start
     return {"per_s": len(texts) / elapsed, "messages": len(texts), "threads": emb.parallel}
+
+
+def encode_cost_by_batch(
+    texts: list[str], settings: Settings, sizes: tuple[int, ...] = (1, 8, 64)
+) -> dict[str, float]:
+    """Milliseconds per text when one scorer thread (with its share of the cores) embeds
+    micro-batches of each size, alone: why a lightly loaded worker, whose batches are small,
+    pays more per text than a busy one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from models.embedder import Embedder
+
+    emb = Embedder.load(
+        device=settings.device,
+        batch_size=settings.embed_batch_size,
+        backend=settings.backend,
+        cache_dir=settings.cache_dir,
+        parallel=settings.scoring_parallel,
+    )
+
+    def cost(size: int) -> float:
+        batches = [texts[i : i + size] for i in range(0, len(texts), size)]
+        emb.encode(batches[0])  # warm up
+        start = time.perf_counter()
+        for batch in batches:
+            emb.encode(batch)
+        return round(1000 * (time.perf_counter() - start) / len(texts), 2)
+
+    with ThreadPoolExecutor(1, initializer=emb.setup_thread) as pool:
+        return {str(size): pool.submit(cost, size).result() for size in sizes}
 
 
 # --- producing and reading back ------------------------------------------------------------------
@@ -341,6 +373,8 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
     say(f"  {raw['per_s']:.0f} texts/s")
     enc = worker_encode_rate(texts, settings.replace(backend="torch", embed_cache_size=0))
     say(f"our embedder as the worker runs it ({enc['threads']} threads): {enc['per_s']:.0f} texts/s")
+    by_batch = encode_cost_by_batch(texts[:256], settings.replace(backend="torch"))
+    say(f"one scorer thread, ms per text by micro-batch size: {by_batch}")
     result: dict[str, Any] = {
         "messages": len(texts),
         "repeats": opts.repeats,
@@ -349,6 +383,7 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
         "raw_encode_per_s": round(raw["per_s"], 1),
         "worker_encode_per_s": round(enc["per_s"], 1),
         "scoring_threads": enc["threads"],
+        "encode_ms_per_text_by_batch": by_batch,
         "device": raw["device"],
         "backend": backends[0],
         "model_version": version,

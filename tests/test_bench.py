@@ -41,3 +41,5 @@ def test_bench_reports_every_figure(kafka, trained_registry):
     assert out["latency_ms"]["load_50"]["rate_per_s"] < out["latency_ms"]["load_90"]["rate_per_s"]
     assert out["ratios"]["e2e_over_raw"] == round(out["e2e_msgs_per_s"] / out["raw_encode_per_s"], 3)
     assert out["scoring_threads"] >= 1
+    assert set(out["encode_ms_per_text_by_batch"]) == {"1", "8", "64"}
+    assert all(v > 0 for v in out["encode_ms_per_text_by_batch"].values())
