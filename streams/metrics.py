@@ -69,6 +69,7 @@ class WorkerMetrics:
     recent_labels: deque[str] = field(default_factory=lambda: deque(maxlen=ROLLING))
     prior: dict[str, float] = field(default_factory=dict)
     health: dict[str, Any] = field(default_factory=lambda: {"status": "starting"})
+    cache_counts: Callable[[], Mapping[tuple[str, str], int]] = lambda: {}
 
     @classmethod
     def create(cls) -> WorkerMetrics:
@@ -143,7 +144,9 @@ class WorkerMetrics:
             m["dead"].labels(reason)
         m["build"].info(_build_info())
         m["started"].set(time.time())
-        return cls(r, m)
+        metrics = cls(r, m)
+        r.register(_CacheLookups(metrics))  # type: ignore[arg-type]
+        return metrics
 
     # --- updates -----------------------------------------------------------------------------
 
@@ -234,22 +237,9 @@ class WorkerMetrics:
             self.m["drift_alerts"].labels(a["detector"], a["status"]).inc()
 
     def watch_cache(self, counts: Callable[[], Mapping[tuple[str, str], int]]) -> None:
-        """Export ``streamscore_embedding_cache_lookups_total{tier, result}`` from ``counts``
-        (the embedder's own running totals, read at each scrape)."""
-        from prometheus_client.core import CounterMetricFamily
-
-        class _Lookups:
-            def collect(self) -> Any:
-                family = CounterMetricFamily(
-                    "streamscore_embedding_cache_lookups",
-                    "Embedding cache lookups by tier (local LRU, shared Redis) and result",
-                    labels=["tier", "result"],
-                )
-                for (tier, result), n in sorted(counts().items()):
-                    family.add_metric([tier, result], n)
-                yield family
-
-        self.registry.register(_Lookups())  # type: ignore[arg-type]
+        """Read ``streamscore_embedding_cache_lookups_total{tier, result}`` from ``counts`` (the
+        embedder's own running totals) at each scrape."""
+        self.cache_counts = counts
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -259,6 +249,26 @@ class WorkerMetrics:
     def value(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
         """One sample's current value (for tests and the demo's summary)."""
         return self.registry.get_sample_value(name, dict(labels or {}))
+
+
+class _CacheLookups:
+    """``streamscore_embedding_cache_lookups_total``, read from the embedder at each scrape: the
+    embedder counts its own lookups, and a new model may bring a new embedder."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily(
+            "streamscore_embedding_cache_lookups",
+            "Embedding cache lookups by tier (local LRU, shared Redis) and result",
+            labels=["tier", "result"],
+        )
+        for (tier, result), n in sorted(self.metrics.cache_counts().items()):
+            family.add_metric([tier, result], n)
+        yield family
 
 
 def label_mix_distance(recent: deque[str] | list[str], prior: Mapping[str, float]) -> float:
