@@ -460,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--embed-cache-url",
         dest="embed_cache_url",
         default=None,
-        help="redis://host:6379/0: an embedding cache shared by workers (needs streamscore[redis])",
+        help="redis://host:6379/0: an embedding cache shared by workers (needs streamscore[redis]); "
+        "a URL with a password belongs in STREAMSCORE_EMBED_CACHE_URL, not here",
     )
     sp.add_argument("--metrics-host", dest="metrics_host", default=None, help="default 127.0.0.1")
     sp.add_argument(

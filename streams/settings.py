@@ -38,7 +38,9 @@ class Settings:
     backend: str = "torch"  # torch | onnx | onnx-int8 (README: Performance)
     scoring_threads: int = 0  # batches embedded at once; 0: one per core up to 4 (1 on a GPU)
     embed_cache_size: int = 20_000  # embeddings kept in an in-process LRU; 0: no cache
-    embed_cache_url: str | None = None  # redis://host:6379/0: a cache shared by workers; None: off
+    # redis://host:6379/0: a cache shared by workers; None: off. May hold a password, so it stays
+    # out of repr and messages; give it through the environment, not a command-line flag.
+    embed_cache_url: str | None = field(default=None, repr=False)
     embed_cache_ttl_s: int = 7 * 24 * 3600  # how long Redis keeps a shared embedding
     cache_dir: Path = Path("~/.cache/streamscore")  # ONNX exports
     input_topic: str = "texts"
@@ -101,9 +103,8 @@ class Settings:
         if self.embed_cache_size < 0:
             problems.append("embed_cache_size must be 0 (off) or more")
         if self.embed_cache_url and not self.embed_cache_url.startswith(("redis://", "rediss://", "unix://")):
-            problems.append(
-                f"embed_cache_url must be a redis://, rediss:// or unix:// URL, not {self.embed_cache_url!r}"
-            )
+            scheme = self.embed_cache_url.split(":", 1)[0]  # not the rest: it may hold a password
+            problems.append(f"embed_cache_url must be a redis://, rediss:// or unix:// URL, not {scheme}:...")
         if self.embed_cache_ttl_s < 1:
             problems.append("embed_cache_ttl_s must be at least 1")
         if self.partitions < 1:

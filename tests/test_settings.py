@@ -24,3 +24,11 @@ def test_bad_values_are_explained():
         Settings.from_env({}, scored_topic="texts")
     with pytest.raises(ValueError, match="batch_size"):
         Settings.from_env({}, batch_size=0)
+
+
+def test_a_redis_password_stays_out_of_repr_and_errors():
+    s = Settings.from_env({"STREAMSCORE_EMBED_CACHE_URL": "redis://:s3cret@cache:6379/0"})
+    assert s.embed_cache_url == "redis://:s3cret@cache:6379/0" and "s3cret" not in repr(s)
+    with pytest.raises(ValueError, match="embed_cache_url must be a redis://") as err:
+        Settings.from_env({"STREAMSCORE_EMBED_CACHE_URL": "http://:s3cret@cache:6379"})
+    assert "s3cret" not in str(err.value)
