@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from models.artifact import sha256_file
 from models.cache import EmbeddingCache, SharedCache, normalise
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -195,10 +196,7 @@ class Embedder:
             and not {"onnx", "openvino"} & set(p.relative_to(path).parts)
         )
         for name in files:
-            digest.update(str(name.relative_to(path)).encode())
-            with open(name, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
+            digest.update(f"{name.relative_to(path)}:{sha256_file(name)}".encode())
         if not files:  # a hub name we cannot read the files of: the name must do
             digest.update(self.name.encode())
         kind = "cuda" if self.device.startswith("cuda") else "cpu"

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import hashlib
 import io
 import json
 import random
@@ -146,14 +145,6 @@ def load_rows(path: str | Path, text_field: str = "text", label_field: str = "la
     if not rows:
         raise DataError(f"{path} holds no rows")
     return rows
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from models.artifact import ArtifactError, ModelArtifact, load_artifact, save_artifact
+from models.artifact import ArtifactError, ModelArtifact, load_artifact, save_artifact, sha256_file
 from models.drift import calibrate_drift
 from models.embedder import DEFAULT_MODEL, Embedder, resolve_model_path
 from models.head import LinearHead
 from models.ood import OODScorer, ood_threshold
-from training.data import file_sha256, load_rows, training_splits
+from training.data import load_rows, training_splits
 from training.evaluate import evaluate_embeddings
 from training.finetune import FinetuneConfig, finetune_encoder
 from training.registry import Registry
@@ -194,7 +194,7 @@ def train(
         "thresholds": {"ood": threshold, "keep_in_dist": cfg.keep_in_dist},
         "training_data": {
             "path": str(data),
-            "sha256": file_sha256(data),
+            "sha256": sha256_file(Path(data)),
             "rows_train": n_tr,
             "rows_val": n_va,
             "rows_val_ood": len(splits.val_ood),
