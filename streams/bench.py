@@ -77,22 +77,25 @@ def raw_encode_rate(texts: list[str], batch_size: int, device: str) -> dict[str,
     return {"per_s": max(runs), "messages": len(texts), "repeats": 2, "device": emb.device}
 
 
-def worker_encode_rate(texts: list[str], settings: Settings) -> dict[str, Any]:
-    """Our embedder alone as the worker runs it: micro-batches of ``batch_size`` on
-    ``scoring_parallel`` threads at once. What the worker would reach if Kafka, Faust and the
-    rest cost nothing."""
-    from concurrent.futures import ThreadPoolExecutor
-
+def worker_embedder(settings: Settings) -> Any:
+    """The embedder as the worker loads it (no cache: the bench measures encoding)."""
     from models.embedder import Embedder
 
-    emb = Embedder.load(
+    return Embedder.load(
         device=settings.device,
         batch_size=settings.embed_batch_size,
         backend=settings.backend,
         cache_dir=settings.cache_dir,
         parallel=settings.scoring_parallel,
     )
-    batches = [texts[i : i + settings.batch_size] for i in range(0, len(texts), settings.batch_size)]
+
+
+def worker_encode_rate(texts: list[str], emb: Any, batch_size: int) -> dict[str, Any]:
+    """``emb`` alone as the worker runs it: micro-batches of ``batch_size`` on its ``parallel``
+    threads at once. What the worker would reach if Kafka, Faust and the rest cost nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
     with ThreadPoolExecutor(emb.parallel, initializer=emb.setup_thread) as pool:
         list(pool.map(emb.encode, batches[: emb.parallel * 2]))  # warm up
         start = time.perf_counter()
@@ -101,23 +104,11 @@ def worker_encode_rate(texts: list[str], settings: Settings) -> dict[str, Any]:
     return {"per_s": len(texts) / elapsed, "messages": len(texts), "threads": emb.parallel}
 
 
-def encode_cost_by_batch(
-    texts: list[str], settings: Settings, sizes: tuple[int, ...] = (1, 8, 64)
-) -> dict[str, float]:
-    """Milliseconds per text when one scorer thread (with its share of the cores) embeds
-    micro-batches of each size, alone: why a lightly loaded worker, whose batches are small,
-    pays more per text than a busy one."""
+def encode_cost_by_batch(texts: list[str], emb: Any, sizes: tuple[int, ...] = (1, 8, 64)) -> dict[str, float]:
+    """Milliseconds per text when one scorer thread of ``emb`` (with its share of the cores)
+    embeds micro-batches of each size, alone: why a lightly loaded worker, whose batches are
+    small, pays more per text than a busy one."""
     from concurrent.futures import ThreadPoolExecutor
-
-    from models.embedder import Embedder
-
-    emb = Embedder.load(
-        device=settings.device,
-        batch_size=settings.embed_batch_size,
-        backend=settings.backend,
-        cache_dir=settings.cache_dir,
-        parallel=settings.scoring_parallel,
-    )
 
     def cost(size: int) -> float:
         batches = [texts[i : i + size] for i in range(0, len(texts), size)]
@@ -371,9 +362,11 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
     say(f"raw encoder: sentence-transformers encode of {len(texts)} texts, batch {settings.embed_batch_size}")
     raw = raw_encode_rate(texts, settings.embed_batch_size, settings.device)
     say(f"  {raw['per_s']:.0f} texts/s")
-    enc = worker_encode_rate(texts, settings.replace(backend="torch", embed_cache_size=0))
+    emb = worker_embedder(settings.replace(backend="torch"))
+    enc = worker_encode_rate(texts, emb, settings.batch_size)
     say(f"our embedder as the worker runs it ({enc['threads']} threads): {enc['per_s']:.0f} texts/s")
-    by_batch = encode_cost_by_batch(texts[:256], settings.replace(backend="torch"))
+    by_batch = encode_cost_by_batch(texts[:256], emb)
+    del emb  # freed before the worker under test starts
     say(f"one scorer thread, ms per text by micro-batch size: {by_batch}")
     result: dict[str, Any] = {
         "messages": len(texts),
