@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -73,6 +74,17 @@ def kafka() -> Iterator[str]:
 
     with EmbeddedBroker() as broker:
         yield broker.bootstrap_servers
+
+
+def debian_server(binary: str, package: str, what: str) -> str:
+    """Path of a server the tests run for real (``make test`` installs its Debian package)."""
+    found = shutil.which(binary) or (f"/usr/bin/{binary}" if Path(f"/usr/bin/{binary}").exists() else None)
+    if not found:
+        pytest.fail(
+            f"{what} is not installed: `make test` installs the Debian package "
+            f"(apt-get install --no-install-recommends {package})"
+        )
+    return found
 
 
 def small_clinc_rows(n_labels: int = 12, seed: int = 0) -> list[dict]:

@@ -13,7 +13,6 @@ import json
 import os
 import random
 import re
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -26,7 +25,7 @@ import yaml
 
 from streams.broker import free_port
 from streams.metrics import BatchStats, WorkerMetrics
-from tests.conftest import ROOT, small_clinc_rows, start_worker, stop_worker
+from tests.conftest import ROOT, debian_server, small_clinc_rows, start_worker, stop_worker
 from tests.kafka_helpers import collect, send_json, send_raw
 from training.fit import TrainConfig, train
 from training.registry import Registry
@@ -190,18 +189,6 @@ def two_model_registry(tmp_path_factory, small_data, embedder):
     return root, second.version
 
 
-def _prometheus_binary() -> str:
-    found = shutil.which("prometheus") or (
-        "/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None
-    )
-    if not found:
-        pytest.fail(
-            "the Prometheus server is not installed: `make test` installs the Debian package "
-            "(apt-get install --no-install-recommends prometheus)"
-        )
-    return found
-
-
 class Prometheus:
     def __init__(self, work: Path, target: str) -> None:
         self.port = free_port()
@@ -215,7 +202,7 @@ class Prometheus:
         self.log = open(work / "prometheus.log", "w")
         self.proc = subprocess.Popen(
             [
-                _prometheus_binary(),
+                debian_server("prometheus", "prometheus", "the Prometheus server"),
                 f"--config.file={work / 'prometheus.yml'}",
                 f"--storage.tsdb.path={work / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",

@@ -25,22 +25,10 @@ import redis
 from models.cache import SharedCache
 from models.embedder import Embedder, resolve_model_path
 from streams.broker import free_port
-from tests.conftest import small_clinc_rows, start_worker, stop_worker
+from tests.conftest import debian_server, small_clinc_rows, start_worker, stop_worker
 from tests.kafka_helpers import collect, send_json
 
 TEXTS = [r["text"] for r in small_clinc_rows() if r["split"] == "test"][:120]
-
-
-def _redis_binary() -> str:
-    found = shutil.which("redis-server") or (
-        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
-    )
-    if not found:
-        pytest.fail(
-            "redis-server is not installed: `make test` installs the Debian redis-server package "
-            "(apt-get install --no-install-recommends redis-server)"
-        )
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +37,17 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     work = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
-        [_redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [
+            debian_server("redis-server", "redis-server", "redis-server"),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
         cwd=work,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
