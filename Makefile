@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean prometheus redis
+.PHONY: demo test lint install clean servers
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml
@@ -19,21 +19,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/streamscore demo
 
-# The observability test scrapes a real worker with the Debian prometheus server.
-prometheus:
-	@command -v prometheus >/dev/null || [ -x /usr/bin/prometheus ] || { \
-	  echo "installing the Debian prometheus package (the tests run a real Prometheus server)"; \
-	  $(SUDO) apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+# Servers the tests run for real: Prometheus (observability) and Redis (the shared embedding
+# cache). Missing Debian packages are installed with one apt-get update.
+SERVERS := prometheus:prometheus redis-server:redis-server
+servers:
+	@missing=""; for s in $(SERVERS); do bin=$${s%%:*}; pkg=$${s#*:}; \
+	  command -v $$bin >/dev/null || [ -x /usr/bin/$$bin ] || missing="$$missing $$pkg"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages the tests run for real:$$missing"; \
+	    $(SUDO) apt-get update -qq && \
+	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  fi
 
-# The shared embedding cache is tested against a real redis-server.
-redis:
-	@command -v redis-server >/dev/null || [ -x /usr/bin/redis-server ] || { \
-	  echo "installing the Debian redis-server package (the tests run a real Redis)"; \
-	  $(SUDO) apt-get update -qq && \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; }
-
-test: $(STAMP) prometheus redis
+test: $(STAMP) servers
 	$(PY) -m pytest
 
 lint: $(STAMP)
