@@ -14,7 +14,10 @@ Figures, all on the same real texts (the shipped CLINC150 test split) and batch 
   at a time, the way per-request services score;
 - ``latency_ms``: end-to-end latency percentiles (produce → scored record read back) while
   texts arrive at 50% and 90% of the measured e2e rate;
-- ``worker_rss_mb``: the worker's peak resident memory (``VmHWM``).
+- ``worker_rss_mb``: the worker's peak resident memory (``VmHWM``);
+- ``scale_out``: one worker held to one CPU core, then two workers in one consumer group held
+  to a core each, on the same topics: the group's end-to-end rate over one worker's, and the
+  share of the messages each scored.
 
 Each figure says how many messages and repetitions it rests on. Ratios between figures of one
 run are what to compare across machines; absolute rates depend on the CPU.
@@ -53,6 +56,7 @@ class BenchOptions:
     naive_messages: int = 800
     latency_seconds: float = 20.0  # per load level
     backends: tuple[str, ...] = ()  # empty: the settings' backend
+    scale_out: bool = True  # also measure one worker on one core against two on a core each
     say: Any = None  # progress lines (stderr); None: quiet
 
 
@@ -213,6 +217,22 @@ class WorkerProcess:
         found = re.search(r"VmHWM:\s+(\d+) kB", status)
         return int(found.group(1)) / 1024 if found else None
 
+    def health(self) -> dict[str, Any]:
+        """``/healthz`` as JSON; empty while the worker does not answer (or is not ready)."""
+        try:
+            with urllib.request.urlopen(self.metrics_url + "/healthz", timeout=2) as resp:
+                return dict(json.loads(resp.read()))
+        except (OSError, ValueError):
+            return {}
+
+    def scored(self) -> float:
+        """``streamscore_messages_scored_total`` from its ``/metrics``."""
+        with urllib.request.urlopen(self.metrics_url + "/metrics", timeout=5) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith("streamscore_messages_scored_total "):
+                    return float(line.split()[1])
+        return 0.0
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -222,7 +242,11 @@ class WorkerProcess:
             self.proc.wait()
 
 
-def start_worker(settings: Settings, bootstrap: str, tag: str, log_dir: Path) -> WorkerProcess:
+def start_worker(
+    settings: Settings, bootstrap: str, tag: str, log_dir: Path, name: str = "", cpus: set[int] | None = None
+) -> WorkerProcess:
+    """A ``streamscore worker`` on the topics and consumer group of ``tag``, ready once it holds
+    partitions; ``cpus`` holds it to those CPU cores (its encoder then uses that many threads)."""
     topics = {
         "input": f"bench-texts-{tag}",
         "scored": f"bench-texts.scored-{tag}",
@@ -254,26 +278,89 @@ def start_worker(settings: Settings, bootstrap: str, tag: str, log_dir: Path) ->
     )
     if settings.model:
         env["STREAMSCORE_MODEL"] = settings.model
-    log_path = log_dir / f"worker-{tag}.log"
+    log_path = log_dir / f"worker-{tag}{name}.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "streams.cli", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
     worker = WorkerProcess(proc, topics, f"http://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + 180
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"the worker exited at start:\n{log_path.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(worker.metrics_url + "/healthz", timeout=2) as resp:
-                if json.loads(resp.read())["status"] == "ok":
-                    return worker
-        except OSError:
-            pass
+        if worker.health().get("status") == "ok":
+            return worker
         if time.monotonic() > deadline:
             worker.stop()
             raise RuntimeError(f"the worker did not become ready in 180 s:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.5)
+
+
+# --- scaling out ------------------------------------------------------------------------------------
+
+
+def _rates(bootstrap: str, worker: WorkerProcess, texts: list[str], repeats: int, run: str) -> list[float]:
+    """End-to-end messages per second of ``repeats`` runs of ``texts`` through ``worker``'s topics."""
+    rates = []
+    for r in range(repeats):
+        elapsed, _ = asyncio.run(_e2e_once(bootstrap, worker, texts, f"{run}{r}", None))
+        rates.append(len(texts) / elapsed)
+    return rates
+
+
+def _wait_for_split(bootstrap: str, workers: list[WorkerProcess], texts: list[str], timeout_s: float) -> None:
+    """Until every worker holds input partitions and none holds another's: the group has
+    rebalanced. Small runs go through meanwhile, so a partition's end is known to its holder."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        asyncio.run(_e2e_once(bootstrap, workers[0], texts, f"split{uuid.uuid4().hex[:6]}", None))
+        held = [set(w.health().get("partitions") or ()) for w in workers]
+        if all(held) and sum(map(len, held)) == len(set().union(*held)):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the workers did not split the partitions in {timeout_s:.0f} s: {held}")
+
+
+def scale_out_rates(
+    settings: Settings, bootstrap: str, texts: list[str], repeats: int, log_dir: Path, say: Any
+) -> dict[str, Any]:
+    """One worker held to one core, then a second in the same consumer group on another core:
+    the rate of the two together over the rate of one. The broker and the bench are not held
+    and take their share of both cores (on a 2-core machine they take it from the workers)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return {"skipped": f"needs 2 CPU cores, this process may use {len(cores)}"}
+    settings = settings.replace(embed_cache_size=0)
+    tag = uuid.uuid4().hex[:8]
+    workers = [start_worker(settings, bootstrap, tag, log_dir, name="-a", cpus={cores[0]})]
+    try:
+        asyncio.run(_e2e_once(bootstrap, workers[0], texts[:300], "warmup", None))
+        one = _rates(bootstrap, workers[0], texts, repeats, "one")
+        say(f"scale-out: one worker on core {cores[0]}: {max(one):.0f} messages/s")
+        workers.append(start_worker(settings, bootstrap, tag, log_dir, name="-b", cpus={cores[1]}))
+        _wait_for_split(bootstrap, workers, texts[:100], timeout_s=120)
+        before = [w.scored() for w in workers]
+        two = _rates(bootstrap, workers[0], texts, repeats, "two")
+        done = [w.scored() - b for w, b in zip(workers, before, strict=True)]
+        say(f"scale-out: two workers on cores {cores[:2]}: {max(two):.0f} messages/s, scored {done}")
+    finally:
+        for w in workers:
+            w.stop()
+    return {
+        "one_worker_per_s": round(max(one), 1),
+        "two_workers_per_s": round(max(two), 1),
+        "speedup": round(max(two) / max(one), 2),
+        "runs_per_s": {"one": [round(x, 1) for x in one], "two": [round(x, 1) for x in two]},
+        "scored_by_worker": [int(d) for d in done],  # over the runs with two workers
+        "shares": [round(d / max(sum(done), 1), 3) for d in done],
+        "cores_per_worker": 1,
+        "messages": len(texts),
+        "repeats": repeats,
+    }
 
 
 # --- the naive reference ---------------------------------------------------------------------------
@@ -398,11 +485,8 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
             )
             try:
                 asyncio.run(_e2e_once(bootstrap, worker, texts[:300], "warmup", None))
-                rates = []
-                for r in range(opts.repeats):
-                    elapsed, _ = asyncio.run(_e2e_once(bootstrap, worker, texts, f"e2e{r}", None))
-                    rates.append(len(texts) / elapsed)
-                    say(f"[{backend}] end to end, run {r + 1}: {rates[-1]:.0f} messages/s")
+                rates = _rates(bootstrap, worker, texts, opts.repeats, "e2e")
+                say(f"[{backend}] end to end, runs: {', '.join(f'{r:.0f}' for r in rates)} messages/s")
                 result["e2e_msgs_per_s_by_backend"][backend] = round(max(rates), 1)
                 result["e2e_runs_per_s_by_backend"][backend] = [round(x, 1) for x in rates]
                 if backend != backends[0]:
@@ -424,6 +508,10 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
                 result["worker_rss_mb"] = round(worker.peak_rss_mb() or 0.0, 1)
             finally:
                 worker.stop()
+        if opts.scale_out:
+            result["scale_out"] = scale_out_rates(
+                settings.replace(backend=backends[0]), bootstrap, texts, opts.repeats, Path(tmp), say
+            )
         say(f"naive consumer: {opts.naive_messages} messages, one at a time (torch)")
         naive = asyncio.run(
             naive_rate(bootstrap, settings.replace(backend="torch"), texts[: opts.naive_messages], tag)

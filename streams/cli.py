@@ -118,6 +118,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         naive_messages=args.naive_messages,
         latency_seconds=args.latency_seconds,
         backends=tuple(b for b in (args.backends or "").split(",") if b),
+        scale_out=not args.no_scale_out,
         say=None if args.json else (lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)),
     )
     result = run_bench(settings, opts)
@@ -486,6 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--backends", default=None, help="comma-separated, e.g. torch,onnx,onnx-int8 (first: latency, memory)"
+    )
+    sp.add_argument(
+        "--no-scale-out",
+        dest="no_scale_out",
+        action="store_true",
+        help="skip one worker on one core vs. two workers on a core each",
     )
     sp.add_argument("--batch-size", dest="batch_size", type=int, default=None)
     sp.add_argument("--device", default=None)
