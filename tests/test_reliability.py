@@ -232,6 +232,45 @@ def test_broker_frozen_for_30_s_is_reported_and_nothing_is_lost(trained_registry
     assert rss_peak - rss_before < 300, "memory grew while the broker was away"
 
 
+def test_sigterm_with_the_broker_gone_exits_in_bounded_time_and_loses_nothing(
+    trained_registry, tmp_path, monkeypatch
+):
+    # SIGTERM while the broker is frozen: in-flight outputs can never be confirmed, so a graceful
+    # stop has no end. The worker must give up after shutdown_timeout_s with code 3, and what it
+    # had not confirmed must be scored by the next worker.
+    monkeypatch.setenv("STREAMSCORE_SHUTDOWN_TIMEOUT_S", "5")
+    with EmbeddedBroker() as broker:
+        assert broker.process is not None
+        worker, _ = start(broker.bootstrap_servers, trained_registry, tmp_path)
+        messages, good, bad = stream(4_000, "gone")
+        send_raw(broker.bootstrap_servers, worker.topics["input"], messages)
+        wait_scored(broker.bootstrap_servers, worker.topics["scored"], "gone-", 500)
+        broker.process.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(1)
+            began = time.monotonic()
+            worker.process.send_signal(signal.SIGTERM)
+            try:
+                code = worker.process.wait(timeout=60)
+            except Exception:
+                worker.process.kill()
+                raise
+            took = time.monotonic() - began
+        finally:
+            broker.process.send_signal(signal.SIGCONT)
+        log = worker.log()
+        again, _ = start(broker.bootstrap_servers, trained_registry, tmp_path, tag=worker.tag)
+        try:
+            result = outcome(broker.bootstrap_servers, worker.topics, "gone", good, bad)
+        finally:
+            stop_worker(again)
+    report("sigterm_broker_gone", sent=len(messages), shutdown_s=round(took, 1), **result)
+    assert code == 3, log[-3000:]
+    assert "shutdown did not finish in 5 s" in log, log[-3000:]
+    assert took < 5 + 10, f"shutdown took {took:.0f} s with a 5 s limit"
+    assert result["lost"] == 0 and result["wrong_topic"] == 0
+
+
 def test_exactly_once_on_a_broker_without_transactions_is_refused_at_start(kafka, trained_registry, tmp_path):
     handle = start_worker(
         kafka, trained_registry, tmp_path, processing_guarantee="exactly_once", metrics_port="0"
