@@ -37,6 +37,7 @@ class Settings:
     embed_batch_size: int = 64
     backend: str = "torch"  # torch | onnx | onnx-int8 (README: Performance)
     scoring_threads: int = 0  # batches embedded at once; 0: one per core up to 4 (1 on a GPU)
+    processes: int = 1  # worker processes in one group, each held to its own cores; 0: one per core
     embed_cache_size: int = 20_000  # embeddings kept in an in-process LRU; 0: no cache
     # redis://host:6379/0: a cache shared by workers; None: off. May hold a password, so it stays
     # out of repr and messages; give it through the environment, not a command-line flag.
@@ -98,6 +99,8 @@ class Settings:
             problems.append(
                 f"processing_guarantee must be at_least_once or exactly_once, not {self.processing_guarantee!r}"
             )
+        if self.processes < 0:
+            problems.append("processes must be 0 (one per core) or more")
         if self.scoring_threads < 0:
             problems.append("scoring_threads must be 0 (one per core) or more")
         if self.embed_cache_size < 0:
