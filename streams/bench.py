@@ -325,6 +325,20 @@ def _wait_for_split(bootstrap: str, workers: list[WorkerProcess], texts: list[st
             raise RuntimeError(f"the workers did not split the partitions in {timeout_s:.0f} s: {held}")
 
 
+def _settled_counts(workers: list[WorkerProcess], timeout_s: float = 10.0) -> list[float]:
+    """Each worker's scored count once it stops moving: a batch's records can be read back a
+    moment before the worker, still waiting for the broker's acks, counts them."""
+    last = [w.scored() for w in workers]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = [w.scored() for w in workers]
+        if now == last:
+            break
+        last = now
+    return last
+
+
 def scale_out_rates(
     settings: Settings, bootstrap: str, texts: list[str], repeats: int, log_dir: Path, say: Any
 ) -> dict[str, Any]:
@@ -343,9 +357,9 @@ def scale_out_rates(
         say(f"scale-out: one worker on core {cores[0]}: {max(one):.0f} messages/s")
         workers.append(start_worker(settings, bootstrap, tag, log_dir, name="-b", cpus={cores[1]}))
         _wait_for_split(bootstrap, workers, texts[:100], timeout_s=120)
-        before = [w.scored() for w in workers]
+        before = _settled_counts(workers)
         two = _rates(bootstrap, workers[0], texts, repeats, "two")
-        done = [w.scored() - b for w, b in zip(workers, before, strict=True)]
+        done = [n - b for n, b in zip(_settled_counts(workers), before, strict=True)]
         say(f"scale-out: two workers on cores {cores[:2]}: {max(two):.0f} messages/s, scored {done}")
     finally:
         for w in workers:

@@ -45,7 +45,7 @@ def test_bench_reports_every_figure(kafka, trained_registry):
     assert all(v > 0 for v in out["encode_ms_per_text_by_batch"].values())
     # Two workers in one consumer group, a core each: both took partitions and scored messages.
     scale = out["scale_out"]
-    assert scale["one_worker_per_s"] > 0 and scale["two_workers_per_s"] > 0
-    assert scale["speedup"] == round(scale["two_workers_per_s"] / scale["one_worker_per_s"], 2)
+    assert scale["one_worker_per_s"] > 0 and scale["two_workers_per_s"] > 0, scale
+    assert scale["speedup"] == round(scale["two_workers_per_s"] / scale["one_worker_per_s"], 2), scale
     assert len(scale["shares"]) == 2 and all(share > 0 for share in scale["shares"]), scale
     assert sum(scale["scored_by_worker"]) == scale["messages"] * scale["repeats"], scale
