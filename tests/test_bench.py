@@ -4,6 +4,8 @@ Figures are checked for shape and sanity only: performance targets live in the b
 and the README, not in timed tests.
 """
 
+import os
+
 import pytest
 
 from tests.conftest import cli, last_json
@@ -45,6 +47,9 @@ def test_bench_reports_every_figure(kafka, trained_registry):
     assert all(v > 0 for v in out["encode_ms_per_text_by_batch"].values())
     # Two workers in one consumer group, a core each: both took partitions and scored messages.
     scale = out["scale_out"]
+    if len(os.sched_getaffinity(0)) < 2:  # nothing to hold two workers apart: said, not faked
+        assert "needs 2 CPU cores" in scale["skipped"], scale
+        return
     assert scale["one_worker_per_s"] > 0 and scale["two_workers_per_s"] > 0, scale
     assert scale["speedup"] == round(scale["two_workers_per_s"] / scale["one_worker_per_s"], 2), scale
     assert len(scale["shares"]) == 2 and all(share > 0 for share in scale["shares"]), scale
