@@ -14,7 +14,6 @@ port (``metrics_port``, the next one up, ...), and one embedded broker serves th
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -26,8 +25,6 @@ from models.embedder import cpu_cores
 from streams.broker import bootstrap_or_embedded
 from streams.settings import Settings
 from streams.worker import run_worker
-
-log = logging.getLogger("streamscore.worker")
 
 
 def core_groups(cores: list[int], n: int) -> list[set[int]]:
@@ -51,9 +48,10 @@ def run_processes(settings: Settings) -> int:
             f"cores: ask for at most {len(cores)} (0 means one per core)"
         )
     spawn = multiprocessing.get_context("spawn")  # no fork: torch and Faust hold threads
+    groups = core_groups(cores, n)
     with bootstrap_or_embedded(settings.bootstrap_servers) as bootstrap:
         children = []
-        for i, group in enumerate(core_groups(cores, n)):
+        for i, group in enumerate(groups):
             port = settings.metrics_port + i if settings.metrics_port else 0
             one = settings.replace(bootstrap_servers=bootstrap, processes=1, metrics_port=port)
             child = spawn.Process(target=_child, args=(one, group), name=f"worker-{i}")
@@ -61,7 +59,7 @@ def run_processes(settings: Settings) -> int:
             children.append(child)
         print(
             f"streamscore worker: {n} processes in group {settings.group_id!r}, on cores "
-            + ", ".join(f"{sorted(g)}" for g in core_groups(cores, n)),
+            + ", ".join(f"{sorted(g)}" for g in groups),
             file=sys.stderr,
             flush=True,
         )
