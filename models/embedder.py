@@ -81,13 +81,18 @@ class Embedder:
     cache: EmbeddingCache | None = None
     parallel: int = 1  # encode calls that may run at once, each in its own thread
     shared: SharedCache | None = None  # Redis, behind ``cache``, shared with other workers
+    trace: bool = True  # CPU torch: encode with a TorchScript trace (models/traced.py)
     # The tokenizer and the cache are shared by those threads; HF fast tokenizers raise
     # "Already borrowed" when two threads call one at once.
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    # Built at the first encode in eval mode; a deep copy starts without one.
+    _traced: Any = field(default=None, init=False, repr=False, compare=False)
+    _trace_tried: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Embedder:
         # A lock cannot be copied: the copy (e.g. an encoder to fine-tune) gets its own.
-        # Nor is a Redis client, and a changed copy must not share the original's vectors.
+        # Nor is a Redis client, and a changed copy must not share the original's vectors;
+        # nor the trace, which holds the original's weights.
         return dataclasses.replace(
             self, model=copy.deepcopy(self.model, memo), cache=copy.deepcopy(self.cache, memo), shared=None
         )
@@ -104,6 +109,7 @@ class Embedder:
         parallel: int = 1,
         shared_cache_url: str | None = None,
         shared_cache_ttl_s: int = 7 * 24 * 3600,
+        trace: bool = True,
     ) -> Embedder:
         """Load ``name`` offline on ``device`` with ``backend``; ``cache_size`` > 0 keeps an LRU
         of that many embeddings. On a GPU the torch backend runs in fp16.
@@ -114,7 +120,10 @@ class Embedder:
         intra-op threads wait for each other at every operator.
 
         ``shared_cache_url`` (``redis://host:6379/0``) adds a Redis cache behind the in-process
-        one, keyed by this encoder's :attr:`fingerprint`, so workers share what any has encoded."""
+        one, keyed by this encoder's :attr:`fingerprint`, so workers share what any has encoded.
+
+        ``trace`` runs the torch encoder on CPU as TorchScript when that gives bit-identical
+        vectors (models/traced.py): less Python per batch, so threads do not queue for the GIL."""
         # Never download at run time: the hub is unreachable in our deployments and a
         # silent download would make a run depend on the network.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -151,6 +160,7 @@ class Embedder:
             backend=backend,
             cache=cache,
             parallel=parallel,
+            trace=trace,
         )
         if shared_cache_url:
             emb.shared = SharedCache.connect(shared_cache_url, emb.fingerprint, emb.dim, shared_cache_ttl_s)
@@ -272,13 +282,37 @@ class Embedder:
             for rows in [np.flatnonzero(padded == width)]
             for i in range(0, len(rows), self.batch_size)
         ]
+        forward = self._forward()
         for width, rows in _progress(chunks, progress):
             batch = batch_to_device(self._slice(features, rows, width), torch.device(self.device))
             with torch.inference_mode():
-                vecs = self.model(batch)["sentence_embedding"]
+                vecs = forward(batch)
                 vecs = torch.nn.functional.normalize(vecs.float(), p=2, dim=1)
             out[rows] = vecs.cpu().numpy()
         return out
+
+    def warm_up(self) -> None:
+        """Do the one-off work of the first encode (the trace) now, caching nothing."""
+        self._encode(["warm up"], progress=False)
+
+    @property
+    def traced(self) -> bool:
+        """Whether encodes run through a TorchScript trace (decided at the first encode)."""
+        return self._traced is not None
+
+    def _forward(self) -> Any:
+        """features → sentence embeddings: the trace where it may be used, else the model."""
+        if self.trace and self.device == "cpu" and self.backend == "torch" and not self.model.training:
+            if not self._trace_tried:
+                from models.traced import trace_encoder
+
+                with self._lock:
+                    if not self._trace_tried:
+                        self._traced = trace_encoder(self.model)
+                        self._trace_tried = True
+            if self._traced is not None:
+                return self._traced
+        return lambda features: self.model(features)["sentence_embedding"]
 
     def _can_bucket(self) -> bool:
         tokenizer = getattr(self.model, "tokenizer", None)

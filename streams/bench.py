@@ -91,6 +91,7 @@ def worker_embedder(settings: Settings) -> Any:
         backend=settings.backend,
         cache_dir=settings.cache_dir,
         parallel=settings.scoring_parallel,
+        trace=settings.trace_encoder,
     )
 
 
@@ -273,6 +274,7 @@ def start_worker(
         STREAMSCORE_EMBED_CACHE_SIZE=str(settings.embed_cache_size),
         STREAMSCORE_SCORING_THREADS=str(settings.scoring_threads),
         STREAMSCORE_BACKEND=settings.backend,
+        STREAMSCORE_TRACE_ENCODER=str(settings.trace_encoder).lower(),
         STREAMSCORE_DEVICE=settings.device,
         STREAMSCORE_LOG_LEVEL="warning",
     )

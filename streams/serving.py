@@ -78,6 +78,7 @@ class ModelHolder:
                     backend=embedder.backend,
                     cache_size=embedder.cache.maxsize if embedder.cache else 0,
                     parallel=embedder.parallel,
+                    trace=embedder.trace,
                 )
                 if self.scorer.embedder.shared is not None:  # same Redis, the new encoder's keys
                     embedder.shared = self.scorer.embedder.shared.for_encoder(

@@ -36,6 +36,7 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda
     embed_batch_size: int = 64
     backend: str = "torch"  # torch | onnx | onnx-int8 (README: Performance)
+    trace_encoder: bool = True  # torch on CPU: run it as TorchScript, same vectors (models/traced.py)
     scoring_threads: int = 0  # batches embedded at once; 0: one per core up to 4 (1 on a GPU)
     processes: int = 1  # worker processes in one group, each held to its own cores; 0: one per core
     embed_cache_size: int = 20_000  # embeddings kept in an in-process LRU; 0: no cache
@@ -142,6 +143,8 @@ class Settings:
 def _convert(name: str, raw: str, hint: Any) -> Any:
     text = str(hint)
     try:
+        if hint is bool:
+            return _boolean(raw)
         if hint is int:
             return int(raw)
         if hint is float:
@@ -151,3 +154,12 @@ def _convert(name: str, raw: str, hint: Any) -> Any:
     except ValueError as exc:
         raise ValueError(f"STREAMSCORE_{name.upper()}={raw!r} is not a valid {hint.__name__}") from exc
     return raw
+
+
+def _boolean(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("use true or false")

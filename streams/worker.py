@@ -38,7 +38,9 @@ def load_scorer(settings: Settings) -> Scorer:
         parallel=settings.scoring_parallel,
         shared_cache_url=settings.embed_cache_url,
         shared_cache_ttl_s=settings.embed_cache_ttl_s,
+        trace=settings.trace_encoder,
     )
+    embedder.warm_up()  # the trace, before the first batch waits for it
     return Scorer.load(artifact, embedder, settings.top_k)
 
 
@@ -59,7 +61,7 @@ def run_worker(settings: Settings) -> int:
         app = create_app(settings, bootstrap, ModelHolder(scorer, follow), metrics)
         print(
             f"streamscore worker: model {scorer.version} ({scorer.embedder.name} on "
-            f"{scorer.embedder.device}), {settings.input_topic} → {settings.scored_topic} "
+            f"{scorer.embedder.device}{', TorchScript' if scorer.embedder.traced else ''}), {settings.input_topic} → {settings.scored_topic} "
             f"(bad input → {settings.dlq_topic}) on {bootstrap}",
             file=sys.stderr,
             flush=True,

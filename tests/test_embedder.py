@@ -112,3 +112,48 @@ def test_unknown_backend_is_refused_with_the_choices():
 
     with pytest.raises(ValueError, match="torch, onnx, onnx-int8"):
         Embedder.load(backend="tensorrt")
+
+
+def test_the_traced_encoder_gives_the_eager_vectors_bit_for_bit(embedder):
+    eager = type(embedder)(embedder.name, embedder.device, embedder.model, trace=False)
+    texts = _texts(200)
+    assert np.array_equal(embedder.encode(texts), eager.encode(texts))
+    assert embedder.traced and not eager.traced
+
+
+def test_a_copy_traces_its_own_weights(embedder):
+    import copy
+
+    import torch
+
+    texts = _texts(60)
+    before = embedder.encode(texts)
+    tuned = copy.deepcopy(embedder)
+    assert not tuned.traced  # the original's trace holds the original's weights
+    assert np.array_equal(tuned.encode(texts), before) and tuned.traced
+    with torch.no_grad():  # what a fine-tuning step does to the copy
+        next(tuned.model.parameters()).mul_(1.01)
+    assert not np.array_equal(tuned.encode(texts), before)
+    assert np.array_equal(embedder.encode(texts), before)
+
+
+def test_a_model_that_traces_wrong_is_encoded_eagerly(caplog):
+    import torch
+
+    from models.traced import trace_encoder
+
+    class BranchesOnInput(torch.nn.Module):
+        """Adds 1 to batches of more than two texts: a trace of a two-text batch cannot."""
+
+        def preprocess(self, texts):
+            ids = torch.tensor([[len(t) % 50 + 1] * 8 for t in texts])
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+        def forward(self, features):
+            out = features["input_ids"].float()
+            return {"sentence_embedding": out + 1 if out.shape[0] > 2 else out}
+
+    assert trace_encoder(BranchesOnInput().eval()) is None
+    assert "differs from the eager one" in caplog.text
+    assert trace_encoder(object()) is None
+    assert "could not trace the encoder" in caplog.text

@@ -17,6 +17,17 @@ def test_env_then_overrides():
     )
 
 
+def test_switches_read_the_usual_words():
+    read = [
+        Settings.from_env({"STREAMSCORE_TRACE_ENCODER": w}).trace_encoder
+        for w in ("off", "False", "0", "yes", "1")
+    ]
+    assert read == [False, False, False, True, True]
+    assert Settings.from_env({}).trace_encoder is True
+    with pytest.raises(ValueError, match="STREAMSCORE_TRACE_ENCODER='maybe'"):
+        Settings.from_env({"STREAMSCORE_TRACE_ENCODER": "maybe"})
+
+
 def test_bad_values_are_explained():
     with pytest.raises(ValueError, match="STREAMSCORE_BATCH_SIZE"):
         Settings.from_env({"STREAMSCORE_BATCH_SIZE": "many"})
