@@ -95,6 +95,10 @@ class BoundedShutdownWorker(faust.Worker):
 
     def __init__(self, *args: Any, shutdown_timeout_s: float = 30.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # At log level warning and above Faust adds a terminal spinner that turns the root
+        # logger to DEBUG, so every debug line of Faust and aiokafka (one per record sent) is
+        # built and handled for nothing.
+        self.spinner = None
         self.shutdown_timeout_s = shutdown_timeout_s
         self._deadline: threading.Timer | None = None
 
