@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="worker processes in one consumer group, each on its own CPU cores (0: one per core; "
-        "default 1). On CPU faster than one process on all cores (README, Performance)",
+        "default 1). For machines where one worker's event loop is the limit (README, Performance)",
     )
     sp.add_argument("--metrics-host", dest="metrics_host", default=None, help="default 127.0.0.1")
     sp.add_argument(
