@@ -80,6 +80,7 @@ class ModelHolder:
                     parallel=embedder.parallel,
                     trace=embedder.trace,
                 )
+                embedder.warm_up()  # here, off the event loop, not in the first batch
                 if self.scorer.embedder.shared is not None:  # same Redis, the new encoder's keys
                     embedder.shared = self.scorer.embedder.shared.for_encoder(
                         embedder.fingerprint, embedder.dim

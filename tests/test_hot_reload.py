@@ -78,3 +78,33 @@ def test_hot_swap_under_live_stream_then_refuse_broken_model(
         assert "refusing model v9999" in w.log() and "SHA-256" in w.log()
     finally:
         stop_worker(w)
+
+
+def test_a_model_on_another_encoder_is_ready_before_its_first_batch(trained_registry, embedder):
+    import copy
+
+    from models.embedder import resolve_model_path
+    from models.scoring import Scorer
+    from streams.serving import ModelHolder
+
+    reg = Registry(trained_registry)
+    current = reg.load()
+    other = copy.deepcopy(current)  # the same weights, named by their path: another encoder to load
+    other.manifest["embedder"]["name"] = resolve_model_path(embedder.name)
+    assert other.embedder_name != embedder.name
+
+    class PointsAtOther:
+        def path_of(self, version):
+            return reg.path_of(version)
+
+        def load(self, version):
+            return other
+
+    holder = ModelHolder(Scorer.load(current, embedder), PointsAtOther())  # type: ignore[arg-type]
+    try:
+        assert holder._switch_to(current.version) == current.version
+        loaded = holder.scorer.embedder
+        assert loaded is not embedder and loaded.name == other.embedder_name
+        assert loaded.traced  # traced in the switch, off the event loop, not in the first batch
+    finally:
+        holder.executor.shutdown()
