@@ -152,7 +152,8 @@ def _convert(name: str, raw: str, hint: Any) -> Any:
         if "Path" in text:
             return Path(raw)
     except ValueError as exc:
-        raise ValueError(f"STREAMSCORE_{name.upper()}={raw!r} is not a valid {hint.__name__}") from exc
+        kind = "switch: use true or false (1/0, yes/no, on/off)" if hint is bool else hint.__name__
+        raise ValueError(f"STREAMSCORE_{name.upper()}={raw!r} is not a valid {kind}") from exc
     return raw
 
 
@@ -162,4 +163,4 @@ def _boolean(raw: str) -> bool:
         return True
     if word in ("0", "false", "no", "off"):
         return False
-    raise ValueError("use true or false")
+    raise ValueError(raw)

@@ -24,7 +24,9 @@ def test_switches_read_the_usual_words():
     ]
     assert read == [False, False, False, True, True]
     assert Settings.from_env({}).trace_encoder is True
-    with pytest.raises(ValueError, match="STREAMSCORE_TRACE_ENCODER='maybe'"):
+    with pytest.raises(
+        ValueError, match="STREAMSCORE_TRACE_ENCODER='maybe' is not a valid switch: use true or false"
+    ):
         Settings.from_env({"STREAMSCORE_TRACE_ENCODER": "maybe"})
 
 
