@@ -45,6 +45,11 @@ def test_bench_reports_every_figure(kafka, trained_registry):
     assert out["scoring_threads"] >= 1
     assert set(out["encode_ms_per_text_by_batch"]) == {"1", "8", "64"}
     assert all(v > 0 for v in out["encode_ms_per_text_by_batch"].values())
+    assert out["worker_encode_per_s_by_backend"] == {"torch": out["worker_encode_per_s"]}
+    # The encoder-free run found every text in the worker's cache, so it encoded none.
+    free = out["encoder_free"]
+    assert free["cache_hit_ratio"] == 1.0 and free["per_s"] > 0 and free["messages"] == 300, free
+    assert out["ratios"]["encoder_free_over_torch_e2e"] == round(free["per_s"] / out["e2e_msgs_per_s"], 3)
     # Two workers in one consumer group, a core each: both took partitions and scored messages.
     scale = out["scale_out"]
     if len(os.sched_getaffinity(0)) < 2:  # nothing to hold two workers apart: said, not faked
