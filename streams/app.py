@@ -19,11 +19,12 @@ import faust
 from models.scoring import Scorer
 from schemas.messages import Origin
 from streams.broker_watch import BrokerWatch
+from streams.drift_monitor import signals_in
 from streams.drift_watch import DriftWatch
 from streams.faust_transport import StreamApp
 from streams.kafka_security import client_options, faust_credentials
 from streams.metrics import BatchStats, WorkerMetrics
-from streams.pipeline import BatchOutput, RawMessage, process_batch
+from streams.pipeline import BatchOutput, RawMessage, process_batch, signal_records
 from streams.serving import ModelHolder
 from streams.settings import Settings
 
@@ -72,7 +73,7 @@ def create_app(
         return (
             [(scored, k, v) for k, v in out.scored]
             + [(dead_letters, k, v) for k, v in out.dead]
-            + [(signals, None, v) for v in out.signals]
+            + [(signals, None, v) for v in signal_records(out)]
         )
 
     async def send_all(pending: list[tuple[Any, bytes | None, bytes]]) -> list[Any]:
@@ -198,20 +199,28 @@ def create_app(
     async def watch_drift(stream: Any) -> None:
         await drift.restore()
         last_snapshot = 0.0
-        async for events in stream.take_events(1_000, within=0.2):
-            raised = []
+        async for events in stream.take_events(100, within=0.2):
+            raised, n_signals = [], 0
             for e in events:
+                offset = e.message.offset
                 try:
                     record = json.loads(e.message.value)
                     monitor = await drift.monitor_for(record["model_version"])
-                    if monitor is not None:
-                        raised += drift.closing_alerts() + monitor.observe(record, e.message.offset)
-                except Exception:  # a signal we cannot read must not stop drift watching
-                    log.exception("skipping unreadable drift signal at offset %s", e.message.offset)
+                    batch = signals_in(record)
+                except Exception:  # a record we cannot read must not stop drift watching
+                    log.exception("skipping unreadable drift signals record at offset %s", offset)
+                    continue
+                n_signals += len(batch)
+                if monitor is None:
+                    continue
+                raised += drift.closing_alerts()
+                for index, signal in enumerate(batch):
+                    try:
+                        raised += monitor.observe(signal, offset, index)
+                    except Exception:
+                        log.exception("skipping unreadable drift signal %s of offset %s", index, offset)
             if drift.monitor is not None:
-                metrics.observe_drift(
-                    drift.monitor.detectors, drift.monitor.open_episodes, raised, len(events)
-                )
+                metrics.observe_drift(drift.monitor.detectors, drift.monitor.open_episodes, raised, n_signals)
             for alert in raised:
                 log.warning("drift alert: %s %s (%s)", alert["detector"], alert["status"], alert["alert_id"])
             if raised:

@@ -130,7 +130,7 @@ async def _watch_alerts(bootstrap: str, settings: Settings, seen: list[dict[str,
         mark = "DRIFT ALERT" if a["status"] == "drift" else "resolved   "
         print(
             f"\n[demo] *** {mark} {a['detector']} on {a['signal']}: statistic {a['statistic']:.3g} vs "
-            f"threshold {a['threshold']:.3g}, signals {a['window']['first_offset']}..{a['window']['last_offset']} "
+            f"threshold {a['threshold']:.3g}, over the last {a['window']['n']} messages "
             f"({a['alert_id']})\n         {a['message']}\n",
             flush=True,
         )

@@ -30,6 +30,12 @@ REFERENCE_OF = {
 }
 
 
+def signals_in(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The signals of one ``drift.signals`` record: a micro-batch's ``signals``, or the record
+    itself when it is a single signal (the format before signals were batched)."""
+    return list(record["signals"]) if "signals" in record else [record]
+
+
 @dataclass
 class Episode:
     """Where one detector stands: in an episode or not, and since when."""
@@ -51,7 +57,8 @@ class DriftMonitor:
     quiet: int = 1_000
     cooldown: int = 500
     seen: int = 0
-    last_offset: int = -1
+    last_offset: int = -1  # position of the last signal observed: drift.signals offset, index in it
+    last_index: int = -1
     detectors: list[Any] = field(default_factory=list)
     episodes: dict[str, Episode] = field(default_factory=dict)
     recent: list[tuple[int, int | None]] = field(default_factory=list)  # (offset, timestamp_ms)
@@ -62,11 +69,11 @@ class DriftMonitor:
         for d in self.detectors:
             self.episodes.setdefault(d.name, Episode())
 
-    def observe(self, record: dict[str, Any], offset: int) -> list[dict[str, Any]]:
-        """One signal record (from ``drift.signals``) at ``offset``; returns the alerts it causes."""
-        if offset <= self.last_offset:
+    def observe(self, record: dict[str, Any], offset: int, index: int = 0) -> list[dict[str, Any]]:
+        """Signal ``index`` of the ``drift.signals`` record at ``offset``; returns the alerts it causes."""
+        if (offset, index) <= (self.last_offset, self.last_index):
             return []  # already reflected in the state we resumed from
-        self.last_offset = offset
+        self.last_offset, self.last_index = offset, index
         self.seen += 1
         self.recent.append((offset, record.get("timestamp_ms")))
         if len(self.recent) > 1_000:
@@ -81,7 +88,7 @@ class DriftMonitor:
                     ep.alarms += 1
                 elif self.seen - ep.last_resolved >= self.cooldown:
                     ep.open, ep.started_at, ep.alarms = True, self.seen, 1
-                    ep.alert_id = f"{det.name}-{self.model_version}-{offset}"
+                    ep.alert_id = f"{det.name}-{self.model_version}-{offset}-{index}"
                     alerts.append(self._alert(det, ep, "drift"))
             elif ep.open and self.seen - ep.last_alarm >= self.quiet:
                 alerts.append(self._alert(det, ep, "resolved"))
@@ -144,6 +151,7 @@ class DriftMonitor:
             "model_version": self.model_version,
             "seen": self.seen,
             "last_offset": self.last_offset,
+            "last_index": self.last_index,
             "recent": self.recent[-500:],
             "detectors": {d.name: d.state() for d in self.detectors},
             "episodes": {name: asdict(ep) for name, ep in self.episodes.items()},
@@ -151,6 +159,8 @@ class DriftMonitor:
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.seen, self.last_offset = int(state["seen"]), int(state["last_offset"])
+        # Snapshots from before signals were batched held one signal per offset.
+        self.last_index = int(state.get("last_index", 0))
         self.recent = [tuple(x) for x in state["recent"]]  # type: ignore[misc]
         for d in self.detectors:
             d.load_state(state["detectors"][d.name])

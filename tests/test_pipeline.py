@@ -7,7 +7,7 @@ import numpy as np
 
 from models.scoring import Scores
 from schemas.messages import Origin
-from streams.pipeline import RawMessage, process_batch
+from streams.pipeline import RawMessage, process_batch, signal_records
 from streams.settings import Settings
 
 
@@ -100,3 +100,37 @@ def test_a_record_that_cannot_be_written_is_dead_lettered_alone():
     out = asyncio.run(process_batch(batch, score_broken, Settings(score_retries=0)))
     assert len(out.scored) == 2 and out.reasons == {"scoring_failed": 1}
     assert len(out.labels) == len(out.scored) == len(out.is_ood) == len(out.event_ms)
+
+
+def test_a_batch_sends_its_drift_signals_as_one_record_per_model_version():
+    def with_signals(texts):
+        s = fake_scores(texts)
+        s.label_index = np.arange(len(texts))
+        s.projection = np.ones((len(texts), 8))
+        return s
+
+    async def score(texts):
+        if len(texts) > 1:  # the batch fails, so each message is scored alone...
+            raise RuntimeError("batch failed")
+        # ...and a model swap lands between the second and the third.
+        return with_signals(texts), ("v1" if texts[0] in ("t0", "t1") else "v2")
+
+    batch = [raw(i, json.dumps({"id": f"m{i}", "text": f"t{i}"}).encode()) for i in range(4)]
+    batch.insert(2, raw(9, b"not json"))
+    out = asyncio.run(process_batch(batch, score, Settings(score_retries=0)))
+    records = [json.loads(r) for r in signal_records(out)]
+    assert [r["model_version"] for r in records] == ["v1", "v2"]
+    assert [[s["id"] for s in r["signals"]] for r in records] == [["m0", "m1"], ["m2", "m3"]]
+    first = records[0]["signals"][0]
+    assert set(first) == {"id", "ood_score", "confidence", "label", "projection", "origin", "timestamp_ms"}
+    assert first["origin"]["offset"] == 0 and len(first["projection"]) == 8
+    # One record per batch whatever its size: the drift agent reads records, not messages.
+    calls = []
+
+    async def score_batch(texts):
+        calls.append(len(texts))
+        return with_signals(texts), "v1"
+
+    big = [raw(i, json.dumps({"id": f"m{i}", "text": f"t{i}"}).encode()) for i in range(64)]
+    out = asyncio.run(process_batch(big, score_batch, Settings()))
+    assert calls == [64] and len(signal_records(out)) == 1 and len(out.signals) == 64
