@@ -19,9 +19,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/streamscore demo
 
-# Servers the tests run for real: Prometheus (observability) and Redis (the shared embedding
-# cache). Missing Debian packages are installed with one apt-get update.
-SERVERS := prometheus:prometheus redis-server:redis-server
+# Servers the tests run for real: Prometheus (observability), Redis (the shared embedding
+# cache), stunnel (a TLS listener in front of the broker) and openssl (its test certificates).
+# Missing Debian packages are installed with one apt-get update.
+SERVERS := prometheus:prometheus redis-server:redis-server stunnel4:stunnel4 openssl:openssl
 servers:
 	@missing=""; for s in $(SERVERS); do bin=$${s%%:*}; pkg=$${s#*:}; \
 	  command -v $$bin >/dev/null || [ -x /usr/bin/$$bin ] || missing="$$missing $$pkg"; done; \

