@@ -14,6 +14,7 @@ one, or the next free one above it, printed at start). The README lists every me
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import platform
@@ -45,6 +46,7 @@ log = logging.getLogger("streamscore.metrics")
 ROLLING = 500  # messages behind the rolling OOD rate and label-mix distance
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+GC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,13 @@ class WorkerMetrics:
             ),
             "embed": Histogram(
                 p + "embedding_seconds", "Embedding time per micro-batch", buckets=LATENCY_BUCKETS, registry=r
+            ),
+            "gc": Histogram(
+                p + "gc_pause_seconds",
+                "Collections of Python's cyclic garbage collector; each stops every thread of the worker",
+                ["generation"],
+                buckets=GC_BUCKETS,
+                registry=r,
             ),
             "lag": Gauge(
                 p + "consumer_lag", "Messages behind the partition's end", ["topic", "partition"], registry=r
@@ -235,6 +244,22 @@ class WorkerMetrics:
                 self.m["drift_alerts"].labels(d.name, status)
         for a in alerts:
             self.m["drift_alerts"].labels(a["detector"], a["status"]).inc()
+
+    def watch_gc(self) -> None:
+        """Time every garbage collection from now on, by generation (0, 1, 2). A collection holds
+        the interpreter lock, so it pauses the event loop and the scorer threads alike."""
+        hist = self.m["gc"]
+        for generation in ("0", "1", "2"):
+            hist.labels(generation)
+        started = [0.0]
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                started[0] = time.perf_counter()
+            else:
+                hist.labels(str(info["generation"])).observe(time.perf_counter() - started[0])
+
+        gc.callbacks.append(on_gc)
 
     def watch_cache(self, counts: Callable[[], Mapping[tuple[str, str], int]]) -> None:
         """Read ``streamscore_embedding_cache_lookups_total{tier, result}`` from ``counts`` (the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -76,12 +77,31 @@ def run_worker(settings: Settings) -> int:
             redirect_stdouts=False,
             shutdown_timeout_s=settings.shutdown_timeout_s,
         )
+        freeze_startup_objects()
+        metrics.watch_gc()
         try:
             worker.execute_from_commandline()
         finally:
             if server is not None:
                 server.stop()
     return 0
+
+
+def freeze_startup_objects() -> int:
+    """Put every object alive now out of the cyclic garbage collector's sight; returns how many.
+
+    The model, tokenizer, torch and Faust leave about 430,000 objects, none of them garbage, and
+    every full collection walked them all: about 220 ms with every thread stopped (default model,
+    2-core CPU), several times in a run, which set the worker's latency tail. Frozen objects are
+    still freed when their last reference goes; objects made later are collected as usual.
+
+    >>> freeze_startup_objects() == gc.get_freeze_count() > 0
+    True
+    >>> gc.unfreeze()
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 class BoundedShutdownWorker(faust.Worker):
