@@ -168,10 +168,7 @@ class Embedder:
 
     def setup_thread(self) -> None:
         """Call once in each thread that will encode: gives it its share of the CPU cores."""
-        if self.device == "cpu" and self.backend == "torch":
-            import torch
-
-            torch.set_num_threads(threads_per_call(self.parallel))  # per calling thread
+        setup_encoder_thread(self.device, self.backend, self.parallel)
 
     @property
     def dim(self) -> int:
@@ -353,6 +350,15 @@ class Embedder:
                 show_progress_bar=progress,
             )
         return np.asarray(vecs, dtype=np.float32)
+
+
+def setup_encoder_thread(device: str, backend: str, parallel: int) -> None:
+    """What :meth:`Embedder.setup_thread` does, without holding the embedder (a thread pool
+    keeps its initializer for its whole life, and with it anything the initializer holds)."""
+    if device == "cpu" and backend == "torch":
+        import torch
+
+        torch.set_num_threads(threads_per_call(parallel))  # per calling thread
 
 
 def threads_per_call(parallel: int) -> int:

@@ -9,13 +9,15 @@ once, loudly, and the worker keeps serving what it had.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from models.artifact import ArtifactError
-from models.embedder import Embedder
+from models.embedder import Embedder, setup_encoder_thread
 from models.scoring import Scorer, Scores
+from streams.memory import Retirement
 from training.registry import Registry
 
 log = logging.getLogger("streamscore.worker")
@@ -28,14 +30,21 @@ class ModelHolder:
     scorer: Scorer
     registry: Registry | None = None
     refused: dict[tuple[str, float], str] = field(default_factory=dict)
+    # An encoder replaced by a swap is frozen with the start-up objects and sits in reference
+    # cycles: it is collected once nothing uses it (streams/memory.py).
+    retirement: Retirement = field(default_factory=Retirement)
     # Model work runs off the event loop, so it keeps heartbeating: one thread per batch the
     # embedder may encode at once, each set up with its share of the cores.
     executor: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
         embedder = self.scorer.embedder
+        # Not ``embedder.setup_thread``: the pool would keep that embedder alive after a swap.
+        setup = functools.partial(
+            setup_encoder_thread, str(embedder.device), embedder.backend, embedder.parallel
+        )
         self.executor = ThreadPoolExecutor(
-            max_workers=embedder.parallel, thread_name_prefix="scorer", initializer=embedder.setup_thread
+            max_workers=embedder.parallel, thread_name_prefix="scorer", initializer=setup
         )
 
     @property
@@ -56,6 +65,7 @@ class ModelHolder:
         """Switch to CURRENT if it changed and loads cleanly; returns the new version, if any."""
         if self.registry is None:
             return None
+        self.retirement.settle()
         wanted = self.registry.current()  # a tiny file: cheap enough for the event loop
         if wanted is None or wanted == self.scorer.version:
             return None
@@ -90,6 +100,8 @@ class ModelHolder:
             self.refused[key] = str(exc)
             log.error("refusing model %s: %s; still serving %s", wanted, exc, self.scorer.version)
             return None
+        if new.embedder is not self.scorer.embedder:
+            self.retirement.retire(self.scorer.embedder.model)
         old, self.scorer = self.scorer.version, new
         log.info("now serving model %s (was %s)", new.version, old)
         return new.version

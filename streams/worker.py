@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import sys
@@ -18,6 +17,7 @@ from streams.app import create_app
 from streams.broker import bootstrap_or_embedded
 from streams.guarantees import check_guarantee
 from streams.kafka_security import client_options
+from streams.memory import freeze_long_lived
 from streams.metrics import MetricsServer, WorkerMetrics
 from streams.serving import ModelHolder
 from streams.settings import Settings
@@ -77,7 +77,7 @@ def run_worker(settings: Settings) -> int:
             redirect_stdouts=False,
             shutdown_timeout_s=settings.shutdown_timeout_s,
         )
-        freeze_startup_objects()
+        freeze_long_lived()  # streams/memory.py: full collections then skip the model and Faust
         metrics.watch_gc()
         try:
             worker.execute_from_commandline()
@@ -85,23 +85,6 @@ def run_worker(settings: Settings) -> int:
             if server is not None:
                 server.stop()
     return 0
-
-
-def freeze_startup_objects() -> int:
-    """Put every object alive now out of the cyclic garbage collector's sight; returns how many.
-
-    The model, tokenizer, torch and Faust leave about 430,000 objects, none of them garbage, and
-    every full collection walked them all: about 220 ms with every thread stopped (default model,
-    2-core CPU), several times in a run, which set the worker's latency tail. Frozen objects are
-    still freed when their last reference goes; objects made later are collected as usual.
-
-    >>> freeze_startup_objects() == gc.get_freeze_count() > 0
-    True
-    >>> gc.unfreeze()
-    """
-    gc.collect()
-    gc.freeze()
-    return gc.get_freeze_count()
 
 
 class BoundedShutdownWorker(faust.Worker):

@@ -1,5 +1,6 @@
 """A running worker switches to a newly promoted model between batches, losing nothing."""
 
+import asyncio
 import json
 import shutil
 import threading
@@ -107,4 +108,45 @@ def test_a_model_on_another_encoder_is_ready_before_its_first_batch(trained_regi
         assert loaded is not embedder and loaded.name == other.embedder_name
         assert loaded.traced  # traced in the switch, off the event loop, not in the first batch
     finally:
+        holder.executor.shutdown()
+
+
+def test_an_encoder_replaced_by_a_swap_is_freed_though_frozen_at_start(trained_registry, embedder):
+    """The worker freezes its start-up objects (streams/memory.py); the encoder a swap replaces
+    sits in reference cycles, so it must be unfrozen to be collected, and nothing may keep it."""
+    import copy
+    import gc
+    import weakref
+
+    from models.embedder import Embedder, resolve_model_path
+    from models.scoring import Scorer
+    from streams.memory import freeze_long_lived
+    from streams.serving import ModelHolder
+
+    reg = Registry(trained_registry)
+    current = reg.load()
+    other = copy.deepcopy(current)
+    other.manifest["embedder"]["name"] = resolve_model_path(embedder.name)
+
+    class PointsAtOther:
+        def path_of(self, version):
+            return reg.path_of(version)
+
+        def load(self, version):
+            return other
+
+    first = Embedder.load()  # not the session's embedder: this one must be free to go
+    holder = ModelHolder(Scorer.load(current, first), PointsAtOther())  # type: ignore[arg-type]
+    asyncio.run(holder.score(["warm the scorer threads up"]))
+    gone = weakref.ref(first.model)
+    del first
+    try:
+        freeze_long_lived()
+        assert holder._switch_to(current.version) == current.version
+        assert gone() is not None and holder.retirement.waiting  # frozen until now, in a cycle
+        assert holder.retirement.settle() and gone() is None  # collected at the next check
+        assert gc.get_freeze_count() > 0  # and what lives on is frozen again
+        assert asyncio.run(holder.score(["still scoring"]))[1] == current.version
+    finally:
+        gc.unfreeze()
         holder.executor.shutdown()
