@@ -115,8 +115,9 @@ def create_app(
     to_send: asyncio.Queue[tuple[list[tuple[Any, Any]], list[RawMessage], asyncio.Future, float]] = (
         asyncio.Queue(maxsize=holder.parallel)
     )
+    # (events, batch, its output, the records sent for it, their delivery futures, time taken)
     to_confirm: asyncio.Queue[
-        tuple[list[tuple[Any, Any]], list[RawMessage], BatchOutput, list[Any], float]
+        tuple[list[tuple[Any, Any]], list[RawMessage], BatchOutput, list[Any], list[Any], float]
     ] = asyncio.Queue(maxsize=2)
     next_offset: dict[int, int] = {}  # per input partition: the next offset to process
     stages: list[asyncio.Task] = []
@@ -159,13 +160,14 @@ def create_app(
         while True:
             events, batch, job, taken = await to_send.get()
             out = await job
-            futures = await send_all(records_of(out))
-            await to_confirm.put((events, batch, out, futures, taken))
+            pending = records_of(out)  # built once: the signals are encoded here
+            futures = await send_all(pending)
+            await to_confirm.put((events, batch, out, pending, futures, taken))
 
     async def confirm_stage() -> None:
         while True:
-            events, batch, out, futures, taken = await to_confirm.get()
-            await send_confirmed(records_of(out), futures)
+            events, batch, out, pending, futures, taken = await to_confirm.get()
+            await send_confirmed(pending, futures)
             for stream, e in events:
                 await stream.ack(e)
             metrics.observe_batch(

@@ -39,11 +39,14 @@ class EmbeddedBroker:
     """A Tansu broker process on 127.0.0.1:``port`` (a free port when 0).
 
     ``advertised_port`` is the port clients are told to connect to, when something listens
-    there in front of the broker (say, a TLS terminator such as stunnel); 0: ``port`` itself."""
+    there in front of the broker (say, a TLS terminator such as stunnel); 0: ``port`` itself.
+    ``authentication`` makes clients log in with SCRAM; this build's memory storage keeps no
+    user, so every login is refused (the tests use it to see refusals)."""
 
     port: int = 0
     host: str = "127.0.0.1"
     advertised_port: int = 0
+    authentication: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -70,7 +73,7 @@ class EmbeddedBroker:
             f"tcp://{self.host}:{self.advertised_port or self.port}",
             "--storage-engine",
             "memory://tansu/",
-        ]
+        ] + (["--authentication"] if self.authentication else [])
         out = subprocess.DEVNULL if quiet else None
         self.process = subprocess.Popen(cmd, stdout=out, stderr=out)
         deadline = time.monotonic() + timeout_s

@@ -72,6 +72,15 @@ def connection_advice(protocol: str) -> str:
     return " ".join(advice)
 
 
+def unreachable(bootstrap_servers: str, options: dict[str, Any] | None, cause: object = None) -> str:
+    """The error for no connection to ``bootstrap_servers`` with client ``options``."""
+    protocol = (options or {}).get("security_protocol", "PLAINTEXT")
+    because = f" ({cause})" if cause is not None else ""
+    return (
+        f"cannot reach Kafka at {bootstrap_servers} over {protocol}{because}: {connection_advice(protocol)}"
+    )
+
+
 def failure_message(exc: BaseException, settings: Settings) -> str | None:
     """What to tell a user when ``exc`` is a failure to connect or log in to Kafka; else None.
 

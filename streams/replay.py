@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.messages import Origin, Rejection, now_iso, parse_input, ts_to_ms
-from streams.kafka_security import connection_advice
+from streams.kafka_security import unreachable
 from training.data import BadRecord, count_records, read_records
 
 FIELDS = ("id", "text", "ts", "source", "meta")
@@ -330,10 +330,7 @@ async def replay_file(
         await producer.start()
     except Exception as exc:
         await producer.stop()
-        protocol = (client_options or {}).get("security_protocol", "PLAINTEXT")
-        raise RuntimeError(
-            f"cannot reach Kafka at {bootstrap} over {protocol} ({exc}): {connection_advice(protocol)}"
-        ) from exc
+        raise RuntimeError(unreachable(bootstrap, client_options, exc)) from exc
 
     # (row index, line, delivery future or None for a row not sent), in file order.
     in_flight: deque[tuple[int, int, asyncio.Future | None]] = deque()

@@ -8,7 +8,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
-from streams.kafka_security import connection_advice
+from streams.kafka_security import unreachable
 from streams.settings import Settings
 
 
@@ -42,10 +42,7 @@ async def ensure_topics(
             break
         except KafkaConnectionError:
             if asyncio.get_running_loop().time() > deadline:
-                protocol = (options or {}).get("security_protocol", "PLAINTEXT")
-                raise RuntimeError(
-                    f"cannot reach Kafka at {bootstrap_servers} over {protocol}: {connection_advice(protocol)}"
-                ) from None
+                raise RuntimeError(unreachable(bootstrap_servers, options)) from None
             await asyncio.sleep(0.5)
     try:
         existing = set(await admin.list_topics())

