@@ -168,7 +168,7 @@ class Embedder:
 
     def setup_thread(self) -> None:
         """Call once in each thread that will encode: gives it its share of the CPU cores."""
-        setup_encoder_thread(self.device, self.backend, self.parallel)
+        setup_encoder_thread(self.device, self.parallel)
 
     @property
     def dim(self) -> int:
@@ -352,13 +352,15 @@ class Embedder:
         return np.asarray(vecs, dtype=np.float32)
 
 
-def setup_encoder_thread(device: str, backend: str, parallel: int) -> None:
+def setup_encoder_thread(device: str, parallel: int) -> None:
     """What :meth:`Embedder.setup_thread` does, without holding the embedder (a thread pool
     keeps its initializer for its whole life, and with it anything the initializer holds)."""
-    if device == "cpu" and backend == "torch":
+    if device == "cpu":
         import torch
 
-        torch.set_num_threads(threads_per_call(parallel))  # per calling thread
+        # Per calling thread. The ONNX backends run torch too (tokens to tensors, pooling),
+        # whose small ops would otherwise start a team of threads on every core per call.
+        torch.set_num_threads(threads_per_call(parallel))
 
 
 def threads_per_call(parallel: int) -> int:

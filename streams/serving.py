@@ -40,9 +40,7 @@ class ModelHolder:
     def __post_init__(self) -> None:
         embedder = self.scorer.embedder
         # Not ``embedder.setup_thread``: the pool would keep that embedder alive after a swap.
-        setup = functools.partial(
-            setup_encoder_thread, str(embedder.device), embedder.backend, embedder.parallel
-        )
+        setup = functools.partial(setup_encoder_thread, str(embedder.device), embedder.parallel)
         self.executor = ThreadPoolExecutor(
             max_workers=embedder.parallel, thread_name_prefix="scorer", initializer=setup
         )
