@@ -57,6 +57,7 @@ class Settings:
     group_id: str = "streamscore"
     batch_size: int = 64  # messages per micro-batch
     batch_wait_s: float = 0.05  # longest wait for a micro-batch to fill
+    fetch_wait_ms: int = 50  # longest wait of a fetch (streams/faust_transport.py); Apache Kafka: 500
     max_text_chars: int = 10_000
     max_message_bytes: int = 1_000_000
     score_retries: int = 2  # retries of a failing batch before its messages are dead-lettered
@@ -92,6 +93,8 @@ class Settings:
             problems.append("batch_size must be at least 1")
         if self.batch_wait_s <= 0:
             problems.append("batch_wait_s must be positive")
+        if self.fetch_wait_ms < 1:
+            problems.append("fetch_wait_ms must be at least 1")
         if self.max_text_chars < 1:
             problems.append("max_text_chars must be at least 1")
         if self.backend not in ("torch", "onnx", "onnx-int8"):

@@ -45,3 +45,24 @@ def test_a_redis_password_stays_out_of_repr_and_errors():
     with pytest.raises(ValueError, match="embed_cache_url must be a redis://") as err:
         Settings.from_env({"STREAMSCORE_EMBED_CACHE_URL": "http://:s3cret@cache:6379"})
     assert "s3cret" not in str(err.value)
+
+
+def test_the_fetch_wait_reaches_the_kafka_consumer():
+    import asyncio
+
+    from streams.faust_transport import StreamApp
+
+    async def fetch_wait_of(settings: Settings) -> int:
+        app = StreamApp(
+            "t", broker="kafka://127.0.0.1:1", fetch_wait_ms=settings.fetch_wait_ms, web_enabled=False
+        )
+        consumer = app.consumer._new_consumer_thread()._create_worker_consumer(app.transport)
+        try:
+            return consumer._fetch_max_wait_ms
+        finally:
+            await consumer.stop()  # never started: closes its client
+
+    assert asyncio.run(fetch_wait_of(Settings.from_env({"STREAMSCORE_FETCH_WAIT_MS": "7"}))) == 7
+    assert asyncio.run(fetch_wait_of(Settings())) == 50
+    with pytest.raises(ValueError, match="fetch_wait_ms"):
+        Settings.from_env({}, fetch_wait_ms=0)
