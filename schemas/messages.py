@@ -13,6 +13,7 @@ that says why the message cannot be scored, so that the worker can dead-letter i
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -227,19 +228,42 @@ class DeadLetter:
     value: bytes | None
 
 
+# A dead letter carries at most this many bytes of the original value (base64: 4/3 of it), and
+# of its key, so that the record stays under a Kafka request's 1 MiB whatever came in: a record
+# the producer refuses would stop the worker at that message again after every restart. The
+# whole message stays in the input topic at ``origin``; ``value_sha256`` identifies it there.
+DEAD_LETTER_VALUE_BYTES = 700_000
+DEAD_LETTER_KEY_BYTES = 1_000
+
+
+def dead_letter_key(key: bytes | None) -> bytes | None:
+    """The ``texts.dlq`` record's Kafka key: the original key (its first 1,000 bytes)."""
+    return key[:DEAD_LETTER_KEY_BYTES] if key is not None else None
+
+
 def dead_letter_record(dl: DeadLetter) -> dict[str, Any]:
-    """The ``texts.dlq`` record: reason, origin and the original bytes (base64)."""
+    """The ``texts.dlq`` record: reason, origin and the original bytes (base64), all of them up
+    to 700,000 bytes; ``value_truncated`` says when only that first part is carried.
+
+    >>> r = dead_letter_record(DeadLetter(Rejection("invalid_json", "…"), Origin("texts", 0, 7), b"k", b"x" * 10**6))
+    >>> (r["value_bytes"], len(base64.b64decode(r["value_b64"])), r["value_truncated"])
+    (1000000, 700000, True)
+    """
     value = dl.value or b""
     try:
         preview: str | None = value[:500].decode("utf-8")
     except UnicodeDecodeError:
         preview = None
+    key = dead_letter_key(dl.key)
     return {
         "reason": dl.rejection.reason,
         "detail": dl.rejection.detail,
         "origin": dl.origin.as_dict(),
-        "key": dl.key.decode("utf-8", "replace") if dl.key is not None else None,
-        "value_b64": base64.b64encode(value).decode("ascii"),
+        "key": key.decode("utf-8", "replace") if key is not None else None,
+        "value_b64": base64.b64encode(value[:DEAD_LETTER_VALUE_BYTES]).decode("ascii"),
         "value_preview": preview,
+        "value_bytes": len(value),
+        "value_truncated": len(value) > DEAD_LETTER_VALUE_BYTES,
+        "value_sha256": hashlib.sha256(value).hexdigest(),
         "dead_lettered_at": now_iso(),
     }

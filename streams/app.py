@@ -53,6 +53,9 @@ def create_app(
         topic_partitions=settings.partitions,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # A Kafka broker's default message.max.bytes: a scored record of an input just under
+        # max_message_bytes (1,000,000) is a little bigger than that (Faust's default limit).
+        producer_max_request_size=1_048_576,
         broker_session_timeout=30,
         # After a crash, everything confirmed since the last commit is scored again.
         broker_commit_interval=settings.commit_interval_s,

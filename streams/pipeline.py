@@ -23,6 +23,7 @@ from schemas.messages import (
     InputText,
     Origin,
     Rejection,
+    dead_letter_key,
     dead_letter_record,
     now_iso,
     parse_input,
@@ -65,7 +66,7 @@ def _encode(record: dict) -> bytes:
 def _dead(out: BatchOutput, raw: RawMessage, rejection: Rejection) -> None:
     out.reasons[rejection.reason] += 1
     record = dead_letter_record(DeadLetter(rejection, raw.origin, raw.key, raw.value))
-    out.dead.append((raw.key, _encode(record)))
+    out.dead.append((dead_letter_key(raw.key), _encode(record)))
 
 
 async def _score_with_retries(score: ScoreFn, texts: list[str], retries: int) -> tuple[Scores, str]:

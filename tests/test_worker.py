@@ -1,6 +1,7 @@
 """A real worker against a real broker: valid texts scored exactly once, bad ones dead-lettered."""
 
 import base64
+import hashlib
 import json
 import random
 from collections import Counter
@@ -103,12 +104,42 @@ def test_each_kind_of_bad_input_is_dead_lettered_and_worker_continues(worker):
         d = by_key[f"bad-{kind}"]
         assert d["reason"] == kind, d
         assert base64.b64decode(d["value_b64"]) == value
+        assert d["value_bytes"] == len(value) and d["value_truncated"] is False
         assert d["origin"]["topic"] == worker.topics["input"] and d["origin"]["offset"] >= 0
         assert d["detail"]
     scored = collect(
         worker.bootstrap, worker.topics["scored"], 1, settle_s=0, match=lambda r: r["id"] == "after-bad"
     )
     assert len(scored) == 1
+    assert worker.process.poll() is None
+
+
+def test_messages_near_the_size_limit_neither_stop_the_worker_nor_get_lost(worker):
+    # Bad and 900 kB: its dead letter would be 1.2 MB with all of it, more than Kafka takes.
+    big_bad = b"not json " + bytes(random.Random(3).choice(b"abcdef") for _ in range(900_000))
+    # Valid and just under max_message_bytes: its scored record is a little over 1,000,000 bytes.
+    meta = {"blob": "m" * 999_000}
+    big_ok = json.dumps({"id": "near-limit-ok", "text": "where is my parcel", "meta": meta}).encode()
+    assert 999_000 < len(big_ok) < 1_000_000
+    send_raw(
+        worker.bootstrap, worker.topics["input"], [(b"near-limit-bad", big_bad), (b"near-limit-ok", big_ok)]
+    )
+    send_json(
+        worker.bootstrap, worker.topics["input"], [{"id": "after-near-limit", "text": "freeze my card"}]
+    )
+    dead = collect(
+        worker.bootstrap, worker.topics["dlq"], 1, settle_s=0, match=lambda d: d["key"] == "near-limit-bad"
+    )
+    assert len(dead) == 1
+    d = dead[0]
+    assert d["reason"] == "invalid_json" and d["value_truncated"] is True
+    assert d["value_bytes"] == len(big_bad)
+    assert base64.b64decode(d["value_b64"]) == big_bad[:700_000]
+    assert d["value_sha256"] == hashlib.sha256(big_bad).hexdigest()
+    ids = {"near-limit-ok", "after-near-limit"}
+    scored = collect(worker.bootstrap, worker.topics["scored"], 2, settle_s=0, match=lambda r: r["id"] in ids)
+    assert {r["id"] for r in scored} == ids
+    assert next(r for r in scored if r["id"] == "near-limit-ok")["meta"] == meta
     assert worker.process.poll() is None
 
 
