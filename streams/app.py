@@ -90,7 +90,7 @@ def create_app(
     # A batch goes to the scorers only while fewer than ``in_flight`` are there: one per scorer
     # thread, and one waiting in the pool so that a thread which finishes starts on it at once
     # instead of idling until the event loop, busy with the other batches' records, has formed
-    # the next (that idled the threads of the fast int8 encoder for a tenth of their time).
+    # the next (py-spy: the threads of the fast int8 encoder had idled a fifth of their time).
     # What arrives meanwhile is merged into the next batch: small batches embed at up to twice
     # the cost per text, so dispatching every Faust ``take`` as it came would queue small
     # batches under load.
