@@ -53,6 +53,11 @@ def plan_batches(
     return plan
 
 
+def _too_big_to_batch(record: Record) -> bool:
+    _, key, value = record
+    return len(value) + len(key or b"") > SEND_ALONE_BYTES
+
+
 async def send_batched(producer: Any, records: list[Record]) -> list[Delivery]:
     """Hand ``records`` to ``producer`` (an ``AIOKafkaProducer``) a partition batch at a time;
     waits only while the producer's buffer is full (backpressure), not for the broker."""
@@ -62,7 +67,7 @@ async def send_batched(producer: Any, records: list[Record]) -> list[Delivery]:
         start = 0
         while start < len(recs):
             _, key, value = recs[start]
-            if len(value) + len(key or b"") > SEND_ALONE_BYTES:
+            if _too_big_to_batch(recs[start]):
                 # As before batching: the producer's size check refuses what is too big to send.
                 future = await producer.send(topic, value=value, key=key, partition=partition)
                 deliveries.append(Delivery(recs[start : start + 1], future))
@@ -72,7 +77,7 @@ async def send_batched(producer: Any, records: list[Record]) -> list[Delivery]:
             end = start
             while (
                 end < len(recs)
-                and len(recs[end][2]) + len(recs[end][1] or b"") <= SEND_ALONE_BYTES
+                and not _too_big_to_batch(recs[end])
                 and builder.append(key=recs[end][1], value=recs[end][2], timestamp=None) is not None
             ):
                 end += 1

@@ -89,11 +89,12 @@ def write_stream(stream: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-# Both readers (scored records, alerts) wait at most 50 ms per fetch, as the worker does
-# (streams/faust_transport.py): the embedded broker holds a fetch for the whole wait, and with
-# aiokafka's 500 ms the two readers printed up to half a second out of step, so a drift alert
-# could show before the scored records that caused it.
-SHORT_FETCH = {"fetch_max_wait_ms": 50}
+def short_fetch(settings: Settings) -> dict[str, int]:
+    """Both readers (scored records, alerts) wait per fetch no longer than the worker does
+    (``fetch_wait_ms``): the embedded broker holds a fetch for the whole wait, and with
+    aiokafka's 500 ms the two readers printed up to half a second out of step, so a drift alert
+    could show before the scored records that caused it."""
+    return {"fetch_max_wait_ms": settings.fetch_wait_ms}
 
 
 async def _watch(
@@ -103,7 +104,7 @@ async def _watch(
     seen = ood = 0
     by_phase: dict[str, list[int]] = {"normal": [0, 0], "drift": [0, 0], "recovered": [0, 0]}
     async for rec in read_topic(
-        bootstrap, settings.scored_topic, idle_timeout_s=60, limit=total, options=SHORT_FETCH
+        bootstrap, settings.scored_topic, idle_timeout_s=60, limit=total, options=short_fetch(settings)
     ):
         v = rec["value"]
         seen += 1
@@ -133,7 +134,7 @@ async def _watch(
 
 async def _watch_alerts(bootstrap: str, settings: Settings, seen: list[dict[str, Any]]) -> None:
     """Print drift alerts as the drift agent raises them (runs until cancelled)."""
-    async for rec in read_topic(bootstrap, settings.alerts_topic, options=SHORT_FETCH):
+    async for rec in read_topic(bootstrap, settings.alerts_topic, options=short_fetch(settings)):
         a = rec["value"]
         seen.append(a)
         mark = "DRIFT ALERT" if a["status"] == "drift" else "resolved   "

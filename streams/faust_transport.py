@@ -11,7 +11,7 @@ wait costs no latency and fewer idle requests.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.transport.drivers import aiokafka as driver
@@ -23,7 +23,7 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # The fetcher is built from this attribute at start(); aiokafka has no setter for it.
-        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_wait_ms", FETCH_MAX_WAIT_MS)
+        consumer._fetch_max_wait_ms = cast("StreamApp", self.app).fetch_wait_ms  # only StreamApp uses it
         return consumer
 
 

@@ -8,19 +8,10 @@ import json
 import uuid
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from streams.delivery import SEND_ALONE_BYTES, deliver, send_batched
+from streams.topics import ensure_topics
 from tests.kafka_helpers import collect
-
-
-async def _create(bootstrap: str, topics: dict[str, int]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(t, n, 1) for t, n in topics.items()])
-    finally:
-        await admin.close()
 
 
 async def _send_both_ways(bootstrap: str, batched: list, plain_topic: str, keys: list[bytes]) -> int:
@@ -42,7 +33,7 @@ async def _send_both_ways(bootstrap: str, batched: list, plain_topic: str, keys:
 def test_batched_records_arrive_once_in_order_on_the_default_partition(kafka):
     tag = uuid.uuid4().hex[:8]
     scored, signals, plain = f"d-scored-{tag}", f"d-signals-{tag}", f"d-plain-{tag}"
-    asyncio.run(_create(kafka, {scored: 3, signals: 1, plain: 3}))
+    asyncio.run(ensure_topics(kafka, {scored: 3, signals: 1, plain: 3}))
     keys = [f"user-{k}".encode() for k in range(7)]
     # Keyed records; one of them a dead letter of a large input, bigger than any batch, so it
     # goes on its own between the others. ``seq`` is the position in what the worker sends.
