@@ -2,8 +2,8 @@
 
 Figures, all on the same real texts (the shipped CLINC150 test split) and batch size:
 
-- ``raw_encode_per_s``: sentence-transformers ``encode`` alone (torch, fp32, best of two): the
-  limit the issue names;
+- ``raw_encode_per_s``: sentence-transformers ``encode`` alone (torch, fp32), the limit the issue
+  names: the best of the passes in ``raw_runs_per_s``, taken around the end-to-end runs;
 - ``worker_encode_per_s``: our embedder alone, as the worker runs it (micro-batches on
   ``scoring_threads`` threads at once, torch): the limit of this pipeline's own encoder;
 - ``encode_ms_per_text_by_batch``: one scorer thread alone, milliseconds per text in
@@ -15,13 +15,19 @@ Figures, all on the same real texts (the shipped CLINC150 test split) and batch 
 - ``latency_ms``: end-to-end latency percentiles (produce → scored record read back) while
   texts arrive at 50% and 90% of the measured e2e rate, through a fresh worker on fresh topics;
 - ``worker_rss_mb``: the worker's peak resident memory (``VmHWM``), the higher of the two;
-- ``scale_out``: one worker held to one CPU core, then two workers in one consumer group held
+- ``scale_out``: one worker held to one core, then two workers in one consumer group held
   to a core each, on the same topics: the group's end-to-end rate over one worker's, and the
   share of the messages each scored;
 - ``worker_encode_per_s_by_backend``: ``worker_encode_per_s`` for each backend measured;
 - ``encoder_free``: the worker end to end with every text already in its embedding cache, so
   the encoder costs nothing and Kafka, Faust, JSON, head, OOD, drift and producing are all that
   is left: the most any backend could reach end to end on this machine.
+
+The end-to-end runs are taken in turns (:func:`paired_e2e`): in each turn the first backend's
+worker runs between two passes of the raw encoder, then every other backend's worker runs.
+``ratios`` compare measurements of one turn, seconds apart, and give the median over the turns:
+this machine's speed drifts by 15-20% over minutes, more than the targets' margins, and only
+neighbouring measurements cancel that drift.
 
 Each figure says how many messages and repetitions it rests on. Ratios between figures of one
 run are what to compare across machines; absolute rates depend on the CPU.
@@ -30,33 +36,38 @@ run are what to compare across machines; absolute rates depend on the CPU.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
-import re
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.broker import bootstrap_or_embedded, free_port
+from streams.bench_worker import (
+    BENCH_DATA,
+    WorkerProcess,
+    bench_texts,
+    e2e_rates,
+    e2e_run,
+    produce,
+    ready_worker,
+    settled_counts,
+    start_worker,
+)
+from streams.broker import bootstrap_or_embedded
 from streams.settings import Settings
-
-ROOT = Path(__file__).resolve().parent.parent
-BENCH_DATA = ROOT / "datasets" / "clinc150" / "clinc150_full.jsonl"
 
 
 @dataclass(frozen=True)
 class BenchOptions:
     messages: int = 4_000  # per e2e repetition
-    repeats: int = 2
+    repeats: int = 3  # turns of end-to-end runs (README: Performance)
     naive_messages: int = 800
     latency_seconds: float = 20.0  # per load level
     backends: tuple[str, ...] = ()  # empty: the settings' backend
@@ -64,25 +75,28 @@ class BenchOptions:
     say: Any = None  # progress lines (stderr); None: quiet
 
 
-def bench_texts(n: int) -> list[str]:
-    """``n`` real short texts: CLINC150 test queries (in scope and out), cycled if needed."""
-    rows = [json.loads(line) for line in open(BENCH_DATA, encoding="utf-8")]
-    texts = [r["text"] for r in rows if r.get("split") == "test"]
-    return [texts[i % len(texts)] for i in range(n)]
+@dataclass
+class RawEncoder:
+    """sentence-transformers' own ``encode``, torch fp32: the physical limit of the pipeline,
+    loaded once so that it can be measured again next to every end-to-end run."""
 
+    model: Any
+    batch_size: int
+    device: str
 
-def raw_encode_rate(texts: list[str], batch_size: int, device: str) -> dict[str, Any]:
-    """sentence-transformers' own ``encode``, torch fp32: the physical limit of the pipeline."""
-    from models.embedder import Embedder
+    @classmethod
+    def load(cls, batch_size: int, device: str) -> RawEncoder:
+        from models.embedder import Embedder
 
-    emb = Embedder.load(device=device, batch_size=batch_size)
-    emb.model.encode(texts[: batch_size * 2], batch_size=batch_size)  # warm up
-    runs = []
-    for _ in range(2):  # best of two: a shared 2-core machine is noisy
+        emb = Embedder.load(device=device, batch_size=batch_size)
+        emb.model.encode(bench_texts(batch_size * 2), batch_size=batch_size)  # warm up
+        return cls(emb.model, batch_size, emb.device)
+
+    def rate(self, texts: list[str]) -> float:
+        """Texts per second of one ``encode`` of ``texts``."""
         start = time.perf_counter()
-        emb.model.encode(texts, batch_size=batch_size, normalize_embeddings=True)
-        runs.append(len(texts) / (time.perf_counter() - start))
-    return {"per_s": max(runs), "messages": len(texts), "repeats": 2, "device": emb.device}
+        self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True)
+        return len(texts) / (time.perf_counter() - start)
 
 
 def worker_embedder(settings: Settings) -> Any:
@@ -131,200 +145,112 @@ def encode_cost_by_batch(texts: list[str], emb: Any, sizes: tuple[int, ...] = (1
         return {str(size): pool.submit(cost, size).result() for size in sizes}
 
 
-# --- producing and reading back ------------------------------------------------------------------
+# --- end to end, next to the raw encoder ------------------------------------------------------------
 
 
-def _message(i: int, text: str, run: str) -> bytes:
-    return json.dumps({"id": f"{run}-{i}", "text": text, "ts": int(time.time() * 1000)}).encode()
+def paired_e2e(
+    settings: Settings,
+    bootstrap: str,
+    backends: list[str],
+    texts: list[str],
+    turns: int,
+    raw: RawEncoder,
+    log_dir: Path,
+    say: Any,
+) -> dict[str, Any]:
+    """One worker per backend (embedding cache off: the texts repeat), then ``turns`` turns: a
+    raw-encoder pass, the first backend's run, a raw-encoder pass, every other backend's run.
 
+    While the raw encoder runs, the workers are paused, so their idling (polling the broker,
+    0.05 core for two) takes nothing from it. Returns the runs, the first backend's
+    per-turn ratio over the mean of the two raw passes around it, and each other backend's
+    per-turn ratio over torch when torch is measured."""
+    workers: dict[str, WorkerProcess] = {}
+    raw_runs: list[float] = []
+    runs: dict[str, list[float]] = {b: [] for b in backends}
 
-async def _produce(bootstrap: str, topic: str, texts: list[str], run: str, rate: float | None) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2)
-    await producer.start()
+    def raw_pass() -> float:
+        with contextlib.ExitStack() as stack:
+            for w in workers.values():
+                stack.enter_context(w.paused())
+            return raw.rate(texts)
+
     try:
-        start = time.perf_counter()
-        futures = []
-        for i, text in enumerate(texts):
-            if rate:
-                delay = start + i / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            futures.append(await producer.send(topic, _message(i, text, run), key=f"{run}-{i}".encode()))
-        await asyncio.gather(*futures)
+        for b in backends:
+            workers[b] = ready_worker(
+                settings.replace(backend=b, embed_cache_size=0),
+                bootstrap,
+                uuid.uuid4().hex[:8],
+                log_dir,
+                f"-{b}",
+            )
+        for turn in range(turns):
+            for i, b in enumerate(backends):
+                if i == 0:
+                    raw_runs.append(raw_pass())
+                runs[b] += e2e_rates(bootstrap, workers[b], texts, 1, f"e2e{turn}")
+                if i == 0:
+                    raw_runs.append(raw_pass())
+            say(
+                f"turn {turn + 1}/{turns}: raw {raw_runs[-2]:.0f}, {backends[0]} {runs[backends[0]][-1]:.0f}, "
+                f"raw {raw_runs[-1]:.0f}"
+                + "".join(f", {b} {runs[b][-1]:.0f}" for b in backends[1:])
+                + " per s"
+            )
+        peak_rss = workers[backends[0]].peak_rss_mb() or 0.0
     finally:
-        await producer.stop()
-
-
-class ScoredReader:
-    """Reads ``texts.scored`` from its end (no group), noting when each id of a run arrives."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap, self.topic = bootstrap, topic
-        self.consumer: AIOKafkaConsumer | None = None
-
-    async def start(self) -> None:
-        # A short fetch wait: the embedded broker holds a fetch for the whole wait even when
-        # records arrive (streams/faust_transport.py), which would add to every latency measured.
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
-        )
-        await self.consumer.start()
-        parts = None
-        while not parts:
-            await self.consumer._client.force_metadata_update()
-            parts = self.consumer.partitions_for_topic(self.topic)
-            if not parts:
-                await asyncio.sleep(0.3)
-        tps = [TopicPartition(self.topic, p) for p in parts]
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_end(*tps)
-
-    async def wait_for(self, run: str, n: int, timeout_s: float) -> dict[str, float]:
-        """Arrival time (epoch ms) minus the message's send time, per id of ``run``."""
-        assert self.consumer is not None
-        latency: dict[str, float] = {}
-        deadline = time.monotonic() + timeout_s
-        prefix = run + "-"
-        while len(latency) < n:
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"only {len(latency)} of {n} scored records came back in {timeout_s:.0f} s"
-                )
-            batch = await self.consumer.getmany(timeout_ms=200, max_records=5_000)
-            now = time.time() * 1000
-            for records in batch.values():
-                for rec in records:
-                    v = json.loads(rec.value)
-                    if str(v.get("id", "")).startswith(prefix) and v["id"] not in latency:
-                        latency[v["id"]] = now - float(v["ts"])
-        return latency
-
-    async def stop(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.stop()
-
-
-# --- the worker under test -------------------------------------------------------------------------
-
-
-@dataclass
-class WorkerProcess:
-    proc: subprocess.Popen
-    topics: dict[str, str]
-    metrics_url: str
-    log_path: Path
-
-    def peak_rss_mb(self) -> float | None:
-        try:
-            status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        except OSError:
-            return None
-        found = re.search(r"VmHWM:\s+(\d+) kB", status)
-        return int(found.group(1)) / 1024 if found else None
-
-    def health(self) -> dict[str, Any]:
-        """``/healthz`` as JSON; empty while the worker does not answer (or is not ready)."""
-        try:
-            with urllib.request.urlopen(self.metrics_url + "/healthz", timeout=2) as resp:
-                return dict(json.loads(resp.read()))
-        except (OSError, ValueError):
-            return {}
-
-    def metric(self, name: str, **labels: str) -> float:
-        """The sum of the samples of ``name`` on its ``/metrics`` whose labels include ``labels``."""
-        total = 0.0
-        with urllib.request.urlopen(self.metrics_url + "/metrics", timeout=5) as resp:
-            for line in resp.read().decode().splitlines():
-                sample, _, value = line.rpartition(" ")
-                if sample.partition("{")[0] != name:
-                    continue
-                found = dict(re.findall(r'(\w+)="([^"]*)"', sample))
-                if all(found.get(k) == v for k, v in labels.items()):
-                    total += float(value)
-        return total
-
-    def scored(self) -> float:
-        """``streamscore_messages_scored_total`` from its ``/metrics``."""
-        return self.metric("streamscore_messages_scored_total")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def start_worker(
-    settings: Settings, bootstrap: str, tag: str, log_dir: Path, name: str = "", cpus: set[int] | None = None
-) -> WorkerProcess:
-    """A ``streamscore worker`` on the topics and consumer group of ``tag``, ready once it holds
-    partitions; ``cpus`` holds it to those CPU cores (its encoder then uses that many threads)."""
-    topics = {
-        "input": f"bench-texts-{tag}",
-        "scored": f"bench-texts.scored-{tag}",
-        "dlq": f"bench-texts.dlq-{tag}",
-        "signals": f"bench-drift.signals-{tag}",
-        "alerts": f"bench-drift.alerts-{tag}",
-        "state": f"bench-drift.state-{tag}",
+        for w in workers.values():
+            w.stop()
+    return {
+        "raw_runs": raw_runs,
+        "runs": runs,
+        "by_turn": turn_ratios(raw_runs, runs, backends[0]),
+        "peak_rss_mb": peak_rss,
     }
-    port = free_port()
-    env = dict(
-        os.environ,
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        STREAMSCORE_REGISTRY=str(settings.registry),
-        STREAMSCORE_INPUT_TOPIC=topics["input"],
-        STREAMSCORE_SCORED_TOPIC=topics["scored"],
-        STREAMSCORE_DLQ_TOPIC=topics["dlq"],
-        STREAMSCORE_SIGNALS_TOPIC=topics["signals"],
-        STREAMSCORE_ALERTS_TOPIC=topics["alerts"],
-        STREAMSCORE_DRIFT_STATE_TOPIC=topics["state"],
-        STREAMSCORE_GROUP_ID=f"bench-{tag}",
-        STREAMSCORE_METRICS_PORT=str(port),
-        STREAMSCORE_BATCH_SIZE=str(settings.batch_size),
-        STREAMSCORE_EMBED_BATCH_SIZE=str(settings.embed_batch_size),
-        STREAMSCORE_EMBED_CACHE_SIZE=str(settings.embed_cache_size),
-        STREAMSCORE_SCORING_THREADS=str(settings.scoring_threads),
-        STREAMSCORE_BACKEND=settings.backend,
-        STREAMSCORE_TRACE_ENCODER=str(settings.trace_encoder).lower(),
-        STREAMSCORE_DEVICE=settings.device,
-        STREAMSCORE_LOG_LEVEL="warning",
+
+
+def turn_ratios(raw_runs: list[float], runs: dict[str, list[float]], first: str) -> dict[str, list[float]]:
+    """Per turn of :func:`paired_e2e`: ``first``'s run over the mean of the two raw passes
+    around it, and every other backend's run over torch's run of the same turn.
+
+    >>> turn_ratios([400, 440, 500, 500], {"torch": [378, 450], "onnx-int8": [756, 990]}, "torch")
+    {'e2e_over_raw': [0.9, 0.9], 'onnx-int8_over_torch_e2e': [2.0, 2.2]}
+    """
+    turns = len(runs[first])
+    around = [(raw_runs[2 * t] + raw_runs[2 * t + 1]) / 2 for t in range(turns)]
+    ratios = {"e2e_over_raw": [runs[first][t] / around[t] for t in range(turns)]}
+    if "torch" in runs:
+        for b, rates in runs.items():
+            if b != "torch":
+                ratios[f"{b}_over_torch_e2e"] = [rates[t] / runs["torch"][t] for t in range(turns)]
+    return ratios
+
+
+def latency_at_loads(
+    settings: Settings, bootstrap: str, full_rate: float, seconds: float, log_dir: Path, say: Any
+) -> tuple[dict[str, Any], float]:
+    """Latency percentiles while texts arrive at 50% and 90% of ``full_rate`` for ``seconds``
+    each, and the worker's peak memory. A new worker on new topics: the embedded broker spends
+    more CPU per request as its in-memory topics grow (0.20 → 0.41 cores at a steady
+    200 msgs/s over 8,000 messages), taking it from the worker; Apache Kafka's indexed logs
+    do not."""
+    worker = ready_worker(
+        settings.replace(embed_cache_size=0), bootstrap, uuid.uuid4().hex[:8], log_dir, "-lat"
     )
-    if settings.model:
-        env["STREAMSCORE_MODEL"] = settings.model
-    log_path = log_dir / f"worker-{tag}{name}.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
-        )
-    worker = WorkerProcess(proc, topics, f"http://127.0.0.1:{port}", log_path)
-    deadline = time.monotonic() + 180
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the worker exited at start:\n{log_path.read_text()[-3000:]}")
-        if worker.health().get("status") == "ok":
-            return worker
-        if time.monotonic() > deadline:
-            worker.stop()
-            raise RuntimeError(f"the worker did not become ready in 180 s:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.5)
+    out: dict[str, Any] = {}
+    try:
+        for name, share in (("load_50", 0.5), ("load_90", 0.9)):
+            rate = share * full_rate
+            n = max(int(rate * seconds), 50)
+            _, latency = asyncio.run(e2e_run(bootstrap, worker, bench_texts(n), name, rate))
+            out[name] = {"rate_per_s": round(rate, 1), **_percentiles(list(latency.values()))}
+            say(f"[{settings.backend}] latency at {share:.0%} load ({rate:.0f}/s): {out[name]}")
+        return out, worker.peak_rss_mb() or 0.0
+    finally:
+        worker.stop()
 
 
 # --- scaling out ------------------------------------------------------------------------------------
-
-
-def _rates(bootstrap: str, worker: WorkerProcess, texts: list[str], repeats: int, run: str) -> list[float]:
-    """End-to-end messages per second of ``repeats`` runs of ``texts`` through ``worker``'s topics."""
-    rates = []
-    for r in range(repeats):
-        elapsed, _ = asyncio.run(_e2e_once(bootstrap, worker, texts, f"{run}{r}", None))
-        rates.append(len(texts) / elapsed)
-    return rates
 
 
 def _wait_for_split(bootstrap: str, workers: list[WorkerProcess], texts: list[str], timeout_s: float) -> None:
@@ -332,26 +258,12 @@ def _wait_for_split(bootstrap: str, workers: list[WorkerProcess], texts: list[st
     rebalanced. Small runs go through meanwhile, so a partition's end is known to its holder."""
     deadline = time.monotonic() + timeout_s
     while True:
-        asyncio.run(_e2e_once(bootstrap, workers[0], texts, f"split{uuid.uuid4().hex[:6]}", None))
+        asyncio.run(e2e_run(bootstrap, workers[0], texts, f"split{uuid.uuid4().hex[:6]}", None))
         held = [set(w.health().get("partitions") or ()) for w in workers]
         if all(held) and sum(map(len, held)) == len(set().union(*held)):
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"the workers did not split the partitions in {timeout_s:.0f} s: {held}")
-
-
-def _settled_counts(workers: list[WorkerProcess], timeout_s: float = 10.0) -> list[float]:
-    """Each worker's scored count once it stops moving: a batch's records can be read back a
-    moment before the worker, still waiting for the broker's acks, counts them."""
-    last = [w.scored() for w in workers]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = [w.scored() for w in workers]
-        if now == last:
-            break
-        last = now
-    return last
 
 
 def scale_out_rates(
@@ -365,16 +277,15 @@ def scale_out_rates(
         return {"skipped": f"needs 2 CPU cores, this process may use {len(cores)}"}
     settings = settings.replace(embed_cache_size=0)
     tag = uuid.uuid4().hex[:8]
-    workers = [start_worker(settings, bootstrap, tag, log_dir, name="-a", cpus={cores[0]})]
+    workers = [ready_worker(settings, bootstrap, tag, log_dir, name="-a", cpus={cores[0]})]
     try:
-        asyncio.run(_e2e_once(bootstrap, workers[0], texts[:300], "warmup", None))
-        one = _rates(bootstrap, workers[0], texts, repeats, "one")
+        one = e2e_rates(bootstrap, workers[0], texts, repeats, "one")
         say(f"scale-out: one worker on core {cores[0]}: {max(one):.0f} messages/s")
         workers.append(start_worker(settings, bootstrap, tag, log_dir, name="-b", cpus={cores[1]}))
         _wait_for_split(bootstrap, workers, texts[:100], timeout_s=120)
-        before = _settled_counts(workers)
-        two = _rates(bootstrap, workers[0], texts, repeats, "two")
-        done = [n - b for n, b in zip(_settled_counts(workers), before, strict=True)]
+        before = settled_counts(workers)
+        two = e2e_rates(bootstrap, workers[0], texts, repeats, "two")
+        done = [n - b for n, b in zip(settled_counts(workers), before, strict=True)]
         say(f"scale-out: two workers on cores {cores[:2]}: {max(two):.0f} messages/s, scored {done}")
     finally:
         for w in workers:
@@ -406,13 +317,13 @@ def encoder_free_rate(
     worker = start_worker(settings, bootstrap, uuid.uuid4().hex[:8], log_dir, name="-cached")
     lookups = "streamscore_embedding_cache_lookups_total"
     try:
-        _rates(bootstrap, worker, texts, 1, "fill")
+        e2e_rates(bootstrap, worker, texts, 1, "fill")
         hits, misses = (
             worker.metric(lookups, tier="local", result="hit"),
             worker.metric(lookups, result="miss"),
         )
-        rates = _rates(bootstrap, worker, texts, repeats, "cached")
-        _settled_counts([worker])
+        rates = e2e_rates(bootstrap, worker, texts, repeats, "cached")
+        settled_counts([worker])
         hits = worker.metric(lookups, tier="local", result="hit") - hits
         misses = worker.metric(lookups, result="miss") - misses
     finally:
@@ -438,7 +349,7 @@ async def naive_rate(bootstrap: str, settings: Settings, texts: list[str], tag: 
 
     scorer = load_scorer(settings)
     topic_in, topic_out = f"bench-naive-in-{tag}", f"bench-naive-out-{tag}"
-    await _produce(bootstrap, topic_in, texts, "naive", None)
+    await produce(bootstrap, topic_in, texts, "naive", None)
     consumer = AIOKafkaConsumer(
         topic_in,
         bootstrap_servers=bootstrap,
@@ -483,21 +394,6 @@ async def naive_rate(bootstrap: str, settings: Settings, texts: list[str], tag: 
 # --- the whole run -----------------------------------------------------------------------------------
 
 
-async def _e2e_once(
-    bootstrap: str, worker: WorkerProcess, texts: list[str], run: str, rate: float | None
-) -> tuple[float, dict[str, float]]:
-    reader = ScoredReader(bootstrap, worker.topics["scored"])
-    await reader.start()
-    try:
-        start = time.perf_counter()
-        sender = asyncio.create_task(_produce(bootstrap, worker.topics["input"], texts, run, rate))
-        latency = await reader.wait_for(run, len(texts), timeout_s=60 + len(texts) / 20)
-        await sender
-        return time.perf_counter() - start, latency
-    finally:
-        await reader.stop()
-
-
 def _percentiles(values: list[float]) -> dict[str, float]:
     qs = statistics.quantiles(values, n=100, method="inclusive")
     return {"p50": round(qs[49], 1), "p95": round(qs[94], 1), "p99": round(qs[98], 1), "n": len(values)}
@@ -511,114 +407,94 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
     backends = list(opts.backends or (settings.backend,))
     version = ensure_model(settings)
     texts = bench_texts(opts.messages)
-    say(f"raw encoder: sentence-transformers encode of {len(texts)} texts, batch {settings.embed_batch_size}")
-    raw = raw_encode_rate(texts, settings.embed_batch_size, settings.device)
-    say(f"  {raw['per_s']:.0f} texts/s")
+    raw = RawEncoder.load(settings.embed_batch_size, settings.device)
     emb = worker_embedder(settings.replace(backend="torch"))
     enc = worker_encode_rate(texts, emb, settings.batch_size)
     say(f"our embedder as the worker runs it ({enc['threads']} threads): {enc['per_s']:.0f} texts/s")
     by_batch = encode_cost_by_batch(texts[:256], emb)
-    del emb  # freed before the worker under test starts
+    del emb  # freed before the workers under test start
     say(f"one scorer thread, ms per text by micro-batch size: {by_batch}")
+    encoders = {"torch": round(enc["per_s"], 1)}
+    for backend in backends:
+        if backend not in encoders:
+            emb = worker_embedder(settings.replace(backend=backend))
+            encoders[backend] = round(worker_encode_rate(texts, emb, settings.batch_size)["per_s"], 1)
+            del emb
+            say(f"[{backend}] our embedder as the worker runs it: {encoders[backend]:.0f} texts/s")
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        bootstrap_or_embedded(settings.bootstrap_servers, log=say) as bootstrap,
+    ):
+        say(
+            f"{opts.repeats} turns of {len(texts)} messages: raw encoder (batch {settings.embed_batch_size}), "
+            f"{backends[0]}, raw encoder, " + ", ".join(backends[1:])
+        )
+        paired = paired_e2e(settings, bootstrap, backends, texts, opts.repeats, raw, Path(tmp), say)
+        device = raw.device
+        del raw  # freed before the latency worker starts
+        e2e = max(paired["runs"][backends[0]])
+        latency, latency_rss = latency_at_loads(
+            settings.replace(backend=backends[0]), bootstrap, e2e, opts.latency_seconds, Path(tmp), say
+        )
+        free = encoder_free_rate(
+            settings.replace(backend=backends[0]), bootstrap, texts, opts.repeats, Path(tmp), say
+        )
+        scale = (
+            scale_out_rates(
+                settings.replace(backend=backends[0]), bootstrap, texts, opts.repeats, Path(tmp), say
+            )
+            if opts.scale_out
+            else None
+        )
+        say(f"naive consumer: {opts.naive_messages} messages, one at a time (torch)")
+        naive = asyncio.run(
+            naive_rate(
+                bootstrap,
+                settings.replace(backend="torch"),
+                texts[: opts.naive_messages],
+                uuid.uuid4().hex[:8],
+            )
+        )
+    runs = {b: [round(x, 1) for x in r] for b, r in paired["runs"].items()}
     result: dict[str, Any] = {
         "messages": len(texts),
         "repeats": opts.repeats,
         "batch_size": settings.batch_size,
         "embed_batch_size": settings.embed_batch_size,
-        "raw_encode_per_s": round(raw["per_s"], 1),
-        "worker_encode_per_s": round(enc["per_s"], 1),
+        "raw_encode_per_s": round(max(paired["raw_runs"]), 1),
+        "raw_runs_per_s": [round(x, 1) for x in paired["raw_runs"]],
+        "worker_encode_per_s": encoders["torch"],
         "scoring_threads": enc["threads"],
         "encode_ms_per_text_by_batch": by_batch,
-        "device": raw["device"],
+        "device": device,
         "backend": backends[0],
         "model_version": version,
         "texts": f"CLINC150 test split ({BENCH_DATA.name}), 5,500 queries, cycled",
         "cpu": _cpu_name(),
         "cpus": os.cpu_count(),
-        "worker_encode_per_s_by_backend": {"torch": round(enc["per_s"], 1)},
-        "e2e_msgs_per_s_by_backend": {},
-        "e2e_runs_per_s_by_backend": {},
+        "worker_encode_per_s_by_backend": encoders,
+        "e2e_msgs_per_s": round(e2e, 1),
+        "e2e_msgs_per_s_by_backend": {b: max(r) for b, r in runs.items()},
+        "e2e_runs_per_s_by_backend": runs,
+        "latency_ms": latency,
+        "worker_rss_mb": round(max(paired["peak_rss_mb"], latency_rss), 1),
+        "encoder_free": free,
+        "naive_msgs_per_s": round(naive["per_s"], 1),
+        "naive_messages": naive["messages"],
     }
-    for backend in backends:
-        if backend not in result["worker_encode_per_s_by_backend"]:
-            emb = worker_embedder(settings.replace(backend=backend))
-            per_s = worker_encode_rate(texts, emb, settings.batch_size)["per_s"]
-            del emb
-            result["worker_encode_per_s_by_backend"][backend] = round(per_s, 1)
-            say(f"[{backend}] our embedder as the worker runs it: {per_s:.0f} texts/s")
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        bootstrap_or_embedded(settings.bootstrap_servers, log=say) as bootstrap,
-    ):
-        for backend in backends:
-            tag = uuid.uuid4().hex[:8]
-            # No embedding cache here: the bench measures scoring, and its texts repeat across runs.
-            worker = start_worker(
-                settings.replace(backend=backend, embed_cache_size=0), bootstrap, tag, Path(tmp)
-            )
-            try:
-                asyncio.run(_e2e_once(bootstrap, worker, texts[:300], "warmup", None))
-                rates = _rates(bootstrap, worker, texts, opts.repeats, "e2e")
-                say(f"[{backend}] end to end, runs: {', '.join(f'{r:.0f}' for r in rates)} messages/s")
-                result["e2e_msgs_per_s_by_backend"][backend] = round(max(rates), 1)
-                result["e2e_runs_per_s_by_backend"][backend] = [round(x, 1) for x in rates]
-                if backend != backends[0]:
-                    continue
-                e2e = max(rates)
-                result["e2e_msgs_per_s"] = round(e2e, 1)
-                peak_rss = worker.peak_rss_mb() or 0.0
-            finally:
-                worker.stop()
-            # A new worker on new topics: the embedded broker spends more CPU per request as its
-            # in-memory topics grow (0.20 → 0.41 cores at a steady 200 msgs/s over 8,000
-            # messages), taking it from the worker; Apache Kafka's indexed logs do not.
-            worker = start_worker(
-                settings.replace(backend=backend, embed_cache_size=0), bootstrap, tag + "l", Path(tmp)
-            )
-            try:
-                asyncio.run(_e2e_once(bootstrap, worker, texts[:300], "warmup", None))
-                result["latency_ms"] = {}
-                for name, share in (("load_50", 0.5), ("load_90", 0.9)):
-                    rate = share * e2e
-                    n = max(int(rate * opts.latency_seconds), 50)
-                    _, latency = asyncio.run(_e2e_once(bootstrap, worker, bench_texts(n), name, rate))
-                    result["latency_ms"][name] = {
-                        "rate_per_s": round(rate, 1),
-                        **_percentiles(list(latency.values())),
-                    }
-                    say(
-                        f"[{backend}] latency at {share:.0%} load ({rate:.0f}/s): {result['latency_ms'][name]}"
-                    )
-                result["worker_rss_mb"] = round(max(peak_rss, worker.peak_rss_mb() or 0.0), 1)
-            finally:
-                worker.stop()
-        result["encoder_free"] = encoder_free_rate(
-            settings.replace(backend=backends[0]), bootstrap, texts, opts.repeats, Path(tmp), say
-        )
-        if opts.scale_out:
-            result["scale_out"] = scale_out_rates(
-                settings.replace(backend=backends[0]), bootstrap, texts, opts.repeats, Path(tmp), say
-            )
-        say(f"naive consumer: {opts.naive_messages} messages, one at a time (torch)")
-        naive = asyncio.run(
-            naive_rate(bootstrap, settings.replace(backend="torch"), texts[: opts.naive_messages], tag)
-        )
-        result["naive_msgs_per_s"] = round(naive["per_s"], 1)
-        result["naive_messages"] = naive["messages"]
-    by_backend = result["e2e_msgs_per_s_by_backend"]
-    result["ratios"] = {
-        "e2e_over_raw": round(result["e2e_msgs_per_s"] / result["raw_encode_per_s"], 3),
-        "e2e_over_worker_encode": round(result["e2e_msgs_per_s"] / result["worker_encode_per_s"], 3),
-        "e2e_over_naive": round(result["e2e_msgs_per_s"] / result["naive_msgs_per_s"], 2),
-    }
-    encoders = result["worker_encode_per_s_by_backend"]
-    if "torch" in by_backend:
+    if scale is not None:
+        result["scale_out"] = scale
+    # Per turn, neighbouring measurements; the median over the turns (module docstring).
+    result["ratios_by_turn"] = {k: [round(x, 3) for x in v] for k, v in paired["by_turn"].items()}
+    result["ratios"] = {k: round(statistics.median(v), 3) for k, v in paired["by_turn"].items()}
+    result["ratios"]["e2e_over_worker_encode"] = round(e2e / encoders["torch"], 3)
+    result["ratios"]["e2e_over_naive"] = round(e2e / naive["per_s"], 2)
+    if "torch" in runs:
         result["ratios"]["encoder_free_over_torch_e2e"] = round(
-            result["encoder_free"]["per_s"] / by_backend["torch"], 3
+            free["per_s"] / result["e2e_msgs_per_s_by_backend"]["torch"], 3
         )
-        for b, v in by_backend.items():
+        for b in backends:
             if b != "torch":
-                result["ratios"][f"{b}_over_torch_e2e"] = round(v / by_backend["torch"], 3)
                 result["ratios"][f"{b}_over_torch_encoder"] = round(encoders[b] / encoders["torch"], 3)
     return result
 

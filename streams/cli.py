@@ -487,7 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common(sp, kafka=True, as_json=True)
     sp.add_argument("--messages", type=int, default=4_000, help="per end-to-end run")
-    sp.add_argument("--repeats", type=int, default=2, help="end-to-end runs per backend (best counts)")
+    sp.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="turns of end-to-end runs, each next to raw-encoder passes (ratios: median over turns)",
+    )
     sp.add_argument("--naive-messages", dest="naive_messages", type=int, default=800)
     sp.add_argument(
         "--latency-seconds", dest="latency_seconds", type=float, default=20.0, help="per load level"
