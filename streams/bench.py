@@ -11,7 +11,7 @@ Figures, all on the same real texts (the shipped CLINC150 test split) and batch 
 - ``e2e_msgs_per_s``: a real ``streamscore worker`` process (drift agent on), from the first
   message produced to ``texts`` until the last one is read back from ``texts.scored``;
 - ``naive_msgs_per_s``: a plain aiokafka consumer that embeds, scores and produces one message
-  at a time, the way per-request services score;
+  at a time, the way per-request services score (the best of its runs, one per turn);
 - ``latency_ms``: end-to-end latency percentiles (produce → scored record read back) while
   texts arrive at 50% and 90% of the measured e2e rate, through a fresh worker on fresh topics;
 - ``worker_rss_mb``: the worker's peak resident memory (``VmHWM``), the higher of the two;
@@ -24,7 +24,8 @@ Figures, all on the same real texts (the shipped CLINC150 test split) and batch 
   is left: the most any backend could reach end to end on this machine.
 
 The end-to-end runs are taken in turns (:func:`paired_e2e`): in each turn the first backend's
-worker runs between two passes of the raw encoder, then every other backend's worker runs.
+worker runs between two passes of the raw encoder, then every other backend's worker runs, then
+the naive consumer.
 ``ratios`` compare measurements of one turn, seconds apart, and give the median over the turns:
 this machine's speed drifts by 15-20% over minutes, more than the targets' margins, and only
 neighbouring measurements cancel that drift.
@@ -155,25 +156,27 @@ def paired_e2e(
     texts: list[str],
     turns: int,
     raw: RawEncoder,
+    naive: Any,
     log_dir: Path,
     say: Any,
 ) -> dict[str, Any]:
     """One worker per backend (embedding cache off: the texts repeat), then ``turns`` turns: a
-    raw-encoder pass, the first backend's run, a raw-encoder pass, every other backend's run.
+    raw-encoder pass, the first backend's run, a raw-encoder pass, every other backend's run,
+    and ``naive(turn)``, the naive consumer's rate.
 
-    While the raw encoder runs, the workers are paused, so their idling (polling the broker,
-    0.05 core for two) takes nothing from it. Returns the runs, the first backend's
-    per-turn ratio over the mean of the two raw passes around it, and each other backend's
-    per-turn ratio over torch when torch is measured."""
+    While the raw encoder and the naive consumer run, the workers are paused, so their idling
+    (polling the broker, 0.05 core for two) takes nothing from them. Returns the runs and their
+    per-turn ratios (:func:`turn_ratios`)."""
     workers: dict[str, WorkerProcess] = {}
     raw_runs: list[float] = []
+    naive_runs: list[float] = []
     runs: dict[str, list[float]] = {b: [] for b in backends}
 
-    def raw_pass() -> float:
+    def alone(measure: Any, *args: Any) -> float:
         with contextlib.ExitStack() as stack:
             for w in workers.values():
                 stack.enter_context(w.paused())
-            return raw.rate(texts)
+            return float(measure(*args))
 
     try:
         for b in backends:
@@ -187,15 +190,16 @@ def paired_e2e(
         for turn in range(turns):
             for i, b in enumerate(backends):
                 if i == 0:
-                    raw_runs.append(raw_pass())
+                    raw_runs.append(alone(raw.rate, texts))
                 runs[b] += e2e_rates(bootstrap, workers[b], texts, 1, f"e2e{turn}")
                 if i == 0:
-                    raw_runs.append(raw_pass())
+                    raw_runs.append(alone(raw.rate, texts))
+            naive_runs.append(alone(naive, turn))
             say(
                 f"turn {turn + 1}/{turns}: raw {raw_runs[-2]:.0f}, {backends[0]} {runs[backends[0]][-1]:.0f}, "
                 f"raw {raw_runs[-1]:.0f}"
                 + "".join(f", {b} {runs[b][-1]:.0f}" for b in backends[1:])
-                + " per s"
+                + f", naive {naive_runs[-1]:.0f} per s"
             )
         peak_rss = workers[backends[0]].peak_rss_mb() or 0.0
     finally:
@@ -203,22 +207,28 @@ def paired_e2e(
             w.stop()
     return {
         "raw_runs": raw_runs,
+        "naive_runs": naive_runs,
         "runs": runs,
-        "by_turn": turn_ratios(raw_runs, runs, backends[0]),
+        "by_turn": turn_ratios(raw_runs, naive_runs, runs, backends[0]),
         "peak_rss_mb": peak_rss,
     }
 
 
-def turn_ratios(raw_runs: list[float], runs: dict[str, list[float]], first: str) -> dict[str, list[float]]:
+def turn_ratios(
+    raw_runs: list[float], naive_runs: list[float], runs: dict[str, list[float]], first: str
+) -> dict[str, list[float]]:
     """Per turn of :func:`paired_e2e`: ``first``'s run over the mean of the two raw passes
-    around it, and every other backend's run over torch's run of the same turn.
+    around it and over the naive run, and every other backend's run over torch's.
 
-    >>> turn_ratios([400, 440, 500, 500], {"torch": [378, 450], "onnx-int8": [756, 990]}, "torch")
-    {'e2e_over_raw': [0.9, 0.9], 'onnx-int8_over_torch_e2e': [2.0, 2.2]}
+    >>> turn_ratios([400, 440, 500, 500], [90, 100], {"torch": [378, 450], "onnx-int8": [756, 990]}, "torch")
+    {'e2e_over_raw': [0.9, 0.9], 'e2e_over_naive': [4.2, 4.5], 'onnx-int8_over_torch_e2e': [2.0, 2.2]}
     """
     turns = len(runs[first])
     around = [(raw_runs[2 * t] + raw_runs[2 * t + 1]) / 2 for t in range(turns)]
-    ratios = {"e2e_over_raw": [runs[first][t] / around[t] for t in range(turns)]}
+    ratios = {
+        "e2e_over_raw": [runs[first][t] / around[t] for t in range(turns)],
+        "e2e_over_naive": [runs[first][t] / naive_runs[t] for t in range(turns)],
+    }
     if "torch" in runs:
         for b, rates in runs.items():
             if b != "torch":
@@ -342,12 +352,11 @@ def encoder_free_rate(
 # --- the naive reference ---------------------------------------------------------------------------
 
 
-async def naive_rate(bootstrap: str, settings: Settings, texts: list[str], tag: str) -> dict[str, Any]:
-    """One message at a time: read it, embed and score it alone, produce it and wait for the ack."""
-    from schemas.messages import scored_record
-    from streams.worker import load_scorer
+async def naive_rate(bootstrap: str, scorer: Any, texts: list[str], tag: str) -> float:
+    """Messages per second of one message at a time: read it, embed and score it alone with
+    ``scorer`` (``streams.worker.load_scorer``), produce it and wait for the ack."""
+    from schemas.messages import InputText, Origin, scored_record
 
-    scorer = load_scorer(settings)
     topic_in, topic_out = f"bench-naive-in-{tag}", f"bench-naive-out-{tag}"
     await produce(bootstrap, topic_in, texts, "naive", None)
     consumer = AIOKafkaConsumer(
@@ -369,8 +378,6 @@ async def naive_rate(bootstrap: str, settings: Settings, texts: list[str], tag: 
             start = start or time.perf_counter()
             msg = json.loads(rec.value)
             scores = scorer.score([msg["text"]])
-            from schemas.messages import InputText, Origin
-
             out = scored_record(
                 InputText(msg["id"], msg["text"], Origin(rec.topic, rec.partition, rec.offset)),
                 label=scores.labels[0],
@@ -384,8 +391,7 @@ async def naive_rate(bootstrap: str, settings: Settings, texts: list[str], tag: 
             )
             await producer.send_and_wait(topic_out, json.dumps(out).encode(), key=rec.key)
             done += 1
-        elapsed = time.perf_counter() - (start or time.perf_counter())
-        return {"per_s": len(texts) / elapsed, "messages": len(texts), "repeats": 1}
+        return len(texts) / (time.perf_counter() - (start or time.perf_counter()))
     finally:
         await consumer.stop()
         await producer.stop()
@@ -427,9 +433,17 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
     ):
         say(
             f"{opts.repeats} turns of {len(texts)} messages: raw encoder (batch {settings.embed_batch_size}), "
-            f"{backends[0]}, raw encoder, " + ", ".join(backends[1:])
+            f"{backends[0]}, raw encoder, " + "".join(f"{b}, " for b in backends[1:]) + "naive"
         )
-        paired = paired_e2e(settings, bootstrap, backends, texts, opts.repeats, raw, Path(tmp), say)
+        from streams.worker import load_scorer
+
+        scorer = load_scorer(settings.replace(backend="torch"))
+        naive_texts, tag = texts[: opts.naive_messages], uuid.uuid4().hex[:8]
+
+        def naive(turn: int) -> float:
+            return asyncio.run(naive_rate(bootstrap, scorer, naive_texts, f"{tag}-{turn}"))
+
+        paired = paired_e2e(settings, bootstrap, backends, texts, opts.repeats, raw, naive, Path(tmp), say)
         device = raw.device
         del raw  # freed before the latency worker starts
         e2e = max(paired["runs"][backends[0]])
@@ -445,15 +459,6 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
             )
             if opts.scale_out
             else None
-        )
-        say(f"naive consumer: {opts.naive_messages} messages, one at a time (torch)")
-        naive = asyncio.run(
-            naive_rate(
-                bootstrap,
-                settings.replace(backend="torch"),
-                texts[: opts.naive_messages],
-                uuid.uuid4().hex[:8],
-            )
         )
     runs = {b: [round(x, 1) for x in r] for b, r in paired["runs"].items()}
     result: dict[str, Any] = {
@@ -479,8 +484,9 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
         "latency_ms": latency,
         "worker_rss_mb": round(max(paired["peak_rss_mb"], latency_rss), 1),
         "encoder_free": free,
-        "naive_msgs_per_s": round(naive["per_s"], 1),
-        "naive_messages": naive["messages"],
+        "naive_msgs_per_s": round(max(paired["naive_runs"]), 1),
+        "naive_runs_per_s": [round(x, 1) for x in paired["naive_runs"]],
+        "naive_messages": len(naive_texts),
     }
     if scale is not None:
         result["scale_out"] = scale
@@ -488,7 +494,6 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
     result["ratios_by_turn"] = {k: [round(x, 3) for x in v] for k, v in paired["by_turn"].items()}
     result["ratios"] = {k: round(statistics.median(v), 3) for k, v in paired["by_turn"].items()}
     result["ratios"]["e2e_over_worker_encode"] = round(e2e / encoders["torch"], 3)
-    result["ratios"]["e2e_over_naive"] = round(e2e / naive["per_s"], 2)
     if "torch" in runs:
         result["ratios"]["encoder_free_over_torch_e2e"] = round(
             free["per_s"] / result["e2e_msgs_per_s_by_backend"]["torch"], 3

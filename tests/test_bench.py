@@ -49,9 +49,12 @@ def test_bench_reports_every_figure(kafka, trained_registry):
     assert out["e2e_msgs_per_s"] == max(runs), out
     for t, ratio in enumerate(out["ratios_by_turn"]["e2e_over_raw"]):
         assert ratio == pytest.approx(runs[t] / ((raw[2 * t] + raw[2 * t + 1]) / 2), abs=2e-3), out
-    assert out["ratios"]["e2e_over_raw"] == pytest.approx(
-        statistics.median(out["ratios_by_turn"]["e2e_over_raw"]), abs=1e-3
-    )
+    naive = out["naive_runs_per_s"]
+    assert len(naive) == 2 and out["naive_msgs_per_s"] == max(naive), out
+    for t, ratio in enumerate(out["ratios_by_turn"]["e2e_over_naive"]):
+        assert ratio == pytest.approx(runs[t] / naive[t], abs=2e-3), out
+    for name in ("e2e_over_raw", "e2e_over_naive"):
+        assert out["ratios"][name] == pytest.approx(statistics.median(out["ratios_by_turn"][name]), abs=1e-3)
     assert out["scoring_threads"] >= 1
     assert set(out["encode_ms_per_text_by_batch"]) == {"1", "8", "64"}
     assert all(v > 0 for v in out["encode_ms_per_text_by_batch"].values())
