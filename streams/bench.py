@@ -437,7 +437,8 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
         )
         from streams.worker import load_scorer
 
-        scorer = load_scorer(settings.replace(backend="torch"))
+        # No embedding cache: every turn scores the same texts, and each must be encoded.
+        scorer = load_scorer(settings.replace(backend="torch", embed_cache_size=0, embed_cache_url=None))
         naive_texts, tag = texts[: opts.naive_messages], uuid.uuid4().hex[:8]
 
         def naive(turn: int) -> float:
@@ -487,6 +488,9 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
         "naive_msgs_per_s": round(max(paired["naive_runs"]), 1),
         "naive_runs_per_s": [round(x, 1) for x in paired["naive_runs"]],
         "naive_messages": len(naive_texts),
+        "naive_cache_hits": sum(
+            n for (_, kind), n in scorer.embedder.cache_counts().items() if kind == "hit"
+        ),
     }
     if scale is not None:
         result["scale_out"] = scale
