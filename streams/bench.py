@@ -44,6 +44,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,7 @@ def paired_e2e(
     texts: list[str],
     turns: int,
     raw: RawEncoder,
-    naive: Any,
+    naive: Callable[[int], float],
     log_dir: Path,
     say: Any,
 ) -> dict[str, Any]:
@@ -172,7 +173,7 @@ def paired_e2e(
     naive_runs: list[float] = []
     runs: dict[str, list[float]] = {b: [] for b in backends}
 
-    def alone(measure: Any, *args: Any) -> float:
+    def alone(measure: Callable[..., float], *args: Any) -> float:
         with contextlib.ExitStack() as stack:
             for w in workers.values():
                 stack.enter_context(w.paused())
