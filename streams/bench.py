@@ -449,18 +449,11 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
         device = raw.device
         del raw  # freed before the latency worker starts
         e2e = max(paired["runs"][backends[0]])
-        latency, latency_rss = latency_at_loads(
-            settings.replace(backend=backends[0]), bootstrap, e2e, opts.latency_seconds, Path(tmp), say
-        )
-        free = encoder_free_rate(
-            settings.replace(backend=backends[0]), bootstrap, texts, opts.repeats, Path(tmp), say
-        )
+        first = settings.replace(backend=backends[0])  # latency, encoder-free and scale-out run it
+        latency, latency_rss = latency_at_loads(first, bootstrap, e2e, opts.latency_seconds, Path(tmp), say)
+        free = encoder_free_rate(first, bootstrap, texts, opts.repeats, Path(tmp), say)
         scale = (
-            scale_out_rates(
-                settings.replace(backend=backends[0]), bootstrap, texts, opts.repeats, Path(tmp), say
-            )
-            if opts.scale_out
-            else None
+            scale_out_rates(first, bootstrap, texts, opts.repeats, Path(tmp), say) if opts.scale_out else None
         )
     runs = {b: [round(x, 1) for x in r] for b, r in paired["runs"].items()}
     result: dict[str, Any] = {
