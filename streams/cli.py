@@ -117,6 +117,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         naive_messages=args.naive_messages,
         latency_seconds=args.latency_seconds,
+        latency_windows=args.latency_windows,
         backends=tuple(b for b in (args.backends or "").split(",") if b),
         scale_out=not args.no_scale_out,
         say=None if args.json else (lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)),
@@ -333,6 +334,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamscore", description="Streaming text scoring on Kafka.")
     p.add_argument("--log-level", dest="log_level", default=None, help="debug, info, warning (default info)")
@@ -486,16 +498,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="raw encoder vs. end-to-end worker vs. naive consumer, latency and memory (README: Performance)",
     )
     common(sp, kafka=True, as_json=True)
-    sp.add_argument("--messages", type=int, default=4_000, help="per end-to-end run")
+    sp.add_argument("--messages", type=_count, default=4_000, help="per end-to-end run")
     sp.add_argument(
         "--repeats",
-        type=int,
+        type=_count,
         default=3,
         help="turns of end-to-end runs, each next to raw-encoder passes (ratios: median over turns)",
     )
-    sp.add_argument("--naive-messages", dest="naive_messages", type=int, default=800)
+    sp.add_argument("--naive-messages", dest="naive_messages", type=_count, default=800)
     sp.add_argument(
-        "--latency-seconds", dest="latency_seconds", type=float, default=20.0, help="per load level"
+        "--latency-seconds",
+        dest="latency_seconds",
+        type=float,
+        default=20.0,
+        help="per load level and window",
+    )
+    sp.add_argument(
+        "--latency-windows",
+        dest="latency_windows",
+        type=_count,
+        default=3,
+        help="windows at 50%% load, each through a new worker; the percentiles pool them",
     )
     sp.add_argument(
         "--backends", default=None, help="comma-separated, e.g. torch,onnx,onnx-int8 (first: latency, memory)"

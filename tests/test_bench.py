@@ -23,6 +23,7 @@ def test_bench_reports_every_figure(kafka, trained_registry):
         "--repeats", "2",
         "--naive-messages", "40",
         "--latency-seconds", "2",
+        "--latency-windows", "2",
         "--json",
         timeout=900,
     )  # fmt: skip
@@ -42,6 +43,15 @@ def test_bench_reports_every_figure(kafka, trained_registry):
         lat = out["latency_ms"][load]
         assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] and lat["n"] >= 50
     assert out["latency_ms"]["load_50"]["rate_per_s"] < out["latency_ms"]["load_90"]["rate_per_s"]
+    # Half load in two windows, a new worker each; the percentiles pool both windows' messages.
+    half = out["latency_ms"]["load_50"]
+    windows = half["windows"]
+    assert len(windows) == 2 and half["n"] == sum(w["n"] for w in windows), half
+    for w in windows:
+        assert 0 < w["p50"] <= w["p95"] <= w["p99"] and w["n"] >= 50, half
+    assert half["p99_median_of_windows"] == pytest.approx(
+        statistics.median(w["p99"] for w in windows), abs=0.1
+    )
     # Two turns, each a raw pass, the worker's run and a raw pass: each ratio compares the run
     # with the raw passes around it, and the figure is the median over the turns.
     raw, runs = out["raw_runs_per_s"], out["e2e_runs_per_s_by_backend"]["torch"]

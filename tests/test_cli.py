@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT, cli
 
 
@@ -78,3 +80,12 @@ def test_registry_defaults_to_the_environment_then_artifacts(tmp_path):
         env={k: v for k, v in os.environ.items() if k != "STREAMSCORE_REGISTRY"},
     )
     assert proc.returncode == 2 and "none.jsonl does not exist" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("option", ["--repeats", "--latency-windows", "--messages", "--naive-messages"])
+def test_bench_refuses_a_count_below_one(option):
+    # Refused before anything starts: no model is loaded and no broker is started.
+    proc = cli("bench", option, "0", "--json", check=False, timeout=60)
+    assert (
+        proc.returncode == 2 and f"argument {option}: '0' is not a whole number of at least 1" in proc.stderr
+    )
