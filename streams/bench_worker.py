@@ -23,7 +23,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.broker import free_port
+from streams.broker import free_port, stop_process
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,12 +165,7 @@ class WorkerProcess:
         return self.metric("streamscore_messages_scored_total")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, timeout_s=30)
 
 
 def start_worker(

@@ -27,6 +27,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen, timeout_s: float) -> int:
+    """Ask ``proc`` to stop (SIGTERM); kill it if it has not ended in ``timeout_s``. Its exit code.
+
+    >>> stop_process(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]), 5)
+    -15
+    """
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
 def port_open(host: str, port: int) -> bool:
     """Whether something accepts TCP connections on host:port now."""
     with socket.socket() as s:
@@ -87,14 +102,8 @@ class EmbeddedBroker:
         return self
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout_s=5)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

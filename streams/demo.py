@@ -21,7 +21,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from streams.broker import bootstrap_or_embedded
+from streams.broker import bootstrap_or_embedded, stop_process
 from streams.client import format_scored, read_topic
 from streams.replay import ReplayOptions, replay_file
 from streams.settings import Settings
@@ -201,11 +201,7 @@ def run_demo(
             dead = asyncio.run(_count(bootstrap, settings.dlq_topic))
             metrics_url, metrics_lines = _scrape(log_path)
         finally:
-            worker.terminate()
-            try:
-                worker.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            stop_process(worker, timeout_s=20)
     normal, drift = summary["by_phase"]["normal"], summary["by_phase"]["drift"]
     opened = [a for a in seen_alerts if a["status"] == "drift"]
     closed = [a for a in seen_alerts if a["status"] == "resolved"]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from streams.broker import stop_process
 from training.fit import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,12 +183,7 @@ def start_worker(
 
 
 def stop_worker(handle: WorkerHandle) -> None:
-    handle.process.terminate()
-    try:
-        handle.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        handle.process.kill()
-        handle.process.wait()
+    stop_process(handle.process, timeout_s=30)
 
 
 @pytest.fixture(scope="module")

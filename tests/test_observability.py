@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.broker import free_port
+from streams.broker import free_port, stop_process
 from streams.metrics import BatchStats, WorkerMetrics
 from tests.conftest import ROOT, debian_server, small_clinc_rows, start_worker, stop_worker
 from tests.kafka_helpers import collect, send_json, send_raw
@@ -230,8 +230,7 @@ class Prometheus:
         return self.api("query_range", query=expr, start=start, end=end, step=step)["result"]
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
+        stop_process(self.proc, timeout_s=30)
         self.log.close()
 
 

@@ -24,7 +24,7 @@ import redis
 
 from models.cache import SharedCache
 from models.embedder import Embedder, resolve_model_path
-from streams.broker import free_port
+from streams.broker import free_port, stop_process
 from tests.conftest import debian_server, small_clinc_rows, start_worker, stop_worker
 from tests.kafka_helpers import collect, send_json
 
@@ -65,8 +65,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 pytest.fail(f"redis-server did not start on port {port}")
             time.sleep(0.1)
     yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    stop_process(proc, timeout_s=10)
 
 
 @pytest.fixture()

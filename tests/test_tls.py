@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedBroker, free_port, port_open
+from streams.broker import EmbeddedBroker, free_port, port_open, stop_process
 from tests.conftest import cli, debian_server, small_clinc_rows, start_worker, stop_worker
 
 pytestmark = pytest.mark.integration
@@ -69,8 +69,7 @@ def _tls_listener(d: Path, pki: dict[str, Path], tls_port: int, broker_port: int
             time.sleep(0.1)
         yield log
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc, timeout_s=10)
 
 
 @pytest.fixture(scope="module")
