@@ -42,7 +42,13 @@ def test_bench_reports_every_figure(kafka, trained_registry):
     for load in ("load_50", "load_90"):
         lat = out["latency_ms"][load]
         assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] and lat["n"] >= 50
-    assert out["latency_ms"]["load_50"]["rate_per_s"] < out["latency_ms"]["load_90"]["rate_per_s"]
+    # The loads are shares of the median end-to-end run (rates rounded to 0.1).
+    full = statistics.median(out["e2e_runs_per_s_by_backend"]["torch"])
+    assert out["latency_ms"]["full_rate_per_s"] == pytest.approx(full, abs=0.15), out["latency_ms"]
+    for load, share in (("load_50", 0.5), ("load_90", 0.9)):
+        assert out["latency_ms"][load]["rate_per_s"] == pytest.approx(share * full, abs=0.15), out[
+            "latency_ms"
+        ]
     # Half load in two windows, a new worker each; the percentiles pool both windows' messages.
     half = out["latency_ms"]["load_50"]
     windows = half["windows"]
