@@ -13,9 +13,9 @@ Figures, all on the same real texts (the shipped CLINC150 test split) and batch 
 - ``naive_msgs_per_s``: a plain aiokafka consumer that embeds, scores and produces one message
   at a time, the way per-request services score (the best of its runs, one per turn);
 - ``latency_ms``: end-to-end latency percentiles (produce → scored record read back) while
-  texts arrive at 50% and 90% of the median e2e run (``full_rate_per_s``), through a fresh
-  worker on fresh topics;
-  at 50% over several windows, a fresh worker each, pooled (each window's own beside them);
+  texts arrive at 50% and 90% of the median e2e run (``full_rate_per_s``), each window through
+  a fresh worker on fresh topics; 50% in ``latency_windows`` windows, their messages pooled
+  (each window's own percentiles beside them), 90% in one;
 - ``worker_rss_mb``: the worker's peak resident memory (``VmHWM``), the higher of the two;
 - ``scale_out``: one worker held to one core, then two workers in one consumer group held
   to a core each, on the same topics: the group's end-to-end rate over one worker's, and the
