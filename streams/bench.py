@@ -257,39 +257,43 @@ def latency_at_loads(
     8,000 messages), taking it from the worker; Apache Kafka's indexed logs do not. The 50%
     figure pools the windows' messages, so a slow minute of the machine counts as it came;
     each window's own percentiles are beside it. The 90% window follows the first 50% one."""
-    half: list[list[float]] = []
-    out: dict[str, Any] = {}
+
+    def at(worker: WorkerProcess, share: float, run: str) -> tuple[list[float], dict[str, float]]:
+        """Each message's latency while texts arrive at ``share`` of ``full_rate`` through
+        ``worker``, and their percentiles."""
+        rate = share * full_rate
+        n = max(int(rate * seconds), 50)
+        _, latency = asyncio.run(e2e_run(bootstrap, worker, bench_texts(n), run, rate))
+        values = list(latency.values())
+        percentiles = _percentiles(values)
+        say(f"[{settings.backend}] latency at {share:.0%} load ({rate:.0f}/s), {run}: {percentiles}")
+        return values, percentiles
+
+    pooled: list[float] = []
+    per_window: list[dict[str, float]] = []
+    load_90: dict[str, Any] = {}
     peak_rss = 0.0
     for window in range(windows):
         worker = ready_worker(
             settings.replace(embed_cache_size=0), bootstrap, uuid.uuid4().hex[:8], log_dir, "-lat"
         )
         try:
-            loads = (("load_50", 0.5), ("load_90", 0.9)) if window == 0 else (("load_50", 0.5),)
-            for name, share in loads:
-                rate = share * full_rate
-                n = max(int(rate * seconds), 50)
-                _, latency = asyncio.run(e2e_run(bootstrap, worker, bench_texts(n), f"{name}w{window}", rate))
-                if name == "load_50":
-                    half.append(list(latency.values()))
-                else:
-                    out[name] = {"rate_per_s": round(rate, 1), **_percentiles(list(latency.values()))}
-                say(
-                    f"[{settings.backend}] latency at {share:.0%} load ({rate:.0f}/s), window {window + 1}: "
-                    f"{_percentiles(list(latency.values()))}"
-                )
+            half, percentiles = at(worker, 0.5, f"load_50w{window}")
+            pooled += half
+            per_window.append(percentiles)
+            if window == 0:
+                load_90 = {"rate_per_s": round(0.9 * full_rate, 1), **at(worker, 0.9, "load_90")[1]}
             peak_rss = max(peak_rss, worker.peak_rss_mb() or 0.0)
         finally:
             worker.stop()
-    per_window = [_percentiles(w) for w in half]
-    out["load_50"] = {
+    load_50 = {
         "rate_per_s": round(0.5 * full_rate, 1),
-        **_percentiles([v for w in half for v in w]),
+        **_percentiles(pooled),
         "windows": per_window,
         "p99_median_of_windows": round(statistics.median(w["p99"] for w in per_window), 1),
         "seconds_per_window": seconds,
     }
-    return {"load_50": out["load_50"], "load_90": out["load_90"]}, peak_rss
+    return {"load_50": load_50, "load_90": load_90}, peak_rss
 
 
 # --- scaling out ------------------------------------------------------------------------------------
