@@ -15,7 +15,9 @@ Figures, all on the same real texts (the shipped CLINC150 test split) and batch 
 - ``latency_ms``: end-to-end latency percentiles (produce → scored record read back) while
   texts arrive at 50% and 90% of the median e2e run (``full_rate_per_s``), each window through
   a fresh worker on fresh topics; 50% in ``latency_windows`` windows, their messages pooled
-  (each window's own percentiles beside them), 90% in one;
+  (each window's own percentiles beside them), 90% in one; each window with ``cpu_cores``, the
+  cores the worker, the bench's producer and reader, the embedded broker (``children``) and the
+  whole machine used meanwhile (streams/cpu_use.py), so a slow window shows where the CPU went;
 - ``worker_rss_mb``: the worker's peak resident memory (``VmHWM``), the higher of the two;
 - ``scale_out``: one worker held to one core, then two workers in one consumer group held
   to a core each, on the same topics: the group's end-to-end rate over one worker's, and the
@@ -65,6 +67,7 @@ from streams.bench_worker import (
     start_worker,
 )
 from streams.broker import bootstrap_or_embedded
+from streams.cpu_use import CpuMeter
 from streams.settings import Settings
 
 
@@ -258,19 +261,20 @@ def latency_at_loads(
     figure pools the windows' messages, so a slow minute of the machine counts as it came;
     each window's own percentiles are beside it. The 90% window follows the first 50% one."""
 
-    def at(worker: WorkerProcess, share: float, run: str) -> tuple[list[float], dict[str, float]]:
+    def at(worker: WorkerProcess, share: float, run: str) -> tuple[list[float], dict[str, Any]]:
         """Each message's latency while texts arrive at ``share`` of ``full_rate`` through
-        ``worker``, and their percentiles."""
+        ``worker``, their percentiles, and the cores each party used meanwhile."""
         rate = share * full_rate
         n = max(int(rate * seconds), 50)
+        meter = CpuMeter.start({"worker": worker.proc.pid, "bench": os.getpid()})
         _, latency = asyncio.run(e2e_run(bootstrap, worker, bench_texts(n), run, rate))
         values = list(latency.values())
-        percentiles = _percentiles(values)
+        percentiles: dict[str, Any] = {**_percentiles(values), "cpu_cores": meter.cores()}
         say(f"[{settings.backend}] latency at {share:.0%} load ({rate:.0f}/s), {run}: {percentiles}")
         return values, percentiles
 
     pooled: list[float] = []
-    per_window: list[dict[str, float]] = []
+    per_window: list[dict[str, Any]] = []
     load_90: dict[str, Any] = {}
     peak_rss = 0.0
     for window in range(windows):

@@ -55,6 +55,12 @@ def test_bench_reports_every_figure(kafka, trained_registry):
     assert len(windows) == 2 and half["n"] == sum(w["n"] for w in windows), half
     for w in windows:
         assert 0 < w["p50"] <= w["p95"] <= w["p99"] and w["n"] >= 50, half
+        # Where the CPU went in the window: the worker scored and the bench produced and read,
+        # and the machine was at least as busy as the two together (ticks of 10 ms: a margin).
+        cpu = w["cpu_cores"]
+        assert cpu["worker"] > 0.05 and cpu["bench"] > 0.01, cpu
+        assert cpu["machine_busy"] + 0.1 >= cpu["worker"] + cpu["bench"] + cpu["children"], cpu
+        assert cpu["cores"] == os.cpu_count() and cpu["steal"] >= 0, cpu
     assert half["p99_median_of_windows"] == pytest.approx(
         statistics.median(w["p99"] for w in windows), abs=0.1
     )
