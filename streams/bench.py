@@ -17,7 +17,8 @@ Figures, all on the same real texts (the shipped CLINC150 test split) and batch 
   a fresh worker on fresh topics; 50% in ``latency_windows`` windows, their messages pooled
   (each window's own percentiles beside them), 90% in one; each window with ``cpu_cores``, the
   cores the worker, the bench's producer and reader, the embedded broker (``children``) and the
-  whole machine used meanwhile (streams/cpu_use.py), so a slow window shows where the CPU went;
+  whole machine used meanwhile (streams/cpu_use.py), so a slow window shows where the CPU went,
+  and with the worker's ``batches`` and ``texts_per_batch`` (small batches cost more per text);
 - ``worker_rss_mb``: the worker's peak resident memory (``VmHWM``), the higher of the two;
 - ``scale_out``: one worker held to one core, then two workers in one consumer group held
   to a core each, on the same topics: the group's end-to-end rate over one worker's, and the
@@ -263,13 +264,21 @@ def latency_at_loads(
 
     def at(worker: WorkerProcess, share: float, run: str) -> tuple[list[float], dict[str, Any]]:
         """Each message's latency while texts arrive at ``share`` of ``full_rate`` through
-        ``worker``, their percentiles, and the cores each party used meanwhile."""
+        ``worker``, their percentiles, the cores each party used meanwhile and the worker's
+        micro-batches (from its ``/metrics``)."""
         rate = share * full_rate
         n = max(int(rate * seconds), 50)
         meter = CpuMeter.start({"worker": worker.proc.pid, "bench": os.getpid()})
+        batched = _batched(worker)
         _, latency = asyncio.run(e2e_run(bootstrap, worker, bench_texts(n), run, rate))
         values = list(latency.values())
-        percentiles: dict[str, Any] = {**_percentiles(values), "cpu_cores": meter.cores()}
+        texts, batches = (now - before for now, before in zip(_batched(worker), batched, strict=True))
+        percentiles: dict[str, Any] = {
+            **_percentiles(values),
+            "cpu_cores": meter.cores(),
+            "batches": int(batches),
+            "texts_per_batch": round(texts / max(batches, 1), 1),
+        }
         say(f"[{settings.backend}] latency at {share:.0%} load ({rate:.0f}/s), {run}: {percentiles}")
         return values, percentiles
 
@@ -438,6 +447,11 @@ async def naive_rate(bootstrap: str, scorer: Any, texts: list[str], tag: str) ->
 
 
 # --- the whole run -----------------------------------------------------------------------------------
+
+
+def _batched(worker: WorkerProcess) -> tuple[float, float]:
+    """(messages, micro-batches) the worker has scored so far, from its ``/metrics``."""
+    return worker.metric("streamscore_batch_size_sum"), worker.metric("streamscore_batch_size_count")
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:

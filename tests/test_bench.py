@@ -61,6 +61,11 @@ def test_bench_reports_every_figure(kafka, trained_registry):
         assert cpu["worker"] > 0.05 and cpu["bench"] > 0.01, cpu
         assert cpu["machine_busy"] + 0.1 >= cpu["worker"] + cpu["bench"] + cpu["children"], cpu
         assert cpu["cores"] == os.cpu_count() and cpu["steal"] >= 0, cpu
+        # The window's micro-batches, from the worker's metrics: its messages, in batches no
+        # larger than the limit (the last batch may be read back before the worker counts it).
+        assert w["batches"] >= 1 and 1 <= w["texts_per_batch"] <= out["batch_size"], w
+        batched = w["texts_per_batch"] * w["batches"]
+        assert w["n"] - out["batch_size"] <= batched <= w["n"] + 0.05 * w["batches"], w
     assert half["p99_median_of_windows"] == pytest.approx(
         statistics.median(w["p99"] for w in windows), abs=0.1
     )
