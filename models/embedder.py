@@ -1,10 +1,14 @@
 """Text → unit-length embedding vectors, batched, with device handling in one place.
 
 A text's embedding depends on the text alone, not on the batch it happens to share: each text
-is padded to a multiple of ``PAD_MULTIPLE`` tokens and batched only with texts of the same
-padded length. Padding to the batch's longest text (the usual way) changes embeddings in the
-7th decimal with the batch-mates, so a replay would not reproduce its scores; this way it does,
-bit for bit, and it pads less, so it is faster too (README, Replay).
+is padded to a multiple of :attr:`Embedder.pad_multiple` tokens (4 or 8: models/padding.py) and
+batched only with texts of the same padded length. Padding to the batch's longest text (the
+usual way) changes embeddings in the 7th decimal with the batch-mates, so a replay would not
+reproduce its scores; this way it does, bit for bit, and it pads less, so it is faster too
+(README, Replay). On a CPU every forward pass runs on one thread and holds at least
+``MIN_FORWARD_TOKENS`` tokens, for the same reason: the matrix kernels round differently when
+they split the work between threads, or when a product has few rows. The cores are used by
+running forwards side by side, in the process's encode pool (models/encode_pool.py).
 
 >>> emb = Embedder.load(device="cpu")
 >>> emb.encode(["where is my parcel?"]).shape
@@ -16,24 +20,29 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import os
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from models import padding
 from models.artifact import sha256_file
 from models.cache import EmbeddingCache, SharedCache, normalise
+from models.encode_pool import EncodePool, shared_pool
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-# Multiples of 8 tokens gave identical embeddings for any batch-mates and thread count on the
-# CPUs we measured; exact lengths (a multiple of 1) did not.
-PAD_MULTIPLE = 8
+# MKL's single-precision products on a Xeon with AVX-512 round a row differently when the
+# product has fewer than 16 rows (tokens): a shorter forward gets repeats of its first row.
+MIN_FORWARD_TOKENS = padding.MIN_ROWS
 
 
 def pick_device(device: str = "auto") -> str:
@@ -79,7 +88,7 @@ class Embedder:
     batch_size: int = 64
     backend: str = "torch"  # torch | onnx | onnx-int8
     cache: EmbeddingCache | None = None
-    parallel: int = 1  # encode calls that may run at once, each in its own thread
+    parallel: int = 1  # forward passes that may run at once (CPU: the encode pool's threads)
     shared: SharedCache | None = None  # Redis, behind ``cache``, shared with other workers
     trace: bool = True  # CPU torch: encode with a TorchScript trace (models/traced.py)
     # The tokenizer and the cache are shared by those threads; HF fast tokenizers raise
@@ -94,7 +103,10 @@ class Embedder:
         # Nor is a Redis client, and a changed copy must not share the original's vectors;
         # nor the trace, which holds the original's weights.
         return dataclasses.replace(
-            self, model=copy.deepcopy(self.model, memo), cache=copy.deepcopy(self.cache, memo), shared=None
+            self,
+            model=copy.deepcopy(self.model, memo),
+            cache=copy.deepcopy(self.cache, memo),
+            shared=None,
         )
 
     @classmethod
@@ -106,7 +118,7 @@ class Embedder:
         backend: str = "torch",
         cache_size: int = 0,
         cache_dir: Path | None = None,
-        parallel: int = 1,
+        parallel: int = 0,
         shared_cache_url: str | None = None,
         shared_cache_ttl_s: int = 7 * 24 * 3600,
         trace: bool = True,
@@ -114,10 +126,11 @@ class Embedder:
         """Load ``name`` offline on ``device`` with ``backend``; ``cache_size`` > 0 keeps an LRU
         of that many embeddings. On a GPU the torch backend runs in fp16.
 
-        ``parallel`` is how many threads will encode at once (on CPU only; a GPU takes one at a
-        time): the CPU cores are split between them. On 2 cores two single-threaded encodes
-        ran 1.3-1.9x faster than one encode on two threads (README, Performance), because
-        intra-op threads wait for each other at every operator.
+        ``parallel`` is how many forward passes run at once on a CPU, each on one thread of
+        the process's encode pool (0: one per core; a GPU takes one at a time). On 2 cores two
+        single-threaded forwards ran 1.3-1.9x faster than one forward on two threads (README,
+        Performance), because intra-op threads wait for each other at every operator, and one
+        thread per forward keeps the vectors independent of the thread count.
 
         ``shared_cache_url`` (``redis://host:6379/0``) adds a Redis cache behind the in-process
         one, keyed by this encoder's :attr:`fingerprint`, so workers share what any has encoded.
@@ -136,7 +149,7 @@ class Embedder:
             raise ValueError(f"unknown embedder backend {backend!r}: use one of {', '.join(BACKENDS)}")
         path = resolve_model_path(name)
         dev = pick_device(device) if backend == "torch" else "cpu"
-        parallel = 1 if dev != "cpu" else max(1, min(parallel, cpu_cores()))
+        parallel = 1 if dev != "cpu" else max(1, parallel or cpu_cores())
         try:
             if backend == "torch":
                 model = SentenceTransformer(path, device=dev)
@@ -165,6 +178,27 @@ class Embedder:
         if shared_cache_url:
             emb.shared = SharedCache.connect(shared_cache_url, emb.fingerprint, emb.dim, shared_cache_ttl_s)
         return emb
+
+    @functools.cached_property
+    def pad_multiple(self) -> int:
+        """Texts are padded to a multiple of this many tokens. torch on a CPU: the finest that
+        keeps each text's vector independent of its batch-mates on this machine (models/padding.py);
+        ``onnx``: 8, measured so; ``onnx-int8``, whose vectors depend on the batch anyway: 4."""
+        if self.backend == "onnx-int8":
+            return 4
+        if self.backend != "torch" or self.device != "cpu" or not self._can_bucket():
+            return 8
+        import torch
+
+        return padding.padding_multiple(m for m in self.model.modules() if isinstance(m, torch.nn.Linear))
+
+    @property
+    def pool(self) -> EncodePool | None:
+        """The encode pool whose threads run this embedder's forwards; None where the calling
+        thread runs them (a GPU, or ``parallel`` 1)."""
+        if self.device != "cpu" or self.parallel < 2:
+            return None
+        return shared_pool(self.parallel)
 
     def setup_thread(self) -> None:
         """Call once in each thread that will encode: gives it its share of the CPU cores."""
@@ -207,7 +241,7 @@ class Embedder:
         if not files:  # a hub name we cannot read the files of: the name must do
             digest.update(self.name.encode())
         kind = "cuda" if self.device.startswith("cuda") else "cpu"
-        digest.update(f"{self.backend}|{kind}|{PAD_MULTIPLE}|{self.dim}".encode())
+        digest.update(f"{self.backend}|{kind}|{self.pad_multiple}|{self.dim}".encode())
         return digest.hexdigest()[:16]
 
     def encode(self, texts: list[str], progress: bool = False) -> np.ndarray:
@@ -265,28 +299,51 @@ class Embedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         if not self._can_bucket():
             return self._encode_plain(texts, progress)
-        import torch
-        from sentence_transformers.util import batch_to_device
-
         with self._lock:
             features = self.model.preprocess(texts)  # one tokenizer call, padded to the longest
         lengths = features["attention_mask"].sum(dim=1).numpy()
-        padded = -(-lengths // PAD_MULTIPLE) * PAD_MULTIPLE
+        multiple = self.pad_multiple
+        padded = -(-lengths // multiple) * multiple
         out = np.empty((len(texts), self.dim), dtype=np.float32)
+        groups = [(int(width), np.flatnonzero(padded == width)) for width in np.unique(padded)]
+        pool = self.pool
+        if pool is not None:
+            # The pool's threads run the forwards, with rows of the same width from other
+            # encodes in flight, or on several threads at once (models/encode_pool.py).
+            sliced = [(width, self._slice(features, rows, width)) for width, rows in groups]
+            for (_, rows), vecs in zip(groups, pool.run(self._vectors, sliced, self.batch_size), strict=True):
+                out[rows] = vecs
+            return out
         chunks = [
-            (int(width), rows[i : i + self.batch_size])
-            for width in np.unique(padded)
-            for rows in [np.flatnonzero(padded == width)]
+            (width, rows[i : i + self.batch_size])
+            for width, rows in groups
             for i in range(0, len(rows), self.batch_size)
         ]
-        forward = self._forward()
-        for width, rows in _progress(chunks, progress):
-            batch = batch_to_device(self._slice(features, rows, width), torch.device(self.device))
-            with torch.inference_mode():
-                vecs = forward(batch)
-                vecs = torch.nn.functional.normalize(vecs.float(), p=2, dim=1)
-            out[rows] = vecs.cpu().numpy()
+        with _one_thread(self.device):
+            for width, rows in _progress(chunks, progress):
+                out[rows] = self._vectors(self._slice(features, rows, width))
         return out
+
+    def _vectors(self, features: Mapping[str, Any]) -> np.ndarray:
+        """Unit-length vectors of one forward pass over rows of one padded width."""
+        import torch
+        from sentence_transformers.util import batch_to_device
+
+        batch = dict(features)
+        n, width = batch["attention_mask"].shape
+        short = -(-MIN_FORWARD_TOKENS // width) - n
+        if short > 0:
+            # Repeats of the first row: a forward of fewer tokens takes another matrix kernel,
+            # whose rounding differs (MKL on Xeons with AVX-512, below 16 rows).
+            batch = {
+                k: torch.cat([v, v[:1].expand(short, *v.shape[1:])]) if torch.is_tensor(v) else v
+                for k, v in batch.items()
+            }
+        batch = batch_to_device(batch, torch.device(self.device))
+        with torch.inference_mode():
+            vecs = self._forward()(batch)
+            vecs = torch.nn.functional.normalize(vecs[:n].float(), p=2, dim=1)
+        return vecs.cpu().numpy()
 
     def warm_up(self) -> None:
         """Do the one-off work of the first encode (the trace) now, caching nothing."""
@@ -350,6 +407,22 @@ class Embedder:
                 show_progress_bar=progress,
             )
         return np.asarray(vecs, dtype=np.float32)
+
+
+@contextlib.contextmanager
+def _one_thread(device: str) -> Iterator[None]:
+    """Torch ops of the calling thread on one CPU thread meanwhile (see MIN_FORWARD_TOKENS)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if device != "cpu" or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def setup_encoder_thread(device: str, parallel: int) -> None:

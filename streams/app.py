@@ -81,20 +81,20 @@ def create_app(
         return app.producer._ensure_producer()  # type: ignore[attr-defined]
 
     # A pipeline, so the encoder never waits for Kafka: Faust fills the next batch while
-    # ``holder.parallel`` batches are scored at once (one per scorer thread), their outputs are
-    # sent in input order, and the broker confirms one batch while the next ones are scored. A
-    # batch's events are acknowledged (so their offsets may be committed) only once all its
-    # outputs are confirmed; Faust commits only offsets below the lowest unacknowledged one per
-    # partition. Every queue is bounded: a slow broker stops the intake (backpressure).
+    # ``holder.in_flight`` batches are scored at once (their forward passes share the encoder's
+    # threads: models/encode_pool.py), their outputs are sent in input order, and the broker
+    # confirms one batch while the next ones are scored. A batch's events are acknowledged (so
+    # their offsets may be committed) only once all its outputs are confirmed; Faust commits
+    # only offsets below the lowest unacknowledged one per partition. Every queue is bounded: a
+    # slow broker stops the intake (backpressure).
     #
-    # A batch goes to the scorers only while fewer than ``in_flight`` are there: one per scorer
-    # thread, and one waiting in the pool so that a thread which finishes starts on it at once
-    # instead of idling until the event loop, busy with the other batches' records, has formed
-    # the next (py-spy: the threads of the fast int8 encoder had idled a fifth of their time).
-    # What arrives meanwhile is merged into the next batch: small batches embed at up to twice
-    # the cost per text, so dispatching every Faust ``take`` as it came would queue small
-    # batches under load.
-    in_flight = holder.parallel + 1
+    # A batch goes to the scorers only while fewer than ``in_flight`` are there: one per encoder
+    # thread, and one more so that a thread which finishes finds work at once instead of idling
+    # until the event loop, busy with the other batches' records, has formed the next (py-spy:
+    # the threads of the fast int8 encoder had idled a fifth of their time). What arrives
+    # meanwhile is merged into the next batch: small batches embed at up to twice the cost per
+    # text, so dispatching every Faust ``take`` as it came would queue small batches under load.
+    in_flight = holder.in_flight
     to_score: asyncio.Queue[tuple[Any, list[Any]]] = asyncio.Queue(maxsize=8)
     free_scorers = asyncio.Semaphore(in_flight)
     to_send: asyncio.Queue[tuple[list[tuple[Any, Any]], list[RawMessage], asyncio.Future, float]] = (

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import statistics
@@ -123,13 +124,15 @@ def worker_embedder(settings: Settings) -> Any:
 
 
 def worker_encode_rate(texts: list[str], emb: Any, batch_size: int) -> dict[str, Any]:
-    """``emb`` alone as the worker runs it: micro-batches of ``batch_size`` on its ``parallel``
-    threads at once. What the worker would reach if Kafka, Faust and the rest cost nothing."""
+    """``emb`` alone as the worker runs it: micro-batches of ``batch_size``, as many at once as
+    the worker has in flight, their forwards on ``emb``'s encode pool. What the worker would
+    reach if Kafka, Faust and the rest cost nothing."""
     from concurrent.futures import ThreadPoolExecutor
 
+    in_flight = min(emb.parallel, 4) + 1  # streams/serving.py: ModelHolder.in_flight
     batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
-    with ThreadPoolExecutor(emb.parallel, initializer=emb.setup_thread) as pool:
-        list(pool.map(emb.encode, batches[: emb.parallel * 2]))  # warm up
+    with ThreadPoolExecutor(in_flight, initializer=emb.setup_thread) as pool:
+        list(pool.map(emb.encode, batches[: in_flight * 2]))  # warm up
         start = time.perf_counter()
         list(pool.map(emb.encode, batches))
         elapsed = time.perf_counter() - start
@@ -137,10 +140,12 @@ def worker_encode_rate(texts: list[str], emb: Any, batch_size: int) -> dict[str,
 
 
 def encode_cost_by_batch(texts: list[str], emb: Any, sizes: tuple[int, ...] = (1, 8, 64)) -> dict[str, float]:
-    """Milliseconds per text when one scorer thread of ``emb`` (with its share of the cores)
-    embeds micro-batches of each size, alone: why a lightly loaded worker, whose batches are
-    small, pays more per text than a busy one."""
+    """Milliseconds per text when one encoder thread of ``emb`` embeds micro-batches of each
+    size, alone: why a lightly loaded worker, whose batches are small, pays more per text than
+    a busy one."""
     from concurrent.futures import ThreadPoolExecutor
+
+    emb = dataclasses.replace(emb, parallel=1)  # the same model, its forwards in this thread
 
     def cost(size: int) -> float:
         batches = [texts[i : i + size] for i in range(0, len(texts), size)]

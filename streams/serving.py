@@ -33,8 +33,9 @@ class ModelHolder:
     # An encoder replaced by a swap is frozen with the start-up objects and sits in reference
     # cycles: it is collected once nothing uses it (streams/memory.py).
     retirement: Retirement = field(default_factory=Retirement)
-    # Model work runs off the event loop, so it keeps heartbeating: one thread per batch the
-    # embedder may encode at once, each set up with its share of the cores.
+    # Model work runs off the event loop, so it keeps heartbeating: a thread per batch in flight
+    # (tokens, head, OOD), each set up with its share of the cores. On a CPU their forward passes
+    # run on the process's encode pool, shared by the batches in flight (models/encode_pool.py).
     executor: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -42,13 +43,14 @@ class ModelHolder:
         # Not ``embedder.setup_thread``: the pool would keep that embedder alive after a swap.
         setup = functools.partial(setup_encoder_thread, str(embedder.device), embedder.parallel)
         self.executor = ThreadPoolExecutor(
-            max_workers=embedder.parallel, thread_name_prefix="scorer", initializer=setup
+            max_workers=self.in_flight, thread_name_prefix="scorer", initializer=setup
         )
 
     @property
-    def parallel(self) -> int:
-        """How many batches may be scored at once."""
-        return self.scorer.embedder.parallel
+    def in_flight(self) -> int:
+        """How many batches may be scored at once: one per encoder thread (up to 4), and one
+        more, so that the encoder finds the next batch tokenized when it finishes one."""
+        return min(self.scorer.embedder.parallel, 4) + 1
 
     @property
     def version(self) -> str:

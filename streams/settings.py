@@ -37,7 +37,7 @@ class Settings:
     embed_batch_size: int = 64
     backend: str = "torch"  # torch | onnx | onnx-int8 (README: Performance)
     trace_encoder: bool = True  # torch on CPU: run it as TorchScript, same vectors (models/traced.py)
-    scoring_threads: int = 0  # batches embedded at once; 0: one per core up to 4 (1 on a GPU)
+    scoring_threads: int = 0  # encoder threads, a forward pass each at once; 0: one per core (GPU: 1)
     processes: int = 1  # worker processes in one group, each held to its own cores; 0: one per core
     embed_cache_size: int = 20_000  # embeddings kept in an in-process LRU; 0: no cache
     # redis://host:6379/0: a cache shared by workers; None: off. May hold a password, so it stays
@@ -134,10 +134,11 @@ class Settings:
 
     @property
     def scoring_parallel(self) -> int:
-        """How many batches the worker embeds at once (``scoring_threads``, 0 resolved)."""
+        """How many forward passes the worker's encoder runs at once (``scoring_threads``, 0
+        resolved): each on one thread of its encode pool (models/encode_pool.py)."""
         from models.embedder import cpu_cores
 
-        return self.scoring_threads or min(cpu_cores(), 4)
+        return self.scoring_threads or cpu_cores()
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -86,6 +86,25 @@ def test_threads_encoding_at_once_get_exactly_the_same_vectors(embedder):
     assert threads == {threads_per_call(2)}
 
 
+def test_the_vectors_do_not_depend_on_the_threads(embedder):
+    import dataclasses
+
+    import torch
+
+    texts = _texts(160)
+    two = dataclasses.replace(embedder, parallel=2)
+    assert two.pool is not None and two.pool.threads == 2
+    pooled = two.encode(texts)  # forwards side by side on the encode pool's two threads
+    alone = dataclasses.replace(embedder, parallel=1)  # forwards in this thread
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # a forward must still run on one: two split the products by size
+    try:
+        assert np.array_equal(alone.encode(texts), pooled)
+        assert torch.get_num_threads() == 2  # and the caller's setting is left as it was
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_onnx_backends_agree_with_torch(embedder, tmp_path):
     from models.embedder import Embedder
 
