@@ -41,6 +41,7 @@ def create_app(
     show_model(metrics, holder.scorer)
     # Read at each scrape from whichever embedder serves then (a new model may bring a new one).
     metrics.watch_cache(lambda: holder.scorer.embedder.cache_counts())
+    metrics.watch_encoder(lambda: holder.scorer.embedder.pool)
     app = StreamApp(
         settings.group_id,
         broker=f"kafka://{bootstrap_servers}",

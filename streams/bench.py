@@ -274,15 +274,17 @@ def latency_at_loads(
         rate = share * full_rate
         n = max(int(rate * seconds), 50)
         meter = CpuMeter.start({"worker": worker.proc.pid, "bench": os.getpid()})
-        batched = _batched(worker)
+        before = _work_done(worker)
         _, latency = asyncio.run(e2e_run(bootstrap, worker, bench_texts(n), run, rate))
         values = list(latency.values())
-        texts, batches = (now - before for now, before in zip(_batched(worker), batched, strict=True))
+        done = {k: v - before[k] for k, v in _work_done(worker).items()}
         percentiles: dict[str, Any] = {
             **_percentiles(values),
             "cpu_cores": meter.cores(),
-            "batches": int(batches),
-            "texts_per_batch": round(texts / max(batches, 1), 1),
+            "batches": int(done["batches"]),
+            "texts_per_batch": round(done["texts"] / max(done["batches"], 1), 1),
+            "forwards": int(done["forwards"]),
+            "forwards_split": int(done["split"]),
         }
         say(f"[{settings.backend}] latency at {share:.0%} load ({rate:.0f}/s), {run}: {percentiles}")
         return values, percentiles
@@ -454,9 +456,17 @@ async def naive_rate(bootstrap: str, scorer: Any, texts: list[str], tag: str) ->
 # --- the whole run -----------------------------------------------------------------------------------
 
 
-def _batched(worker: WorkerProcess) -> tuple[float, float]:
-    """(messages, micro-batches) the worker has scored so far, from its ``/metrics``."""
-    return worker.metric("streamscore_batch_size_sum"), worker.metric("streamscore_batch_size_count")
+def _work_done(worker: WorkerProcess) -> dict[str, float]:
+    """Messages and micro-batches the worker has scored so far, and the encoder's forward passes
+    (all, and those that split a batch between threads), from one scrape of its ``/metrics``."""
+    now = worker.samples()
+    forwards = "streamscore_encoder_forwards_total"
+    return {
+        "texts": worker.metric("streamscore_batch_size_sum", now),
+        "batches": worker.metric("streamscore_batch_size_count", now),
+        "forwards": worker.metric(forwards, now, kind="all"),
+        "split": worker.metric(forwards, now, kind="split"),
+    }
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:

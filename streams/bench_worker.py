@@ -147,18 +147,28 @@ class WorkerProcess:
         except (OSError, ValueError):
             return {}
 
-    def metric(self, name: str, **labels: str) -> float:
-        """The sum of the samples of ``name`` on its ``/metrics`` whose labels include ``labels``."""
-        total = 0.0
+    def samples(self) -> list[tuple[str, dict[str, str], float]]:
+        """Every sample on its ``/metrics`` as (name, labels, value), from one scrape."""
+        out = []
         with urllib.request.urlopen(self.metrics_url + "/metrics", timeout=5) as resp:
             for line in resp.read().decode().splitlines():
-                sample, _, value = line.rpartition(" ")
-                if sample.partition("{")[0] != name:
+                if not line or line.startswith("#"):
                     continue
-                found = dict(re.findall(r'(\w+)="([^"]*)"', sample))
-                if all(found.get(k) == v for k, v in labels.items()):
-                    total += float(value)
-        return total
+                sample, _, value = line.rpartition(" ")
+                labels = dict(re.findall(r'(\w+)="([^"]*)"', sample))
+                out.append((sample.partition("{")[0], labels, float(value)))
+        return out
+
+    def metric(
+        self, name: str, samples: list[tuple[str, dict[str, str], float]] | None = None, **labels: str
+    ) -> float:
+        """The sum of the samples of ``name`` whose labels include ``labels``, from ``samples``
+        (one :meth:`samples` scrape) or a new scrape."""
+        return sum(
+            value
+            for found, have, value in (self.samples() if samples is None else samples)
+            if found == name and all(have.get(k) == v for k, v in labels.items())
+        )
 
     def scored(self) -> float:
         """``streamscore_messages_scored_total`` from its ``/metrics``."""

@@ -72,6 +72,7 @@ class WorkerMetrics:
     prior: dict[str, float] = field(default_factory=dict)
     health: dict[str, Any] = field(default_factory=lambda: {"status": "starting"})
     cache_counts: Callable[[], Mapping[tuple[str, str], int]] = lambda: {}
+    encoder_pool: Callable[[], Any] = lambda: None  # the serving embedder's EncodePool, if any
 
     @classmethod
     def create(cls) -> WorkerMetrics:
@@ -155,6 +156,7 @@ class WorkerMetrics:
         m["started"].set(time.time())
         metrics = cls(r, m)
         r.register(_CacheLookups(metrics))  # type: ignore[arg-type]
+        r.register(_EncoderForwards(metrics))  # type: ignore[arg-type]
         return metrics
 
     # --- updates -----------------------------------------------------------------------------
@@ -266,6 +268,11 @@ class WorkerMetrics:
         embedder's own running totals) at each scrape."""
         self.cache_counts = counts
 
+    def watch_encoder(self, pool: Callable[[], Any]) -> None:
+        """Read ``streamscore_encoder_forwards_total{kind}`` and ``streamscore_encoder_rows_total``
+        from the encode pool that ``pool`` returns (models/encode_pool.py) at each scrape."""
+        self.encoder_pool = pool
+
     # --- reading ---------------------------------------------------------------------------
 
     def exposition(self) -> bytes:
@@ -294,6 +301,34 @@ class _CacheLookups:
         for (tier, result), n in sorted(self.metrics.cache_counts().items()):
             family.add_metric([tier, result], n)
         yield family
+
+
+class _EncoderForwards:
+    """The encode pool's forward passes, read at each scrape: all of them (``kind="all"``), those
+    that held rows of more than one batch (``merged``) and those that took part of a batch an
+    idle thread would otherwise have waited beside (``split``); and the rows (texts) they held."""
+
+    def __init__(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        pool = self.metrics.encoder_pool()
+        if pool is None:  # a GPU, or one encoder thread: forwards run in the scorer threads
+            return
+        stats = pool.stats
+        forwards = CounterMetricFamily(
+            "streamscore_encoder_forwards",
+            "Encoder forward passes run by the encode pool: all, merged across batches, split across threads",
+            labels=["kind"],
+        )
+        for kind, n in (("all", stats.forwards), ("merged", stats.merged), ("split", stats.split)):
+            forwards.add_metric([kind], n)
+        yield forwards
+        yield CounterMetricFamily(
+            "streamscore_encoder_rows", "Texts embedded by the encode pool's forward passes", value=stats.rows
+        )
 
 
 def label_mix_distance(recent: deque[str] | list[str], prior: Mapping[str, float]) -> float:

@@ -66,6 +66,8 @@ def test_bench_reports_every_figure(kafka, trained_registry):
         assert w["batches"] >= 1 and 1 <= w["texts_per_batch"] <= out["batch_size"], w
         batched = w["texts_per_batch"] * w["batches"]
         assert w["n"] - out["batch_size"] <= batched <= w["n"] + 0.05 * w["batches"], w
+        if out["scoring_threads"] >= 2:  # the encode pool ran the forwards, and counted them
+            assert w["forwards"] >= 1 and 0 <= w["forwards_split"] <= w["forwards"], w
     assert half["p99_median_of_windows"] == pytest.approx(
         statistics.median(w["p99"] for w in windows), abs=0.1
     )
