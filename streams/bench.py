@@ -11,14 +11,17 @@ Figures, all on the same real texts (the shipped CLINC150 test split) and batch 
 - ``e2e_msgs_per_s``: a real ``streamscore worker`` process (drift agent on), from the first
   message produced to ``texts`` until the last one is read back from ``texts.scored``;
 - ``naive_msgs_per_s``: a plain aiokafka consumer that embeds, scores and produces one message
-  at a time, the way per-request services score (the best of its runs, one per turn);
+  at a time, the way per-request services score: sentence-transformers ``encode`` of the one
+  text (torch fp32, its default threads), then the serving model's head and OOD score (the best
+  of its runs, one per turn);
 - ``latency_ms``: end-to-end latency percentiles (produce → scored record read back) while
   texts arrive at 50% and 90% of the median e2e run (``full_rate_per_s``), each window through
   a fresh worker on fresh topics; 50% in ``latency_windows`` windows, their messages pooled
   (each window's own percentiles beside them), 90% in one; each window with ``cpu_cores``, the
   cores the worker, the bench's producer and reader, the embedded broker (``children``) and the
   whole machine used meanwhile (streams/cpu_use.py), so a slow window shows where the CPU went,
-  and with the worker's ``batches`` and ``texts_per_batch`` (small batches cost more per text);
+  with the worker's ``batches`` and ``texts_per_batch`` (small batches cost more per text), and
+  its encoder's ``forwards`` and ``forwards_split`` (models/encode_pool.py);
 - ``worker_rss_mb``: the worker's peak resident memory (``VmHWM``), the higher of the two;
 - ``scale_out``: one worker held to one core, then two workers in one consumer group held
   to a core each, on the same topics: the group's end-to-end rate over one worker's, and the
@@ -408,9 +411,11 @@ def encoder_free_rate(
 # --- the naive reference ---------------------------------------------------------------------------
 
 
-async def naive_rate(bootstrap: str, scorer: Any, texts: list[str], tag: str) -> float:
-    """Messages per second of one message at a time: read it, embed and score it alone with
-    ``scorer`` (``streams.worker.load_scorer``), produce it and wait for the ack."""
+async def naive_rate(bootstrap: str, raw: RawEncoder, artifact: Any, texts: list[str], tag: str) -> float:
+    """Messages per second of one message at a time: read it, embed it alone with the raw
+    encoder's sentence-transformers model, score it with ``artifact``'s head and OOD scorer,
+    produce it and wait for the ack."""
+    from models.scoring import score_embeddings
     from schemas.messages import InputText, Origin, scored_record
 
     topic_in, topic_out = f"bench-naive-in-{tag}", f"bench-naive-out-{tag}"
@@ -433,7 +438,8 @@ async def naive_rate(bootstrap: str, scorer: Any, texts: list[str], tag: str) ->
             rec = await consumer.getone()
             start = start or time.perf_counter()
             msg = json.loads(rec.value)
-            scores = scorer.score([msg["text"]])
+            vector = raw.model.encode([msg["text"]], normalize_embeddings=True, convert_to_numpy=True)
+            scores = score_embeddings(artifact, vector)
             out = scored_record(
                 InputText(msg["id"], msg["text"], Origin(rec.topic, rec.partition, rec.offset)),
                 label=scores.labels[0],
@@ -441,7 +447,7 @@ async def naive_rate(bootstrap: str, scorer: Any, texts: list[str], tag: str) ->
                 top_k=[],
                 ood_score=float(scores.ood_scores[0]),
                 ood_threshold=scores.ood_threshold,
-                model_version=scorer.version,
+                model_version=artifact.version,
                 scored_at="",
                 latency_ms=0.0,
             )
@@ -504,18 +510,17 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
             f"{opts.repeats} turns of {len(texts)} messages: raw encoder (batch {settings.embed_batch_size}), "
             f"{backends[0]}, raw encoder, " + "".join(f"{b}, " for b in backends[1:]) + "naive"
         )
-        from streams.worker import load_scorer
+        from training.registry import Registry
 
-        # No embedding cache: every turn scores the same texts, and each must be encoded.
-        scorer = load_scorer(settings.replace(backend="torch", embed_cache_size=0, embed_cache_url=None))
+        artifact = Registry(settings.registry).load(settings.model)
         naive_texts, tag = texts[: opts.naive_messages], uuid.uuid4().hex[:8]
 
-        def naive(turn: int) -> float:
-            return asyncio.run(naive_rate(bootstrap, scorer, naive_texts, f"{tag}-{turn}"))
+        def naive(turn: int, encoder: RawEncoder = raw) -> float:
+            return asyncio.run(naive_rate(bootstrap, encoder, artifact, naive_texts, f"{tag}-{turn}"))
 
         paired = paired_e2e(settings, bootstrap, backends, texts, opts.repeats, raw, naive, Path(tmp), say)
         device = raw.device
-        del raw  # freed before the latency worker starts
+        del raw, naive  # freed before the latency worker starts
         e2e = max(paired["runs"][backends[0]])
         # The loads are shares of the median run, not the best: one fast turn would otherwise
         # set "50%" at 60% of what the worker manages when the machine is at its usual speed.
@@ -556,9 +561,6 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
         "naive_msgs_per_s": round(max(paired["naive_runs"]), 1),
         "naive_runs_per_s": [round(x, 1) for x in paired["naive_runs"]],
         "naive_messages": len(naive_texts),
-        "naive_cache_hits": sum(
-            n for (_, kind), n in scorer.embedder.cache_counts().items() if kind == "hit"
-        ),
     }
     if scale is not None:
         result["scale_out"] = scale

@@ -80,7 +80,6 @@ def test_bench_reports_every_figure(kafka, trained_registry):
         assert ratio == pytest.approx(runs[t] / ((raw[2 * t] + raw[2 * t + 1]) / 2), rel=2e-3), out
     naive = out["naive_runs_per_s"]
     assert len(naive) == 2 and out["naive_msgs_per_s"] == max(naive), out
-    assert out["naive_cache_hits"] == 0, out  # its second turn encoded the same texts again
     for t, ratio in enumerate(out["ratios_by_turn"]["e2e_over_naive"]):
         assert ratio == pytest.approx(runs[t] / naive[t], rel=2e-3), out  # rates rounded to 0.1
     for name in ("e2e_over_raw", "e2e_over_naive"):
