@@ -45,7 +45,15 @@ def load_scorer(settings: Settings) -> Scorer:
     return Scorer.load(artifact, embedder, settings.top_k)
 
 
+# How long a thread may hold the interpreter lock while another waits for it (Python: 5 ms).
+# The encoder threads need it only for moments between native calls, but with the default they
+# waited up to 5 ms each time behind the busy event loop: 0.5 ms gave onnx-int8 workers 2-3%
+# more end to end (README, Performance).
+GIL_SWITCH_S = 0.0005
+
+
 def run_worker(settings: Settings) -> int:
+    sys.setswitchinterval(GIL_SWITCH_S)
     scorer = load_scorer(settings)  # fail before touching Kafka when there is no usable model
     metrics = WorkerMetrics.create()
     server = None
