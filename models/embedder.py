@@ -97,6 +97,8 @@ class Embedder:
     # Built at the first encode in eval mode; a deep copy starts without one.
     _traced: Any = field(default=None, init=False, repr=False, compare=False)
     _trace_tried: bool = field(default=False, init=False, repr=False, compare=False)
+    # ONNX backends: the session called directly (models/onnx_backend.py); False: not possible.
+    _session: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Embedder:
         # A lock cannot be copied: the copy (e.g. an encoder to fine-tune) gets its own.
@@ -356,7 +358,8 @@ class Embedder:
         return self._traced is not None
 
     def _forward(self) -> Any:
-        """features → sentence embeddings: the trace where it may be used, else the model."""
+        """features → sentence embeddings: the trace where it may be used, the ONNX session
+        called directly where it may be, else the model."""
         if self.trace and self.device == "cpu" and self.backend == "torch" and not self.model.training:
             if not self._trace_tried:
                 from models.traced import trace_encoder
@@ -367,6 +370,13 @@ class Embedder:
                         self._trace_tried = True
             if self._traced is not None:
                 return self._traced
+        if self.backend != "torch":
+            if self._session is None:
+                from models.onnx_backend import session_forward
+
+                self._session = session_forward(self.model) or False
+            if self._session:
+                return self._session
         return lambda features: self.model(features)["sentence_embedding"]
 
     def _can_bucket(self) -> bool:

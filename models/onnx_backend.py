@@ -15,6 +15,7 @@ import hashlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +120,33 @@ def _export(model_path: str, target: Path, backend: str) -> None:
         except OSError:
             if not target.exists():  # another process won the race: its export is as good
                 raise
+
+
+def session_forward(model: Any) -> Callable[[Mapping[str, Any]], Any] | None:
+    """features → mean-pooled token embeddings, straight from ``model``'s ONNX Runtime session,
+    for a model of the usual modules (the transformer on ONNX Runtime, mean pooling, and
+    perhaps a normaliser, which the embedder applies anyway); None for any other model.
+
+    sentence-transformers' own call converts and pools through several modules of Python around
+    the session; the encoder threads need the interpreter lock for each step, and wait for it
+    behind a busy event loop. Here the session runs on the tokenizer's arrays and the pooling is
+    one numpy expression: the same vectors to about 3e-8, and 4-5% more onnx-int8 messages per
+    second end to end (README, Performance)."""
+    import numpy as np
+    import torch
+
+    modules = list(model)
+    session = getattr(getattr(modules[0], "auto_model", None), "session", None)
+    if session is None or len(modules) not in (2, 3) or getattr(modules[1], "pooling_mode", None) != "mean":
+        return None
+    if len(modules) == 3 and type(modules[2]).__name__ != "Normalize":
+        return None
+    inputs = [i.name for i in session.get_inputs()]
+    output = session.get_outputs()[0].name
+
+    def forward(features: Mapping[str, Any]) -> Any:
+        hidden = session.run([output], {name: features[name].numpy() for name in inputs})[0]
+        mask = features["attention_mask"].numpy()[:, :, None].astype(hidden.dtype)
+        return torch.from_numpy((hidden * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9))
+
+    return forward

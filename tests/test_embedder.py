@@ -119,6 +119,13 @@ def test_onnx_backends_agree_with_torch(embedder, tmp_path):
     assert cos8.mean() > 0.98 and cos8.min() > 0.9, (cos8.mean(), cos8.min())
     # fp32 ONNX keeps the batch-independence of the torch path.
     assert np.array_equal(fp32.encode(texts[:7]), fp32.encode(texts)[:7])
+    # Both call their session directly, and get what sentence-transformers' own call gives.
+    import torch
+
+    features = fp32.model.preprocess(texts[:40])
+    own = torch.nn.functional.normalize(fp32.model(features)["sentence_embedding"], dim=1).numpy()
+    assert fp32._session and int8._session
+    assert np.abs(fp32.encode(texts[:40]) - own).max() < 1e-6
     # The export is made once and reused.
     exports = list((tmp_path / "onnx").iterdir())
     assert len(exports) == 1 and (exports[0] / "onnx" / "model.onnx").exists()
