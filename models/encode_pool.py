@@ -28,6 +28,7 @@ each forward on one thread (so a vector does not depend on how many threads ther
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import math
 import os
@@ -291,5 +292,13 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
+def _close_shared() -> None:
+    for pool in list(_shared.values()):
+        pool.close()
+
+
+# At exit the threads finish what they hold before the interpreter (and ONNX Runtime's
+# sessions) go away under them.
+atexit.register(_close_shared)
 if hasattr(os, "register_at_fork"):  # a forked child has none of its parent's threads
     os.register_at_fork(after_in_child=_shared.clear)
