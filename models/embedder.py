@@ -37,7 +37,7 @@ import numpy as np
 from models import padding
 from models.artifact import sha256_file
 from models.cache import EmbeddingCache, SharedCache, normalise
-from models.encode_pool import EncodePool, shared_pool
+from models.encode_pool import EncodePool, set_torch_threads, shared_pool
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # MKL's single-precision products on a Xeon with AVX-512 round a row differently when the
@@ -440,11 +440,9 @@ def setup_encoder_thread(device: str, parallel: int) -> None:
     """What :meth:`Embedder.setup_thread` does, without holding the embedder (a thread pool
     keeps its initializer for its whole life, and with it anything the initializer holds)."""
     if device == "cpu":
-        import torch
-
         # Per calling thread. The ONNX backends run torch too (tokens to tensors, pooling),
         # whose small ops would otherwise start a team of threads on every core per call.
-        torch.set_num_threads(threads_per_call(parallel))
+        set_torch_threads(threads_per_call(parallel))
 
 
 def threads_per_call(parallel: int) -> int:

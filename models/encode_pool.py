@@ -64,23 +64,27 @@ class _Request:
     vectors: list[np.ndarray | None] = field(init=False)
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    # Threads finish pieces of one request at once: the count and the arrays change together.
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.vectors = [None] * len(self.sizes)
 
     def put(self, group: int, start: int, vecs: np.ndarray) -> None:
-        out = self.vectors[group]
-        if out is None:
-            out = self.vectors[group] = np.empty((self.sizes[group], vecs.shape[1]), dtype=vecs.dtype)
-        out[start : start + len(vecs)] = vecs
-        self.remaining -= len(vecs)
-        if self.remaining == 0:
-            self.done.set()
+        with self._lock:
+            out = self.vectors[group]
+            if out is None:
+                out = self.vectors[group] = np.empty((self.sizes[group], vecs.shape[1]), dtype=vecs.dtype)
+            out[start : start + len(vecs)] = vecs
+            self.remaining -= len(vecs)
+            if self.remaining == 0:
+                self.done.set()
 
     def fail(self, error: BaseException) -> None:
-        if self.error is None:
-            self.error = error
-            self.done.set()
+        with self._lock:
+            if self.error is None:
+                self.error = error
+                self.done.set()
 
 
 @dataclass(eq=False)
@@ -284,12 +288,21 @@ def shared_pool(threads: int) -> EncodePool:
         return pool
 
 
-def _one_torch_thread() -> None:
+def set_torch_threads(n: int) -> None:
+    """Run the calling thread's torch ops on ``n`` CPU threads from now on, whatever other
+    threads set later."""
     import torch
 
+    # ATen gives a thread, at its first parallel op, the count that any thread set last; have
+    # that happen now, or a set_num_threads elsewhere before this thread's first forward undoes n.
+    torch.get_num_threads()
+    torch.set_num_threads(n)
+
+
+def _one_torch_thread() -> None:
     # A forward on several threads splits its matrix products by their size, and with them the
     # rounding: one thread per forward keeps a text's vector the same whatever else is encoded.
-    torch.set_num_threads(1)
+    set_torch_threads(1)
 
 
 def _close_shared() -> None:

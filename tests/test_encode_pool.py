@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.encode_pool import EncodePool
+from models.encode_pool import EncodePool, set_torch_threads
 
 
 class Recorder:
@@ -171,3 +171,26 @@ def test_a_thread_waiting_for_work_holds_no_forward(pool):
     pool.run(forward, [group(1.0, 20, 16), group(1.0, 3, 8)])
     del forward
     wait_until(lambda: gc.collect() >= 0 and gone() is None)
+
+
+def test_a_thread_keeps_its_torch_threads_when_another_sets_more_before_its_first_op():
+    # What broke the embedder's invariance when the pool started before the padding probe ran.
+    ready, go, seen = threading.Event(), threading.Event(), []
+
+    def encoder_thread():
+        set_torch_threads(1)
+        ready.set()
+        go.wait(10)
+        seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    thread = threading.Thread(target=encoder_thread)
+    thread.start()
+    try:
+        ready.wait(10)
+        torch.set_num_threads(2)  # now the last count set anywhere
+    finally:
+        go.set()
+        thread.join(10)
+        torch.set_num_threads(before)
+    assert seen == [1]
