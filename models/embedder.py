@@ -105,10 +105,7 @@ class Embedder:
         # Nor is a Redis client, and a changed copy must not share the original's vectors;
         # nor the trace, which holds the original's weights.
         return dataclasses.replace(
-            self,
-            model=copy.deepcopy(self.model, memo),
-            cache=copy.deepcopy(self.cache, memo),
-            shared=None,
+            self, model=copy.deepcopy(self.model, memo), cache=copy.deepcopy(self.cache, memo), shared=None
         )
 
     @classmethod
@@ -302,6 +299,13 @@ class Embedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         if not self._can_bucket():
             return self._encode_plain(texts, progress)
+        pool = self.pool
+        step = 16 * self.batch_size
+        if progress and pool is not None and len(texts) > step:
+            # The pool takes an encode whole: hand it over in parts, so that a bar can move.
+            # A text's vector does not depend on the texts beside it, so the parts change none.
+            parts = [texts[i : i + step] for i in range(0, len(texts), step)]
+            return np.concatenate([self._encode(part, False) for part in _progress(parts, True)])
         with self._lock:
             features = self.model.preprocess(texts)  # one tokenizer call, padded to the longest
         lengths = features["attention_mask"].sum(dim=1).numpy()
@@ -309,7 +313,6 @@ class Embedder:
         padded = -(-lengths // multiple) * multiple
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         groups = [(int(width), np.flatnonzero(padded == width)) for width in np.unique(padded)]
-        pool = self.pool
         if pool is not None:
             # The pool's threads run the forwards, with rows of the same width from other
             # encodes in flight, or on several threads at once (models/encode_pool.py).
@@ -334,7 +337,7 @@ class Embedder:
 
         batch = dict(features)
         n, width = batch["attention_mask"].shape
-        short = -(-MIN_FORWARD_TOKENS // width) - n
+        short = -(-MIN_FORWARD_TOKENS // width) - n if self.device == "cpu" else 0
         if short > 0:
             # Repeats of the first row: a forward of fewer tokens takes another matrix kernel,
             # whose rounding differs (MKL on Xeons with AVX-512, below 16 rows).

@@ -105,6 +105,15 @@ def test_the_vectors_do_not_depend_on_the_threads(embedder):
         torch.set_num_threads(before)
 
 
+def test_a_long_encode_with_a_progress_bar_gives_the_same_vectors(embedder, capsys):
+    import dataclasses
+
+    small = dataclasses.replace(embedder, batch_size=8, parallel=2)  # parts of 128 texts
+    texts = _texts(300)
+    assert np.array_equal(small.encode(texts, progress=True), small.encode(texts))
+    assert "embedding" in capsys.readouterr().err  # the bar moved over the parts
+
+
 def test_onnx_backends_agree_with_torch(embedder, tmp_path):
     from models.embedder import Embedder
 
