@@ -94,6 +94,11 @@ def test_drift_episode_alerts_once_resolves_and_survives_restart(kafka, drift_re
         stop_worker(w)
         w = start_worker(kafka, drift_registry, tmp_path, tag=w.tag, **flags)
         send_json(kafka, w.topics["input"], _messages("c", foreign, 200, rng))
+        # The normal texts go only once every foreign one is scored: the input has 3 partitions,
+        # so ``d`` sent at once would be scored in part before the last of ``c``, and the episode
+        # could rightly end before that text (seen once in a full run, 2026-12-02).
+        c_scored = collect(kafka, w.topics["scored"], 200, settle_s=0, match=lambda r: r["id"][0] == "c")
+        assert len({r["id"] for r in c_scored}) == 200
         send_json(kafka, w.topics["input"], _messages("d", normal, 1500, rng))
         episode = collect(
             kafka,
