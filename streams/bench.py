@@ -20,8 +20,9 @@ Figures, all on the same real texts (the shipped CLINC150 test split) and batch 
   (each window's own percentiles beside them), 90% in one; each window with ``cpu_cores``, the
   cores the worker, the bench's producer and reader, the embedded broker (``children``) and the
   whole machine used meanwhile (streams/cpu_use.py), so a slow window shows where the CPU went,
-  with the worker's ``batches`` and ``texts_per_batch`` (small batches cost more per text), and
-  its encoder's ``forwards`` and ``forwards_split`` (models/encode_pool.py);
+  with the worker's ``texts`` (the window's messages, as the worker counted them), ``batches``
+  and ``texts_per_batch`` (small batches cost more per text), and its encoder's ``forwards``
+  and ``forwards_split`` (models/encode_pool.py);
 - ``worker_rss_mb``: the worker's peak resident memory (``VmHWM``), the higher of the two;
 - ``scale_out``: one worker held to one core, then two workers in one consumer group held
   to a core each, on the same topics: the group's end-to-end rate over one worker's, and the
@@ -276,14 +277,16 @@ def latency_at_loads(
         micro-batches (from its ``/metrics``)."""
         rate = share * full_rate
         n = max(int(rate * seconds), 50)
-        meter = CpuMeter.start({"worker": worker.proc.pid, "bench": os.getpid()})
         before = _work_done(worker)
+        meter = CpuMeter.start({"worker": worker.proc.pid, "bench": os.getpid()})
         _, latency = asyncio.run(e2e_run(bootstrap, worker, bench_texts(n), run, rate))
+        cores = meter.cores()
         values = list(latency.values())
         done = {k: v - before[k] for k, v in _work_done(worker).items()}
         percentiles: dict[str, Any] = {
             **_percentiles(values),
-            "cpu_cores": meter.cores(),
+            "cpu_cores": cores,
+            "texts": int(done["texts"]),
             "batches": int(done["batches"]),
             "texts_per_batch": round(done["texts"] / max(done["batches"], 1), 1),
             "forwards": int(done["forwards"]),
@@ -464,7 +467,10 @@ async def naive_rate(bootstrap: str, raw: RawEncoder, artifact: Any, texts: list
 
 def _work_done(worker: WorkerProcess) -> dict[str, float]:
     """Messages and micro-batches the worker has scored so far, and the encoder's forward passes
-    (all, and those that split a batch between threads), from one scrape of its ``/metrics``."""
+    (all, and those that split a batch between threads), from one scrape of its ``/metrics``
+    once its scored count stops moving: the records of its last batch (of the warm-up, of the
+    previous window) can be read back before it counts them, and would count in the next window."""
+    settled_counts([worker])
     now = worker.samples()
     forwards = "streamscore_encoder_forwards_total"
     return {
