@@ -37,7 +37,7 @@ import numpy as np
 from models import padding
 from models.artifact import sha256_file
 from models.cache import EmbeddingCache, SharedCache, normalise
-from models.encode_pool import EncodePool, set_torch_threads, shared_pool
+from models.encode_pool import EncodePool, set_torch_threads, shared_pool, torch_threads
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # MKL's single-precision products on a Xeon with AVX-512 round a row differently when the
@@ -426,17 +426,11 @@ class Embedder:
 @contextlib.contextmanager
 def _one_thread(device: str) -> Iterator[None]:
     """Torch ops of the calling thread on one CPU thread meanwhile (see MIN_FORWARD_TOKENS)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if device != "cpu" or before == 1:
+    if device != "cpu":
         yield
         return
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def setup_encoder_thread(device: str, parallel: int) -> None:

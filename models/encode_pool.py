@@ -29,12 +29,13 @@ each forward on one thread (so a vector does not depend on how many threads ther
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import math
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -297,6 +298,22 @@ def set_torch_threads(n: int) -> None:
     # that happen now, or a set_num_threads elsewhere before this thread's first forward undoes n.
     torch.get_num_threads()
     torch.set_num_threads(n)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """The calling thread's torch ops on ``n`` CPU threads for the block, its count before after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if before == n:
+        yield
+        return
+    set_torch_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _one_torch_thread() -> None:

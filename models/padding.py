@@ -25,6 +25,8 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
+from models.encode_pool import torch_threads
+
 CANDIDATES = (4, 8)  # finer padding means more forwards per small batch: 4 cost nothing at half load
 MIN_ROWS = 16  # MIN_FORWARD_TOKENS in models/embedder.py
 _PROBED_ROWS = (*range(MIN_ROWS, 161), 256, 512, 1024)
@@ -52,12 +54,7 @@ def _row_invariant(layer: Any, multiple: int) -> bool:
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(_PROBED_ROWS[-1], layer.in_features, generator=gen)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.inference_mode():
-            counts = [m for m in _PROBED_ROWS if m % multiple == 0]
-            first = layer(x[: counts[0]])[[0, MIN_ROWS - 1]]
-            return all(torch.equal(layer(x[:m])[[0, MIN_ROWS - 1]], first) for m in counts[1:])
-    finally:
-        torch.set_num_threads(before)
+    with torch_threads(1), torch.inference_mode():
+        counts = [m for m in _PROBED_ROWS if m % multiple == 0]
+        first = layer(x[: counts[0]])[[0, MIN_ROWS - 1]]
+        return all(torch.equal(layer(x[:m])[[0, MIN_ROWS - 1]], first) for m in counts[1:])
