@@ -27,10 +27,10 @@ from models.artifact import ModelArtifact  # noqa: E402
 from models.embedder import Embedder  # noqa: E402
 from models.head import LinearHead  # noqa: E402
 from models.ood import STRATEGIES, OODScorer, ood_threshold  # noqa: E402
+from models.registry import Registry  # noqa: E402
 from training.data import Row, load_rows, training_splits  # noqa: E402
 from training.evaluate import evaluate_embeddings, evaluate_rows  # noqa: E402
 from training.fit import TrainConfig, train  # noqa: E402
-from training.registry import Registry  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 

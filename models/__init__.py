@@ -1,1 +1,5 @@
-"""Numeric parts of a streamscore model: embedder, classifier head, OOD scorer, artifacts."""
+"""Numeric parts of a streamscore model: embedder, classifier head, OOD scorer, drift detectors,
+artifacts and the registry that serves them.
+
+May import ``schemas``; nothing from ``streams`` or ``training``.
+"""

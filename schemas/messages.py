@@ -19,19 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-# Reasons a message is dead-lettered. They are part of the contract (metrics label by them).
-REASONS = (
-    "empty_message",
-    "message_too_large",
-    "invalid_utf8",
-    "invalid_json",
-    "not_an_object",
-    "missing_text",
-    "wrong_type",
-    "empty_text",
-    "text_too_long",
-    "scoring_failed",
-)
+MAX_TEXT_CHARS = 10_000  # default limits of an input message; Settings can change them
+MAX_MESSAGE_BYTES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -72,7 +61,8 @@ DLQ_REASONS = (
     "missing_ts",
     "scoring_failed",
 )
-"""Every ``reason`` a dead letter can carry (metrics create a zero series for each up front)."""
+"""Every ``reason`` a dead letter can carry: part of the contract (metrics label by them and
+create a zero series for each up front)."""
 
 
 @dataclass(frozen=True)
@@ -109,8 +99,8 @@ def parse_input(
     raw: bytes | None,
     origin: Origin,
     *,
-    max_text_chars: int = 10_000,
-    max_message_bytes: int = 1_000_000,
+    max_text_chars: int = MAX_TEXT_CHARS,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
     timestamp_ms: int | None = None,
 ) -> InputText | Rejection:
     """Validate one raw ``texts`` message against the contract."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from models.artifact import ArtifactError
-from streams.kafka_security import client_options, failure_message
+from streams.kafka.security import client_options, failure_message
 from streams.settings import Settings
 from training.fit import TrainConfig
 
@@ -35,7 +35,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from streams.broker import EmbeddedBroker
+    from streams.kafka.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(port=args.port).start(quiet=not args.verbose)
     print(
@@ -53,8 +53,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from models.registry import Registry
     from training.fit import TrainConfig, train
-    from training.registry import Registry
 
     cfg = TrainConfig(
         ood_label=args.ood_label,
@@ -88,9 +88,9 @@ def _print_train(res: dict[str, Any]) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from models.embedder import Embedder
+    from models.registry import Registry
     from training.data import load_rows
     from training.evaluate import evaluate_rows
-    from training.registry import Registry
 
     artifact = Registry(args.registry).load(args.model)
     rows = [r for r in load_rows(args.data) if args.split in (None, "any") or r.split == args.split]
@@ -109,7 +109,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from streams.bench import BenchOptions, run_bench
+    from streams.commands.bench import BenchOptions, run_bench
 
     settings = _settings(args)
     opts = BenchOptions(
@@ -131,14 +131,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from streams.processes import run_processes
+    from streams.worker.processes import run_processes
 
     return run_processes(_settings(args))
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from streams.broker import bootstrap_or_embedded
-    from streams.client import produce, text_messages
+    from streams.kafka.broker import bootstrap_or_embedded
+    from streams.kafka.client import produce, text_messages
 
     settings = _settings(args)
     f = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
@@ -151,8 +151,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from streams.broker import bootstrap_or_embedded
-    from streams.replay import FieldMap, ReplayOptions, describe, install_interrupt, replay_file
+    from streams.commands.replay import FieldMap, ReplayOptions, describe, install_interrupt, replay_file
+    from streams.kafka.broker import bootstrap_or_embedded
 
     settings = _settings(args)
     opts = ReplayOptions(
@@ -195,10 +195,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
-    from streams.broker import bootstrap_or_embedded
-    from streams.rescore import Window, describe, parse_offsets, parse_time, rescore
-    from streams.serving import ModelHolder
-    from streams.worker import load_scorer
+    from streams.commands.rescore import Window, describe, parse_offsets, parse_time, rescore
+    from streams.kafka.broker import bootstrap_or_embedded
+    from streams.worker.run import load_scorer
+    from streams.worker.serving import ModelHolder
 
     settings = _settings(args)
     now = int(time.time() * 1000)
@@ -237,8 +237,8 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from streams.broker import bootstrap_or_embedded
-    from streams.client import format_scored, read_topic
+    from streams.kafka.broker import bootstrap_or_embedded
+    from streams.kafka.client import format_scored, read_topic
 
     settings = _settings(args)
     topic = args.topic or settings.scored_topic
@@ -266,7 +266,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from training.registry import Registry
+    from models.registry import Registry
 
     reg = Registry(args.registry)
     if args.action == "promote":
@@ -295,8 +295,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_drift_eval(args: argparse.Namespace) -> int:
     from models.embedder import Embedder
+    from models.registry import Registry
     from training.drift_eval import drift_eval, load_signals
-    from training.registry import Registry
 
     artifact = Registry(args.registry).load(args.model)
     if artifact.drift is None:
@@ -322,7 +322,7 @@ def cmd_drift_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streams.demo import run_demo
+    from streams.commands.demo import run_demo
 
     return run_demo(
         _settings(args),

@@ -15,13 +15,18 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
+
+from schemas.messages import MAX_MESSAGE_BYTES, MAX_TEXT_CHARS
+
+if TYPE_CHECKING:
+    from streams.worker.batch import BatchLimits
 
 
 @dataclass(frozen=True)
 class Settings:
     bootstrap_servers: str | None = None  # None: start an embedded broker
-    # Kafka security (streams/kafka_security.py). The password only from the environment
+    # Kafka security (streams/kafka/security.py). The password only from the environment
     # (STREAMSCORE_SASL_PASSWORD) or a file; it is left out of repr and logs.
     security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
     sasl_mechanism: str = "PLAIN"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
@@ -57,12 +62,12 @@ class Settings:
     group_id: str = "streamscore"
     batch_size: int = 64  # messages per micro-batch
     batch_wait_s: float = 0.05  # longest wait for a micro-batch to fill
-    fetch_wait_ms: int = 50  # longest wait of a fetch (streams/faust_transport.py); Apache Kafka: 500
-    max_text_chars: int = 10_000
-    max_message_bytes: int = 1_000_000
+    fetch_wait_ms: int = 50  # longest wait of a fetch (streams/kafka/faust_transport.py); Apache Kafka: 500
+    max_text_chars: int = MAX_TEXT_CHARS
+    max_message_bytes: int = MAX_MESSAGE_BYTES
     score_retries: int = 2  # retries of a failing batch before its messages are dead-lettered
     top_k: int = 3
-    processing_guarantee: str = "at_least_once"  # or exactly_once (streams/guarantees.py)
+    processing_guarantee: str = "at_least_once"  # or exactly_once (streams/kafka/guarantees.py)
     commit_interval_s: float = 1.0  # how often confirmed offsets are committed (bounds redone work)
     shutdown_timeout_s: float = 30.0  # SIGTERM: longest wait for in-flight batches to finish
     reload_interval_s: float = 2.0  # how often the worker checks the registry's CURRENT
@@ -126,7 +131,7 @@ class Settings:
         ]
         if len(set(names)) < len(names):
             problems.append("input, scored, DLQ and drift topics must all differ")
-        from streams.kafka_security import problems as security_problems
+        from streams.kafka.security import problems as security_problems
 
         problems += security_problems(self)
         if problems:
@@ -139,6 +144,12 @@ class Settings:
         from models.embedder import cpu_cores
 
         return self.scoring_threads or cpu_cores()
+
+    @property
+    def batch_limits(self) -> BatchLimits:
+        from streams.worker.batch import BatchLimits
+
+        return BatchLimits(self.max_text_chars, self.max_message_bytes, self.score_retries)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

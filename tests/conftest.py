@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import stop_process
+from streams.kafka.broker import stop_process
 from training.fit import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def kafka() -> Iterator[str]:
         with KafkaContainer().with_kraft() as container:
             yield container.get_bootstrap_server()
         return
-    from streams.broker import EmbeddedBroker
+    from streams.kafka.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
         yield broker.bootstrap_servers
@@ -115,8 +115,8 @@ def embedder():
 @pytest.fixture(scope="session")
 def trained_registry(tmp_path_factory: pytest.TempPathFactory, small_data: Path, embedder) -> Path:
     """A registry with one promoted model trained on the small subset."""
+    from models.registry import Registry
     from training.fit import train
-    from training.registry import Registry
 
     root = tmp_path_factory.mktemp("registry")
     train(small_data, Registry(root), FROZEN, quiet=True, embedder=embedder)

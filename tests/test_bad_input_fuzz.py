@@ -10,11 +10,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from schemas.messages import DLQ_REASONS, Origin
-from streams.pipeline import RawMessage, process_batch
-from streams.serving import ModelHolder
-from streams.settings import Settings
+from streams.worker.batch import BatchLimits, RawMessage, process_batch
+from streams.worker.serving import ModelHolder
 
-LIMITS = Settings(max_text_chars=2_000, max_message_bytes=20_000)
+LIMITS = BatchLimits(max_text_chars=2_000, max_message_bytes=20_000)
 
 json_scalars = st.one_of(
     st.none(),
@@ -68,8 +67,8 @@ messages = st.one_of(
 
 @pytest.fixture(scope="module")
 def holder(trained_registry, embedder):
+    from models.registry import Registry
     from models.scoring import Scorer
-    from training.registry import Registry
 
     return ModelHolder(Scorer.load(Registry(trained_registry).load(), embedder))
 

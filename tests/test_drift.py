@@ -1,6 +1,8 @@
 """Drift detectors: calibrated on a stationary sample, they respect the ERT on new stationary
 streams (within the statistical margin) and fire on shifted ones."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -117,8 +119,8 @@ def test_calibration_ships_in_artifact_and_drift_eval_reports_every_scenario(tra
     import subprocess
     import sys
 
+    from models.registry import Registry
     from tests.conftest import ROOT
-    from training.registry import Registry
 
     art = Registry(trained_registry).load()
     assert art.drift is not None and art.drift.ert == 1_000
@@ -170,8 +172,9 @@ def test_a_resumed_monitor_skips_the_signals_its_snapshot_covers(trained_registr
     continues exactly as the monitor that never stopped."""
     import json
 
-    from streams.drift_monitor import DriftMonitor, signals_in
-    from training.registry import Registry
+    from models.drift.monitor import DriftMonitor
+    from models.registry import Registry
+    from schemas.drift import signals_in
 
     cal = Registry(trained_registry).load().drift
     k, n_labels = cal.projection_components.shape[0], len(cal.labels["prior"])
@@ -193,7 +196,7 @@ def test_a_resumed_monitor_skips_the_signals_its_snapshot_covers(trained_registr
     alerts = [
         a for o, r in enumerate(records) for j, s in enumerate(signals_in(r)) for a in whole.observe(s, o, j)
     ]
-    assert [a["status"] for a in alerts if a["detector"] == "ood_cusum"][:1] == ["drift"]
+    assert [a.status for a in alerts if a.detector == "ood_cusum"][:1] == ["drift"]
     assert whole.seen == 300 and (whole.last_offset, whole.last_index) == (9, 29)
 
     first = DriftMonitor(cal, "v1", quiet=50, cooldown=10)
@@ -207,12 +210,46 @@ def test_a_resumed_monitor_skips_the_signals_its_snapshot_covers(trained_registr
         for j, s in enumerate(r["signals"]):
             again += resumed.observe(s, o, j)
     assert resumed.seen == whole.seen
-    later = [a for a in alerts if a["window"]["last_offset"] >= 5]
+    later = [a for a in alerts if a.window.last_offset >= 5]
     assert later, alerts  # the episode opens after the snapshot: something to compare
-    strip = lambda a: {key: v for key, v in a.items() if key != "detected_at"}  # noqa: E731
+    strip = lambda a: dataclasses.replace(a, detected_at="")  # noqa: E731
     assert [strip(a) for a in again] == [strip(a) for a in later]
-    assert all(a["alert_id"].startswith(f"{a['detector']}-v1-") for a in alerts)
+    assert all(a.alert_id.startswith(f"{a.detector}-v1-") for a in alerts)
     # A record in the one-signal format of earlier versions is one signal.
     assert signals_in({"model_version": "v1", "ood_score": 0.1}) == [
         {"model_version": "v1", "ood_score": 0.1}
     ]
+
+
+def test_river_page_hinkley_state_round_trips_and_goes_on_alike():
+    """The adapter over River's private Page-Hinkley fields: if a River upgrade renames one,
+    ``check`` names it, and a restored detector must alarm exactly where an unbroken one does."""
+    from river.drift import PageHinkley
+
+    from models.drift import river_state
+
+    river_state.check(PageHinkley())
+    rng = np.random.default_rng(5)
+    stream = np.concatenate([rng.uniform(0.0, 0.2, 3_000), rng.uniform(0.3, 0.6, 500)])
+    whole = ConfidenceDrop(threshold=5.0)
+    alarms_whole = [whole.update(_sig(conf=1 - x)) for x in stream]
+    first = ConfidenceDrop(threshold=5.0)
+    alarms_first = [first.update(_sig(conf=1 - x)) for x in stream[:2_000]]
+    resumed = ConfidenceDrop(threshold=5.0)
+    resumed.load_state(first.state())
+    alarms_resumed = [resumed.update(_sig(conf=1 - x)) for x in stream[2_000:]]
+    assert any(alarms_whole[2_000:])
+    assert alarms_first + alarms_resumed == alarms_whole
+    assert resumed.statistic == pytest.approx(whole.statistic)
+    assert resumed.span == whole.span
+
+
+def test_river_state_check_names_a_missing_attribute():
+    from river.drift import PageHinkley
+
+    from models.drift import river_state
+
+    ph = PageHinkley()
+    del ph._sum_increase  # noqa: SLF001 - simulates a River upgrade that renamed it
+    with pytest.raises(RuntimeError, match="_sum_increase"):
+        river_state.check(ph)

@@ -8,10 +8,10 @@ from collections import defaultdict
 
 import pytest
 
+from models.registry import Registry
 from tests.conftest import small_clinc_rows, start_worker, stop_worker
 from tests.kafka_helpers import collect, send_json
 from training.fit import TrainConfig, train
-from training.registry import Registry
 
 pytestmark = pytest.mark.integration
 

@@ -7,11 +7,11 @@ import pytest
 
 from models.artifact import ArtifactError, load_artifact
 from models.embedder import Embedder
+from models.registry import Registry
 from tests.conftest import FROZEN, small_clinc_rows
 from training.data import load_rows
 from training.evaluate import evaluate_rows
 from training.fit import TrainConfig, train
-from training.registry import Registry
 
 
 @pytest.fixture(scope="module")

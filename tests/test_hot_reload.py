@@ -9,10 +9,10 @@ from collections import Counter, defaultdict
 
 import pytest
 
+from models.registry import Registry
 from tests.conftest import FROZEN, small_clinc_rows, start_worker, stop_worker
 from tests.kafka_helpers import collect, send_json
 from training.fit import train
-from training.registry import Registry
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +86,7 @@ def test_a_model_on_another_encoder_is_ready_before_its_first_batch(trained_regi
 
     from models.embedder import resolve_model_path
     from models.scoring import Scorer
-    from streams.serving import ModelHolder
+    from streams.worker.serving import ModelHolder
 
     reg = Registry(trained_registry)
     current = reg.load()
@@ -112,7 +112,7 @@ def test_a_model_on_another_encoder_is_ready_before_its_first_batch(trained_regi
 
 
 def test_an_encoder_replaced_by_a_swap_is_freed_though_frozen_at_start(trained_registry, embedder):
-    """The worker freezes its start-up objects (streams/memory.py); the encoder a swap replaces
+    """The worker freezes its start-up objects (streams/worker/memory.py); the encoder a swap replaces
     sits in reference cycles, so it must be unfrozen to be collected, and nothing may keep it."""
     import copy
     import gc
@@ -120,8 +120,8 @@ def test_an_encoder_replaced_by_a_swap_is_freed_though_frozen_at_start(trained_r
 
     from models.embedder import Embedder, resolve_model_path
     from models.scoring import Scorer
-    from streams.memory import freeze_long_lived
-    from streams.serving import ModelHolder
+    from streams.worker.memory import freeze_long_lived
+    from streams.worker.serving import ModelHolder
 
     reg = Registry(trained_registry)
     current = reg.load()

@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 import yaml
 
-from streams.broker import free_port, stop_process
-from streams.metrics import BatchStats, WorkerMetrics
+from models.registry import Registry
+from streams.kafka.broker import free_port, stop_process
+from streams.worker.metrics import BatchStats, WorkerMetrics
 from tests.conftest import ROOT, debian_server, small_clinc_rows, start_worker, stop_worker
 from tests.kafka_helpers import collect, send_json, send_raw
 from training.fit import TrainConfig, train
-from training.registry import Registry
 
 DEPLOY = ROOT / "deploy"
 DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))

@@ -7,8 +7,7 @@ import numpy as np
 
 from models.scoring import Scores
 from schemas.messages import Origin
-from streams.pipeline import RawMessage, process_batch, signal_records
-from streams.settings import Settings
+from streams.worker.batch import BatchLimits, RawMessage, process_batch, signal_records
 
 
 def fake_scores(texts):
@@ -41,7 +40,7 @@ def test_poison_message_is_isolated_and_the_rest_scored():
         for i in range(6)
     ]
     batch.append(raw(6, b"{broken"))
-    out = asyncio.run(process_batch(batch, score, Settings(score_retries=1)))
+    out = asyncio.run(process_batch(batch, score, BatchLimits(score_retries=1)))
     assert len(out.scored) + len(out.dead) == len(batch)
     assert sorted(json.loads(v)["id"] for _, v in out.scored) == ["m0", "m1", "m2", "m4", "m5"]
     reasons = sorted(json.loads(v)["reason"] for _, v in out.dead)
@@ -60,7 +59,7 @@ def test_transient_failure_is_retried_without_loss():
         return fake_scores(texts), "v1"
 
     batch = [raw(i, json.dumps({"text": f"t{i}"}).encode()) for i in range(4)]
-    out = asyncio.run(process_batch(batch, flaky, Settings(score_retries=2)))
+    out = asyncio.run(process_batch(batch, flaky, BatchLimits(score_retries=2)))
     assert len(out.scored) == 4 and not out.dead and state["n"] == 2
     rec = json.loads(out.scored[0][1])
     assert rec["origin"] == {"topic": "t", "partition": 0, "offset": 0} and rec["id"] == "t-0-0"
@@ -81,7 +80,7 @@ def test_lone_surrogate_escapes_are_dead_lettered_not_fatal():
         raw(3, b'{"id": "\\ud800", "text": "x"}'),
         raw(4, b'{"text": "a real pair \\ud83d\\ude00 is fine"}'),
     ]
-    out = asyncio.run(process_batch(batch, score, Settings()))
+    out = asyncio.run(process_batch(batch, score, BatchLimits()))
     assert [k for k, _ in out.scored] == [b"t-0-0", b"t-0-4"]
     assert out.reasons == {"invalid_utf8": 3}
     assert len(out.scored) + len(out.dead) == len(batch)
@@ -97,7 +96,7 @@ def test_a_record_that_cannot_be_written_is_dead_lettered_alone():
         return broken_labels(texts), "v1"
 
     batch = [raw(i, json.dumps({"text": t}).encode()) for i, t in enumerate(["one", "poison", "two"])]
-    out = asyncio.run(process_batch(batch, score_broken, Settings(score_retries=0)))
+    out = asyncio.run(process_batch(batch, score_broken, BatchLimits(score_retries=0)))
     assert len(out.scored) == 2 and out.reasons == {"scoring_failed": 1}
     assert len(out.labels) == len(out.scored) == len(out.is_ood) == len(out.event_ms)
 
@@ -117,7 +116,7 @@ def test_a_batch_sends_its_drift_signals_as_one_record_per_model_version():
 
     batch = [raw(i, json.dumps({"id": f"m{i}", "text": f"t{i}"}).encode()) for i in range(4)]
     batch.insert(2, raw(9, b"not json"))
-    out = asyncio.run(process_batch(batch, score, Settings(score_retries=0)))
+    out = asyncio.run(process_batch(batch, score, BatchLimits(score_retries=0)))
     records = [json.loads(r) for r in signal_records(out)]
     assert [r["model_version"] for r in records] == ["v1", "v2"]
     assert [[s["id"] for s in r["signals"]] for r in records] == [["m0", "m1"], ["m2", "m3"]]
@@ -132,5 +131,5 @@ def test_a_batch_sends_its_drift_signals_as_one_record_per_model_version():
         return with_signals(texts), "v1"
 
     big = [raw(i, json.dumps({"id": f"m{i}", "text": f"t{i}"}).encode()) for i in range(64)]
-    out = asyncio.run(process_batch(big, score_batch, Settings()))
-    assert calls == [64] and len(signal_records(out)) == 1 and len(out.signals) == 64
+    out = asyncio.run(process_batch(big, score_batch, BatchLimits()))
+    assert calls == [64] and len(signal_records(out)) == 1 and len(out.signals[0].signals) == 64

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedBroker, free_port
+from streams.kafka.broker import EmbeddedBroker, free_port
 from tests.conftest import ROOT, WorkerHandle, small_clinc_rows, start_worker, stop_worker
 from tests.kafka_helpers import collect, send_raw
 

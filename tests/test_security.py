@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import certifi
 import pytest
 
-from streams.kafka_security import client_options, faust_credentials
+from streams.kafka.security import client_options, faust_credentials
 from streams.settings import Settings
 from tests.conftest import ROOT
 
@@ -120,7 +120,7 @@ def scram_broker() -> Iterator[str]:
     """A Tansu broker that requires a SCRAM login (``--authentication``). Its memory storage
     keeps no user a client could log in as, so every login is refused: a real SCRAM exchange
     whose last step is the broker's ``e=`` refusal."""
-    from streams.broker import EmbeddedBroker
+    from streams.kafka.broker import EmbeddedBroker
 
     with EmbeddedBroker(authentication=True) as broker:
         yield broker.bootstrap_servers

@@ -50,7 +50,7 @@ def test_a_redis_password_stays_out_of_repr_and_errors():
 def test_the_fetch_wait_reaches_the_kafka_consumer():
     import asyncio
 
-    from streams.faust_transport import StreamApp
+    from streams.kafka.faust_transport import StreamApp
 
     async def fetch_wait_of(settings: Settings) -> int:
         app = StreamApp(

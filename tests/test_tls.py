@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import EmbeddedBroker, free_port, port_open, stop_process
+from streams.kafka.broker import EmbeddedBroker, free_port, port_open, stop_process
 from tests.conftest import cli, debian_server, small_clinc_rows, start_worker, stop_worker
 
 pytestmark = pytest.mark.integration

@@ -10,11 +10,11 @@ import pytest
 
 from models.artifact import ArtifactError, load_artifact
 from models.ood import STRATEGIES, OODScorer
+from models.registry import Registry
 from tests.conftest import FROZEN
 from training.data import DataError, load_rows, training_splits
 from training.evaluate import evaluate_rows
 from training.fit import decide_promotion, train
-from training.registry import Registry
 
 
 def test_trained_model_classifies_held_out_texts(trained_registry, small_data, embedder):

@@ -1,1 +1,5 @@
-"""Training side of streamscore: data loading, fitting, evaluation and the model registry."""
+"""Training side of streamscore: data loading, fitting, fine-tuning, evaluation, drift evaluation.
+
+May import ``models`` and ``schemas``; nothing from ``streams``. The registry the worker reads
+lives in ``models/registry.py``.
+"""

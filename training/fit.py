@@ -18,10 +18,10 @@ from models.drift import calibrate_drift
 from models.embedder import DEFAULT_MODEL, Embedder, resolve_model_path
 from models.head import LinearHead
 from models.ood import OODScorer, ood_threshold
+from models.registry import Registry
 from training.data import load_rows, training_splits
 from training.evaluate import evaluate_embeddings
 from training.finetune import FinetuneConfig, finetune_encoder
-from training.registry import Registry
 
 HEAD_C_GRID = (3.0, 10.0, 30.0, 100.0)
 

@@ -19,7 +19,7 @@ Figures, all on the same real texts (the shipped CLINC150 test split) and batch 
   a fresh worker on fresh topics; 50% in ``latency_windows`` windows, their messages pooled
   (each window's own percentiles beside them), 90% in one; each window with ``cpu_cores``, the
   cores the worker, the bench's producer and reader, the embedded broker (``children``) and the
-  whole machine used meanwhile (streams/cpu_use.py), so a slow window shows where the CPU went,
+  whole machine used meanwhile (streams/commands/cpu_use.py), so a slow window shows where the CPU went,
   with the worker's ``texts`` (the window's messages, as the worker counted them), ``batches``
   and ``texts_per_batch`` (small batches cost more per text), and its encoder's ``forwards``
   and ``forwards_split`` (models/encode_pool.py);
@@ -61,7 +61,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.bench_worker import (
+from streams.commands.bench_worker import (
     BENCH_DATA,
     WorkerProcess,
     bench_texts,
@@ -72,8 +72,8 @@ from streams.bench_worker import (
     settled_counts,
     start_worker,
 )
-from streams.broker import bootstrap_or_embedded
-from streams.cpu_use import CpuMeter
+from streams.commands.cpu_use import CpuMeter
+from streams.kafka.broker import bootstrap_or_embedded
 from streams.settings import Settings
 
 
@@ -133,7 +133,7 @@ def worker_encode_rate(texts: list[str], emb: Any, batch_size: int) -> dict[str,
     reach if Kafka, Faust and the rest cost nothing."""
     from concurrent.futures import ThreadPoolExecutor
 
-    in_flight = min(emb.parallel, 4) + 1  # streams/serving.py: ModelHolder.in_flight
+    in_flight = min(emb.parallel, 4) + 1  # streams/worker/serving.py: ModelHolder.in_flight
     batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
     with ThreadPoolExecutor(in_flight, initializer=emb.setup_thread) as pool:
         list(pool.map(emb.encode, batches[: in_flight * 2]))  # warm up
@@ -488,7 +488,7 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
     """Every figure of the module docstring, for ``opts.backends`` (the first gets latency and memory)."""
-    from streams.demo import ensure_model
+    from streams.commands.demo import ensure_model
 
     say = opts.say or (lambda m: None)
     backends = list(opts.backends or (settings.backend,))
@@ -516,7 +516,7 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
             f"{opts.repeats} turns of {len(texts)} messages: raw encoder (batch {settings.embed_batch_size}), "
             f"{backends[0]}, raw encoder, " + "".join(f"{b}, " for b in backends[1:]) + "naive"
         )
-        from training.registry import Registry
+        from models.registry import Registry
 
         artifact = Registry(settings.registry).load(settings.model)
         naive_texts, tag = texts[: opts.naive_messages], uuid.uuid4().hex[:8]

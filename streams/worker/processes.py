@@ -22,9 +22,9 @@ import sys
 from typing import Any
 
 from models.embedder import cpu_cores
-from streams.broker import bootstrap_or_embedded
+from streams.kafka.broker import bootstrap_or_embedded
 from streams.settings import Settings
-from streams.worker import run_worker
+from streams.worker.run import run_worker
 
 
 def core_groups(cores: list[int], n: int) -> list[set[int]]:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.messages import Origin, Rejection, now_iso, parse_input, ts_to_ms
-from streams.kafka_security import unreachable
+from streams.kafka.security import unreachable
 from training.data import BadRecord, count_records, read_records
 
 FIELDS = ("id", "text", "ts", "source", "meta")
@@ -289,7 +289,7 @@ async def replay_file(
     client_options: dict[str, Any] | None = None,
 ) -> ReplaySummary:
     """Send the rows of ``path`` to ``opts.topic``; ``stop`` set ends the run after the row in hand.
-    ``client_options``: Kafka security options (streams/kafka_security.py)."""
+    ``client_options``: Kafka security options (streams/kafka/security.py)."""
     from aiokafka import AIOKafkaProducer
 
     path = Path(path).resolve()

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from models.artifact import ArtifactError
 from models.embedder import Embedder, setup_encoder_thread
+from models.registry import Registry
 from models.scoring import Scorer, Scores
-from streams.memory import Retirement
-from training.registry import Registry
+from streams.worker.memory import Retirement
 
 log = logging.getLogger("streamscore.worker")
 
@@ -31,7 +31,7 @@ class ModelHolder:
     registry: Registry | None = None
     refused: dict[tuple[str, float], str] = field(default_factory=dict)
     # An encoder replaced by a swap is frozen with the start-up objects and sits in reference
-    # cycles: it is collected once nothing uses it (streams/memory.py).
+    # cycles: it is collected once nothing uses it (streams/worker/memory.py).
     retirement: Retirement = field(default_factory=Retirement)
     # Model work runs off the event loop, so it keeps heartbeating: a thread per batch in flight
     # (tokens, head, OOD), each set up with its share of the cores. On a CPU their forward passes

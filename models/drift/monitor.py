@@ -13,7 +13,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from models.drift import DriftCalibration, Signal
+from models.drift.calibration import DriftCalibration
+from models.drift.signal import Detector, Signal
+from schemas.drift import AlertStatus, AlertWindow, DriftAlert, DriftSignal
 from schemas.messages import now_iso
 
 SIGNAL_OF = {
@@ -28,12 +30,6 @@ REFERENCE_OF = {
     "label_shift": "predicted-label mix on held-out training-distribution texts",
     "embedding_shift": "mean embedding projection on held-out training-distribution texts",
 }
-
-
-def signals_in(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The signals of one ``drift.signals`` record: a micro-batch's ``signals``, or the record
-    itself when it is a single signal (the format before signals were batched)."""
-    return list(record["signals"]) if "signals" in record else [record]
 
 
 @dataclass
@@ -59,7 +55,7 @@ class DriftMonitor:
     seen: int = 0
     last_offset: int = -1  # position of the last signal observed: drift.signals offset, index in it
     last_index: int = -1
-    detectors: list[Any] = field(default_factory=list)
+    detectors: list[Detector] = field(default_factory=list)
     episodes: dict[str, Episode] = field(default_factory=dict)
     recent: list[tuple[int, int | None]] = field(default_factory=list)  # (offset, timestamp_ms)
 
@@ -69,7 +65,7 @@ class DriftMonitor:
         for d in self.detectors:
             self.episodes.setdefault(d.name, Episode())
 
-    def observe(self, record: dict[str, Any], offset: int, index: int = 0) -> list[dict[str, Any]]:
+    def observe(self, record: dict[str, Any], offset: int, index: int = 0) -> list[DriftAlert]:
         """Signal ``index`` of the ``drift.signals`` record at ``offset``; returns the alerts it causes."""
         if (offset, index) <= (self.last_offset, self.last_index):
             return []  # already reflected in the state we resumed from
@@ -78,7 +74,8 @@ class DriftMonitor:
         self.recent.append((offset, record.get("timestamp_ms")))
         if len(self.recent) > 1_000:
             del self.recent[:500]
-        sig = Signal(record["ood_score"], record["confidence"], record["label"], tuple(record["projection"]))
+        s = DriftSignal.from_json(record)
+        sig = Signal(s.ood_score, s.confidence, s.label, tuple(s.projection))
         alerts = []
         for det in self.detectors:
             ep = self.episodes[det.name]
@@ -95,50 +92,43 @@ class DriftMonitor:
                 ep.open, ep.last_resolved = False, self.seen
         return alerts
 
-    def _alert(self, det: Any, ep: Episode, status: str) -> dict[str, Any]:
+    def _alert(self, det: Detector, ep: Episode, status: AlertStatus, message: str = "") -> DriftAlert:
         span = det.span if status == "drift" else self.seen - ep.started_at + 1
         window = self.recent[-min(max(span, 1), len(self.recent)) :]
-        if status == "drift":
+        if not message and status == "drift":
             message = (
                 f"{det.name}: {SIGNAL_OF[det.name]} changed (statistic {det.statistic:.3g} > threshold "
                 f"{det.threshold:.3g}) against {REFERENCE_OF[det.name]}; look at texts.scored around "
                 f"the window's offsets and at the OOD and label panels"
             )
-        else:
+        elif not message:
             message = f"{det.name}: no alarm for {self.quiet} messages; episode {ep.alert_id} ended after {ep.alarms} alarm(s)"
-        return {
-            "alert_id": ep.alert_id,
-            "detector": det.name,
-            "signal": SIGNAL_OF[det.name],
-            "status": status,
-            "statistic": round(float(det.statistic), 6),
-            "threshold": round(float(det.threshold), 6),
-            "window": {
-                "first_offset": window[0][0],
-                "last_offset": window[-1][0],
-                "first_time_ms": window[0][1],
-                "last_time_ms": window[-1][1],
-                "n": len(window),
-            },
-            "model_version": self.model_version,
-            "reference": REFERENCE_OF[det.name],
-            "ert": self.calibration.ert,
-            "alarms_in_episode": ep.alarms,
-            "detected_at": now_iso(),
-            "message": message,
-        }
+        return DriftAlert(
+            alert_id=ep.alert_id or "",
+            detector=det.name,
+            signal=SIGNAL_OF[det.name],
+            status=status,
+            statistic=round(float(det.statistic), 6),
+            threshold=round(float(det.threshold), 6),
+            window=AlertWindow(window[0][0], window[-1][0], window[0][1], window[-1][1], len(window)),
+            model_version=self.model_version,
+            reference=REFERENCE_OF[det.name],
+            ert=self.calibration.ert,
+            alarms_in_episode=ep.alarms,
+            detected_at=now_iso(),
+            message=message,
+        )
 
-    def close_all(self, why: str) -> list[dict[str, Any]]:
+    def close_all(self, why: str) -> list[DriftAlert]:
         """``resolved`` alerts for every open episode, when this monitor is being replaced."""
         alerts = []
         for det in self.detectors:
             ep = self.episodes[det.name]
             if ep.open:
-                alert = self._alert(det, ep, "resolved")
-                alert["message"] = (
+                message = (
                     f"{det.name}: episode {ep.alert_id} closed: {why}; detectors restart on its reference"
                 )
-                alerts.append(alert)
+                alerts.append(self._alert(det, ep, "resolved", message))
                 ep.open = False
         return alerts
 

@@ -16,6 +16,8 @@ from typing import IO, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from streams.kafka import internals
+
 
 def text_messages(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
     """Lines of JSON objects (or plain text) → input messages, with an id when missing."""
@@ -56,6 +58,18 @@ async def produce(
         await producer.stop()
 
 
+async def wait_for_partitions(consumer: Any, topic: str, wait_s: float = 10.0, where: str = "") -> list[int]:
+    """``topic``'s partitions, sorted, once the broker knows the topic; raises after ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        parts = await internals.topic_partitions(consumer, topic)
+        if parts:
+            return sorted(parts)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topic {topic!r} does not exist{where or ' on this broker'}")
+        await asyncio.sleep(0.3)
+
+
 async def read_topic(
     bootstrap_servers: str,
     topic: str,
@@ -71,16 +85,8 @@ async def read_topic(
     )
     try:
         await consumer.start()
-        parts = None
-        deadline = time.monotonic() + 30
-        while not parts:
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                await consumer._client.force_metadata_update()
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"topic {topic!r} does not exist on {bootstrap_servers}")
-                await asyncio.sleep(0.5)
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        parts = await wait_for_partitions(consumer, topic, 30.0, where=f" on {bootstrap_servers}")
+        tps = [TopicPartition(topic, p) for p in parts]
         consumer.assign(tps)
         if from_beginning:
             await consumer.seek_to_beginning(*tps)

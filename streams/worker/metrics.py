@@ -39,6 +39,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from schemas.drift import DriftAlert
 from schemas.messages import DLQ_REASONS
 
 log = logging.getLogger("streamscore.metrics")
@@ -234,7 +235,7 @@ class WorkerMetrics:
             self.health["status"] = "ok"
 
     def observe_drift(
-        self, detectors: list[Any], open_episodes: list[str], alerts: list[dict], signals: int
+        self, detectors: list[Any], open_episodes: list[str], alerts: list[DriftAlert], signals: int
     ) -> None:
         """After the drift agent handled ``signals`` signals: detector values, states, alerts."""
         self.m["signals"].inc(signals)
@@ -245,7 +246,7 @@ class WorkerMetrics:
             for status in ("drift", "resolved"):  # present from the start, so increase() sees the first
                 self.m["drift_alerts"].labels(d.name, status)
         for a in alerts:
-            self.m["drift_alerts"].labels(a["detector"], a["status"]).inc()
+            self.m["drift_alerts"].labels(a.detector, a.status).inc()
 
     def watch_gc(self) -> None:
         """Time every garbage collection from now on, by generation (0, 1, 2). A collection holds

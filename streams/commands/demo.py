@@ -21,12 +21,12 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from streams.broker import bootstrap_or_embedded, stop_process
-from streams.client import format_scored, read_topic
-from streams.replay import ReplayOptions, replay_file
+from models.registry import Registry
+from streams.commands.replay import ReplayOptions, replay_file
+from streams.kafka.broker import bootstrap_or_embedded, stop_process
+from streams.kafka.client import format_scored, read_topic
+from streams.kafka.topics import ensure_topics, topic_plan
 from streams.settings import Settings
-from streams.topics import ensure_topics, topic_plan
-from training.registry import Registry
 
 DEMO_DATA = Path(__file__).resolve().parent.parent / "datasets" / "clinc150" / "clinc150_full.jsonl"
 

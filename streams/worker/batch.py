@@ -18,7 +18,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from models.scoring import Scores
+from schemas.drift import DriftSignal, SignalBatch
 from schemas.messages import (
+    MAX_MESSAGE_BYTES,
+    MAX_TEXT_CHARS,
     DeadLetter,
     InputText,
     Origin,
@@ -29,12 +32,20 @@ from schemas.messages import (
     parse_input,
     scored_record,
 )
-from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[list[str]], Awaitable[tuple[Scores, str]]]
 """Scores texts in one call; returns the scores and the model version that made them."""
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """What a batch needs of the settings: the input limits and how often to retry scoring."""
+
+    max_text_chars: int = MAX_TEXT_CHARS
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    score_retries: int = 2  # retries of a failing batch before its messages go one by one
 
 
 @dataclass(frozen=True)
@@ -49,7 +60,7 @@ class RawMessage:
 class BatchOutput:
     scored: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, value)
     dead: list[tuple[bytes | None, bytes]] = field(default_factory=list)
-    signals: list[dict] = field(default_factory=list)  # drift signals, one per scored message
+    signals: list[SignalBatch] = field(default_factory=list)  # drift signals, by model version
     reasons: Counter[str] = field(default_factory=Counter)
     model_version: str | None = None
     # Per scored message, for metrics: predicted label, OOD flag, event time (epoch ms).
@@ -111,19 +122,22 @@ def _add_scored(out: BatchOutput, msgs: list[InputText], scores: Scores, version
         scored.append((msg.id.encode("utf-8"), _encode(record)))
         if scores.projection is not None and scores.label_index is not None:
             signals.append(
-                {
-                    "id": msg.id,
-                    "model_version": version,
-                    "ood_score": record["ood_score"],
-                    "confidence": record["confidence"],
-                    "label": int(scores.label_index[i]),
-                    "projection": [round(float(v), 5) for v in scores.projection[i]],
-                    "origin": record["origin"],
-                    "timestamp_ms": msg.timestamp_ms,
-                }
+                DriftSignal(
+                    msg.id,
+                    record["ood_score"],
+                    record["confidence"],
+                    int(scores.label_index[i]),
+                    [round(float(v), 5) for v in scores.projection[i]],
+                    record["origin"],
+                    msg.timestamp_ms,
+                )
             )
     out.scored += scored
-    out.signals += signals
+    if signals:
+        if out.signals and out.signals[-1].model_version == version:
+            out.signals[-1].signals += signals
+        else:
+            out.signals.append(SignalBatch(version, signals))
     out.model_version = version
     out.embed_s += scores.embed_s
     out.labels += scores.labels
@@ -132,21 +146,12 @@ def _add_scored(out: BatchOutput, msgs: list[InputText], scores: Scores, version
 
 
 def signal_records(out: BatchOutput) -> list[bytes]:
-    """The batch's drift signals as ``drift.signals`` records: one per model version (one in
-    all but the rare batch that spans a model swap), ``{"model_version", "signals": [...]}``
-    in input order. One record per batch, not per message, because the drift agent reads
-    every signal through one partition: per-message records cost the worker and the broker
-    about a third of what the pipeline spends besides the encoder (README, Performance)."""
-    records: list[tuple[str, list[dict]]] = []
-    for signal in out.signals:
-        version = signal["model_version"]
-        if not records or records[-1][0] != version:
-            records.append((version, []))
-        records[-1][1].append({k: v for k, v in signal.items() if k != "model_version"})
-    return [_encode({"model_version": v, "signals": items}) for v, items in records]
+    """The batch's ``drift.signals`` records: one per model version (one in all but the rare
+    batch that spans a model swap), signals in input order (schemas/drift.py)."""
+    return [_encode(b.to_json()) for b in out.signals]
 
 
-async def process_batch(batch: list[RawMessage], score: ScoreFn, settings: Settings) -> BatchOutput:
+async def process_batch(batch: list[RawMessage], score: ScoreFn, limits: BatchLimits) -> BatchOutput:
     out = BatchOutput()
     valid: list[InputText] = []
     raws: list[RawMessage] = []
@@ -154,8 +159,8 @@ async def process_batch(batch: list[RawMessage], score: ScoreFn, settings: Setti
         parsed = parse_input(
             raw.value,
             raw.origin,
-            max_text_chars=settings.max_text_chars,
-            max_message_bytes=settings.max_message_bytes,
+            max_text_chars=limits.max_text_chars,
+            max_message_bytes=limits.max_message_bytes,
             timestamp_ms=raw.timestamp_ms,
         )
         if isinstance(parsed, Rejection):
@@ -166,14 +171,14 @@ async def process_batch(batch: list[RawMessage], score: ScoreFn, settings: Setti
     if not valid:
         return out
     try:
-        scores, version = await _score_with_retries(score, [m.text for m in valid], settings.score_retries)
+        scores, version = await _score_with_retries(score, [m.text for m in valid], limits.score_retries)
         _add_scored(out, valid, scores, version)
         return out
     except Exception:
         log.exception(
             "batch of %d failed after %d retries; scoring its messages one by one",
             len(valid),
-            settings.score_retries,
+            limits.score_retries,
         )
     for msg, raw in zip(valid, raws, strict=False):
         try:

@@ -8,7 +8,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
-from streams.kafka_security import unreachable
+from streams.kafka.security import unreachable
 from streams.settings import Settings
 
 
@@ -31,7 +31,7 @@ async def ensure_topics(
     timeout_s: float = 30.0,
 ) -> None:
     """Create the topics of ``plan`` that do not exist yet; leave existing ones alone.
-    ``options``: security options (streams/kafka_security.py)."""
+    ``options``: security options (streams/kafka/security.py)."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000, **(options or {})
     )

@@ -1,7 +1,7 @@
 """The bench's worker under test and its traffic: a real ``streamscore worker`` process on topics
 of its own, messages produced to its input topic, its scored records read back and timed.
 
-``streams/bench.py`` puts these together into the figures ``streamscore bench`` reports.
+``streams/commands/bench.py`` puts these together into the figures ``streamscore bench`` reports.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.broker import free_port, stop_process
+from streams.kafka.broker import free_port, stop_process
+from streams.kafka.client import wait_for_partitions
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,17 +69,12 @@ class ScoredReader:
 
     async def start(self) -> None:
         # A short fetch wait: the embedded broker holds a fetch for the whole wait even when
-        # records arrive (streams/faust_transport.py), which would add to every latency measured.
+        # records arrive (streams/kafka/faust_transport.py), which would add to every latency measured.
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
         )
         await self.consumer.start()
-        parts = None
-        while not parts:
-            await self.consumer._client.force_metadata_update()
-            parts = self.consumer.partitions_for_topic(self.topic)
-            if not parts:
-                await asyncio.sleep(0.3)
+        parts = await wait_for_partitions(self.consumer, self.topic, 60.0)
         tps = [TopicPartition(self.topic, p) for p in parts]
         self.consumer.assign(tps)
         await self.consumer.seek_to_end(*tps)

@@ -16,14 +16,17 @@ from typing import Any, cast
 import faust
 from faust.transport.drivers import aiokafka as driver
 
+from streams.kafka import internals
+
 FETCH_MAX_WAIT_MS = 50
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
-        # The fetcher is built from this attribute at start(); aiokafka has no setter for it.
-        consumer._fetch_max_wait_ms = cast("StreamApp", self.app).fetch_wait_ms  # only StreamApp uses it
+        internals.set_fetch_wait(
+            consumer, cast("StreamApp", self.app).fetch_wait_ms
+        )  # only StreamApp uses it
         return consumer
 
 

@@ -12,17 +12,17 @@ from typing import Any
 import faust
 
 from models.embedder import Embedder
+from models.registry import Registry
 from models.scoring import Scorer
-from streams.app import create_app
-from streams.broker import bootstrap_or_embedded
-from streams.guarantees import check_guarantee
-from streams.kafka_security import client_options
-from streams.memory import freeze_long_lived
-from streams.metrics import MetricsServer, WorkerMetrics
-from streams.serving import ModelHolder
+from streams.kafka.broker import bootstrap_or_embedded
+from streams.kafka.guarantees import check_guarantee
+from streams.kafka.security import client_options
+from streams.kafka.topics import ensure_topics, topic_plan
 from streams.settings import Settings
-from streams.topics import ensure_topics, topic_plan
-from training.registry import Registry
+from streams.worker.app import create_app
+from streams.worker.memory import freeze_long_lived
+from streams.worker.metrics import MetricsServer, WorkerMetrics
+from streams.worker.serving import ModelHolder
 
 log = logging.getLogger("streamscore.worker")
 
@@ -86,7 +86,7 @@ def run_worker(settings: Settings) -> int:
             redirect_stdouts=False,
             shutdown_timeout_s=settings.shutdown_timeout_s,
         )
-        freeze_long_lived()  # streams/memory.py: full collections then skip the model and Faust
+        freeze_long_lived()  # streams/worker/memory.py: full collections then skip the model and Faust
         metrics.watch_gc()
         try:
             worker.execute_from_commandline()

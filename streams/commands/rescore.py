@@ -37,11 +37,12 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from schemas.messages import Origin, ts_to_ms
-from streams.kafka_security import client_options
-from streams.pipeline import RawMessage, process_batch
-from streams.serving import ModelHolder
+from streams.kafka.client import wait_for_partitions
+from streams.kafka.security import client_options
+from streams.kafka.topics import ensure_topics
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.worker.batch import RawMessage, process_batch
+from streams.worker.serving import ModelHolder
 
 SCAN = "scan from beginning"
 _RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)([smhd])$")
@@ -182,7 +183,7 @@ async def end_offsets(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> 
 
 
 async def plan_ranges(consumer: AIOKafkaConsumer, topic: str, window: Window) -> list[PartitionRange]:
-    parts = await _partitions(consumer, topic)
+    parts = await wait_for_partitions(consumer, topic)
     tps = [TopicPartition(topic, p) for p in parts]
     consumer.assign(tps)
     firsts = await consumer.beginning_offsets(tps)
@@ -199,18 +200,6 @@ async def plan_ranges(consumer: AIOKafkaConsumer, topic: str, window: Window) ->
             stop = min(end, _pick(window.to_offsets, tp.partition, end))
             ranges.append(PartitionRange(tp.partition, start, max(start, stop), "offsets"))
     return ranges
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str, wait_s: float = 10.0) -> list[int]:
-    deadline = time.monotonic() + wait_s
-    while True:
-        # All topics' metadata: a consumer refreshes only the topics it already tracks.
-        parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic)
-        if parts:
-            return sorted(parts)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"topic {topic!r} does not exist on this broker")
-        await asyncio.sleep(0.5)
 
 
 async def read_window(
@@ -316,7 +305,7 @@ async def rescore(
                 RawMessage(rec.key, rec.value, Origin(rec.topic, rec.partition, rec.offset), rec.timestamp)
                 for rec in records
             ]
-            out = await process_batch(batch, holder.score, settings)
+            out = await process_batch(batch, holder.score, settings.batch_limits)
             result.dead_lettered.update(out.reasons)
             # The rescored record keeps its input's event time, so time ranges line up.
             stamps = {(r.origin.partition, r.origin.offset): r.timestamp_ms for r in batch}
@@ -365,7 +354,7 @@ async def live_results(
     """What the live workers wrote for ``origins`` (the last record per origin wins)."""
     if not origins:
         return {}
-    parts = await _partitions(consumer, scored_topic)
+    parts = await wait_for_partitions(consumer, scored_topic)
     tps = [TopicPartition(scored_topic, p) for p in parts]
     consumer.assign(tps)
     firsts, ends = await consumer.beginning_offsets(tps), await end_offsets(consumer, tps)

@@ -1,0 +1,70 @@
+"""Predicted labels: a G-test of the window's label mix against the training mix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from models.drift.signal import Signal
+from models.drift.window import WindowTest, window_threshold
+
+WINDOW, EVERY = 500, 25  # messages in the window; checked every this many
+
+
+@dataclass
+class LabelShift(WindowTest):
+    """G-test of the predicted-label counts in the window against the reference label mix.
+
+    >>> det = LabelShift(threshold=10.0, window=4, every=2, prior=np.array([0.5, 0.5]))
+    >>> [det.update(Signal(0.0, 0.9, 1, ())) for _ in range(4)]
+    [False, False, False, False]
+    >>> round(det.statistic, 2)
+    5.55
+    """
+
+    prior: np.ndarray = field(default_factory=lambda: np.ones(1))
+    window: int = WINDOW
+    every: int = EVERY
+    name: str = "label_shift"
+
+    def _value(self, sig: Signal) -> int:
+        return sig.label
+
+    def _stat(self, values: list[Any]) -> float:
+        counts = np.bincount(np.asarray(values, dtype=np.int64), minlength=len(self.prior))
+        return float(g_statistic(counts[None, :], self.prior)[0])
+
+
+def g_statistic(counts: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """``2 Σ o log(o / e)`` per row of ``counts`` against ``prior`` (already smoothed, sums to 1)."""
+    n = counts.sum(axis=1, keepdims=True)
+    expected = n * prior[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(counts > 0, counts * np.log(counts / expected), 0.0)
+    return 2.0 * terms.sum(axis=1)
+
+
+def calibrate_label_shift(
+    labels: np.ndarray,
+    n_labels: int,
+    ert: float,
+    window: int = WINDOW,
+    every: int = EVERY,
+    seed: int = 0,
+    stream_sample: np.ndarray | None = None,
+) -> tuple[np.ndarray, float]:
+    """``(prior, threshold)``: the label mix of ``labels`` (predicted labels of held-out
+    in-distribution texts), and a threshold from bootstrap streams of ``stream_sample``."""
+    labels = np.asarray(labels, dtype=np.int64)
+    prior = (np.bincount(labels, minlength=n_labels) + 0.5) / (len(labels) + 0.5 * n_labels)
+    sample = labels if stream_sample is None else np.asarray(stream_sample, dtype=np.int64)
+
+    def window_stats(rng: np.random.Generator, steps: int, ends: np.ndarray) -> np.ndarray:
+        cum = np.zeros((steps + 1, n_labels), dtype=np.int32)
+        np.add.at(cum[1:], (np.arange(steps), rng.choice(sample, size=steps)), 1)
+        cum = cum.cumsum(axis=0)
+        return g_statistic(cum[ends] - cum[ends - window], prior)
+
+    return prior, window_threshold(ert, window, every, seed, window_stats)

@@ -1,0 +1,90 @@
+"""OOD score: a one-sided CUSUM, fast on a rising share of foreign texts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from models.drift.signal import Signal, bisect_threshold
+
+
+@dataclass
+class OodCusum:
+    """Upward CUSUM on the standardised OOD score.
+
+    ``s = max(0, s + clip(z) - k)``; alarm when ``s > threshold``, then ``s`` restarts at 0.
+
+    >>> det = OodCusum(mean=0.0, std=1.0, threshold=5.0)
+    >>> [det.update_value(x) for x in (1.0, 1.0, 6.0)]
+    [False, False, True]
+    >>> det.statistic, det.s
+    (7.25, 0.0)
+    """
+
+    mean: float
+    std: float
+    threshold: float
+    k: float = 0.25  # allowance: shifts smaller than k standard deviations are ignored
+    clip: float = 6.0  # one extreme text cannot raise an alarm alone
+    s: float = 0.0
+    last: float = 0.0  # s after the latest update, before a restart: what an alert reports
+    run: int = 0  # messages since s was last 0: the span the statistic covers
+    span: int = 0
+    name: str = "ood_cusum"
+
+    def update_value(self, x: float) -> bool:
+        z = min(max((x - self.mean) / self.std, -self.clip), self.clip)
+        self.s = self.last = max(0.0, self.s + z - self.k)
+        self.span = self.run = self.run + 1 if self.s > 0 else 0
+        if self.s > self.threshold:
+            self.s, self.run = 0.0, 0
+            return True
+        return False
+
+    def update(self, sig: Signal) -> bool:
+        return self.update_value(sig.ood_score)
+
+    @property
+    def statistic(self) -> float:
+        return self.last
+
+    def state(self) -> dict[str, Any]:
+        return {"s": self.s, "last": self.last, "run": self.run}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.s, self.last, self.run = float(state["s"]), float(state["last"]), int(state["run"])
+
+
+def _cusum_alarms(z: np.ndarray, k: float, h: float) -> int:
+    """Alarms (with restart) of a CUSUM run over each row of ``z`` (streams × steps)."""
+    s = np.zeros(z.shape[0])
+    alarms = 0
+    for t in range(z.shape[1]):
+        s = np.maximum(0.0, s + z[:, t] - k)
+        hit = s > h
+        alarms += int(hit.sum())
+        s[hit] = 0.0
+    return alarms
+
+
+def calibrate_cusum(
+    reference: np.ndarray,
+    ert: float,
+    k: float = 0.25,
+    clip: float = 6.0,
+    streams: int = 200,
+    seed: int = 0,
+    stream_sample: np.ndarray | None = None,
+) -> tuple[float, float, float]:
+    """``(mean, std, threshold)``: standardise by ``reference``, and set the threshold so that
+    bootstrap streams of ``stream_sample`` (default: ``reference``) alarm once per ``ert``."""
+    reference = np.asarray(reference, dtype=np.float64)
+    mean, std = float(reference.mean()), float(reference.std() or 1.0)
+    sample = reference if stream_sample is None else np.asarray(stream_sample, dtype=np.float64)
+    z_ref = np.clip((sample - mean) / std, -clip, clip)
+    rng = np.random.default_rng(seed)
+    steps = int(max(1_000, 100 * ert / streams))  # about 100 alarms expected at the target
+    z = rng.choice(z_ref, size=(streams, steps))
+    return mean, std, bisect_threshold(lambda h: _cusum_alarms(z, k, h) / z.size, ert, 0.5, 200.0, 30)

@@ -1,0 +1,120 @@
+"""Drift signals (``drift.signals``) and drift alerts (``drift.alerts``) as typed records.
+
+The score agent sends one ``drift.signals`` record per micro-batch and model version:
+``{"model_version", "signals": [signal, ...]}``; the drift agent turns the signals into at most
+one ``drift`` alert per detector episode and a ``resolved`` alert that closes it. The JSON on the
+wire is what ``to_json`` gives; ``from_json`` reads it back.
+
+>>> s = DriftSignal("a1", 0.3, 0.9, 2, [0.1, -0.2], {"topic": "texts", "partition": 0, "offset": 5}, 17)
+>>> batch = SignalBatch("v1", [s]).to_json()
+>>> [DriftSignal.from_json(x) for x in signals_in(batch)] == [s]
+True
+>>> w = AlertWindow(first_offset=3, last_offset=9, first_time_ms=None, last_time_ms=None, n=7)
+>>> a = DriftAlert("ood_cusum-v1-3-0", "ood_cusum", "ood_score", "drift", 21.5, 20.0, w, "v1",
+...                "held-out texts", 10000.0, 1, "2026-12-04T00:00:00Z", "ood_cusum: ood_score changed")
+>>> DriftAlert.from_json(a.to_json()) == a
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+AlertStatus = Literal["drift", "resolved"]
+
+
+@dataclass(frozen=True, slots=True)
+class DriftSignal:
+    """What the drift agent sees of one scored message."""
+
+    id: str
+    ood_score: float
+    confidence: float
+    label: int  # index into the model's labels
+    projection: list[float]  # low-dimensional view of the embedding
+    origin: dict[str, Any]  # where the input was read: topic, partition, offset
+    timestamp_ms: int | None = None  # the input's Kafka timestamp
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "ood_score": self.ood_score,
+            "confidence": self.confidence,
+            "label": self.label,
+            "projection": self.projection,
+            "origin": self.origin,
+            "timestamp_ms": self.timestamp_ms,
+        }
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> DriftSignal:
+        return cls(
+            str(record.get("id", "")),
+            float(record["ood_score"]),
+            float(record["confidence"]),
+            int(record["label"]),
+            [float(v) for v in record["projection"]],
+            record.get("origin") or {},
+            record.get("timestamp_ms"),
+        )
+
+
+@dataclass(slots=True)
+class SignalBatch:
+    """One ``drift.signals`` record: a micro-batch's signals of one model version, in input order.
+
+    One record per batch, not per message, because the drift agent reads every signal through
+    one partition: per-message records cost the worker and the broker about a third of what the
+    pipeline spends besides the encoder (docs/performance-log.md).
+    """
+
+    model_version: str
+    signals: list[DriftSignal]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model_version": self.model_version, "signals": [s.to_json() for s in self.signals]}
+
+
+def signals_in(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The signals of one ``drift.signals`` record: a micro-batch's ``signals``, or the record
+    itself when it is a single signal (the format before signals were batched)."""
+    return list(record["signals"]) if "signals" in record else [record]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertWindow:
+    """The messages an alert speaks of: ``drift.signals`` offsets, input times, how many."""
+
+    first_offset: int
+    last_offset: int
+    first_time_ms: int | None
+    last_time_ms: int | None
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class DriftAlert:
+    """One ``drift.alerts`` record: an episode opened (``drift``) or closed (``resolved``)."""
+
+    alert_id: str
+    detector: str
+    signal: str
+    status: AlertStatus
+    statistic: float
+    threshold: float
+    window: AlertWindow
+    model_version: str
+    reference: str  # what the detector compares against
+    ert: float  # the calibrated mean run between false alarms, in messages
+    alarms_in_episode: int
+    detected_at: str
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> DriftAlert:
+        fields = {k: v for k, v in record.items() if k in cls.__dataclass_fields__}
+        return cls(**{**fields, "window": AlertWindow(**record["window"])})

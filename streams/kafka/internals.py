@@ -1,0 +1,56 @@
+"""The few private parts of aiokafka and Faust we rely on, each behind one small function.
+
+Neither library offers these publicly: a full metadata refresh (aiokafka's consumer refreshes
+only the topics it tracks), Faust's running producer (we hand it whole partition batches, not
+``Topic.send`` records), and the consumer's fetch wait (Faust fixes it at 1.5 s). :func:`check`
+fails loudly, naming what moved, when an upgrade renames one; tests/test_kafka_internals.py runs
+it against the installed versions.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+
+async def topic_partitions(consumer: Any, topic: str) -> set[int] | None:
+    """``topic``'s partitions from fresh cluster metadata, or None if the topic does not exist."""
+    cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - all topics, not only tracked ones
+    return cluster.partitions_for_topic(topic)
+
+
+def faust_producer(app: Any) -> Any:
+    """The ``AIOKafkaProducer`` of a Faust app: started before its agents, stopped after them."""
+    return app.producer._ensure_producer()  # noqa: SLF001 - Faust has no public accessor
+
+
+def set_fetch_wait(consumer: Any, ms: int) -> None:
+    """Set an ``AIOKafkaConsumer``'s fetch wait before ``start()`` builds its fetcher."""
+    consumer._fetch_max_wait_ms = ms  # noqa: SLF001 - aiokafka has no setter
+
+
+def check() -> None:
+    """Raise if the installed aiokafka or Faust lacks what this module uses."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.client import AIOKafkaClient
+    from faust.transport.drivers.aiokafka import Producer
+
+    missing = [
+        name
+        for owner, attr, name in (
+            (AIOKafkaClient, "fetch_all_metadata", "aiokafka AIOKafkaClient.fetch_all_metadata"),
+            (Producer, "_ensure_producer", "faust Producer._ensure_producer"),
+        )
+        if not hasattr(owner, attr)
+    ]
+    init = inspect.getsource(AIOKafkaConsumer.__init__)  # the attributes are set there
+    missing += [
+        f"aiokafka AIOKafkaConsumer.{a}"
+        for a in ("_client", "_fetch_max_wait_ms")
+        if f"self.{a} =" not in init
+    ]
+    if missing:
+        raise RuntimeError(
+            f"{', '.join(missing)} changed: streams/kafka/internals.py does not support this "
+            "aiokafka/faust version; pin the versions in pyproject.toml or update the adapter"
+        )

@@ -1,0 +1,187 @@
+"""The Faust application: ``texts`` → score agent → ``texts.scored`` / ``texts.dlq``.
+
+Read top to bottom as the data flows. Faust commits the offset of every event that has been
+acknowledged, so events are acknowledged by hand (``noack_take``) and only once every output
+of their micro-batch has been confirmed by the broker; a failing send is retried rather than
+skipped, and scoring never raises. That gives at-least-once delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+
+from models.scoring import Scorer
+from schemas.messages import Origin
+from streams.kafka import internals
+from streams.kafka.delivery import deliver
+from streams.kafka.faust_transport import StreamApp
+from streams.kafka.security import client_options, faust_credentials
+from streams.settings import Settings
+from streams.worker.batch import BatchOutput, RawMessage, process_batch
+from streams.worker.broker_watch import BrokerWatch
+from streams.worker.drift_agent import DriftAgent, DriftTopics, artifacts_from
+from streams.worker.metrics import BatchStats, WorkerMetrics
+from streams.worker.serving import ModelHolder
+from streams.worker.stages import Batch, Intake, OutputTopics, Stages, Take
+
+log = logging.getLogger("streamscore.worker")
+
+
+def create_app(
+    settings: Settings, bootstrap_servers: str, holder: ModelHolder, metrics: WorkerMetrics | None = None
+) -> faust.App:
+    metrics = metrics or WorkerMetrics.create()
+    security = client_options(settings)  # built once; each part gets only what it uses
+    datadir = settings.registry / "worker-data" / settings.group_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    show_model(metrics, holder.scorer)
+    # Read at each scrape from whichever embedder serves then (a new model may bring a new one).
+    metrics.watch_cache(lambda: holder.scorer.embedder.cache_counts())
+    metrics.watch_encoder(lambda: holder.scorer.embedder.pool)
+    app = StreamApp(
+        settings.group_id,
+        broker=f"kafka://{bootstrap_servers}",
+        broker_credentials=faust_credentials(settings),
+        fetch_wait_ms=settings.fetch_wait_ms,
+        store="memory://",
+        # Faust wants a data dir even for memory tables; keep it out of the user's cwd.
+        datadir=str(datadir),
+        web_enabled=False,
+        topic_partitions=settings.partitions,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        # A Kafka broker's default message.max.bytes: a scored record of an input just under
+        # max_message_bytes (1,000,000) is a little bigger than that (Faust's default limit).
+        producer_max_request_size=1_048_576,
+        broker_session_timeout=30,
+        # After a crash, everything confirmed since the last commit is scored again.
+        broker_commit_interval=settings.commit_interval_s,
+        broker_heartbeat_interval=3,
+    )
+    # Raw bytes in and out: we validate ourselves so a bad message is dead-lettered, not dropped.
+    # The topics the agents read; outputs go to the producer directly (streams/kafka/delivery.py).
+    texts, signals = (
+        app.topic(name, key_serializer="raw", value_serializer="raw")
+        for name in (settings.input_topic, settings.signals_topic)
+    )
+
+    def producer() -> Any:
+        # Faust's own producer: records go to it a partition batch at a time, not by Topic.send.
+        return internals.faust_producer(app)
+
+    limits = settings.batch_limits
+
+    async def ack(handles: list[Any]) -> None:
+        for stream, event in handles:
+            await stream.ack(event)
+
+    def confirmed(batch: Batch, out: BatchOutput, seconds: float) -> None:
+        stats = BatchStats(
+            len(batch.messages), out.labels, out.is_ood, out.event_ms, out.reasons, out.embed_s
+        )
+        metrics.observe_batch(stats, seconds)
+        if out.dead:
+            log.info(
+                "dead-lettered %d of %d messages: %s", len(out.dead), len(batch.messages), dict(out.reasons)
+            )
+
+    stages = Stages(
+        intake=Intake(settings.batch_size),
+        score=lambda messages: process_batch(messages, holder.score, limits),  # never raises
+        in_flight=holder.in_flight,
+        outputs=OutputTopics(settings.scored_topic, settings.dlq_topic, settings.signals_topic),
+        producer=producer,
+        ack=ack,
+        confirmed=confirmed,
+    )
+
+    @app.agent(texts)
+    async def score(stream: Any) -> None:  # faust's StreamT stub lacks noack_take
+        # Faust commits the offset of every event acknowledged, so events are acknowledged by
+        # hand, once their batch's outputs are confirmed (streams/worker/stages.py).
+        stages.ensure_running(lambda error: asyncio.ensure_future(app.crash(error)))
+        async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
+            await stages.take(Take([raw_message(e.message) for e in events], [(stream, e) for e in events]))
+
+    drift = DriftAgent(
+        DriftTopics(settings.alerts_topic, settings.drift_state_topic),
+        artifacts_from(holder),
+        settings.drift_quiet,
+        settings.drift_cooldown,
+        {"bootstrap_servers": bootstrap_servers, **security},
+    )
+
+    @app.agent(signals)
+    async def watch_drift(stream: Any) -> None:
+        await drift.restore()
+        async for events in stream.take_events(100, within=0.2):
+            handled = await drift.handle([(e.message.offset, e.message.value) for e in events])
+            if drift.monitor is not None:
+                metrics.observe_drift(
+                    drift.monitor.detectors, drift.monitor.open_episodes, handled.alerts, handled.signals
+                )
+            for alert in handled.alerts:
+                log.warning("drift alert: %s %s (%s)", alert.detector, alert.status, alert.alert_id)
+            if handled.alerts:
+                await deliver(producer(), handled.alert_records(settings.alerts_topic))
+            if handled.snapshot is not None:  # after its alerts are confirmed
+                await deliver(producer(), [(settings.drift_state_topic, b"drift", handled.snapshot)])
+
+    @app.timer(interval=settings.reload_interval_s)
+    async def follow_current_model() -> None:
+        try:
+            if await holder.follow_registry():
+                show_model(metrics, holder.scorer)
+        except Exception:  # a timer that raises would stop following; log and try next tick
+            log.exception("checking the registry for a new model failed")
+
+    broker = BrokerWatch(bootstrap_servers, metrics, security)
+
+    @app.timer(interval=2.0)
+    async def watch_broker() -> None:
+        await broker.check()
+
+    @app.timer(interval=2.0)
+    async def report_lag() -> None:
+        try:
+            assigned = app.consumer.assignment()
+            lags = {}
+            for tp in assigned:
+                if tp.topic != settings.input_topic:
+                    continue
+                end = app.consumer.highwater(tp)
+                position = stages.offsets.position(tp.partition)
+                if position is None:
+                    position = await app.consumer.position(tp)
+                if end is not None and position is not None:
+                    lags[tp.partition] = end - position
+            metrics.set_lag(settings.input_topic, lags)
+            metrics.set_ready(bool(assigned))
+        except Exception:  # metrics must never stop the worker
+            log.debug("could not compute consumer lag", exc_info=True)
+
+    return app
+
+
+def raw_message(message: Any) -> RawMessage:
+    """A Faust event's Kafka message as the stages see it."""
+    return RawMessage(
+        key=message.key,
+        value=message.value,
+        origin=Origin(message.topic, message.partition, message.offset),
+        timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
+    )
+
+
+def show_model(metrics: WorkerMetrics, scorer: Scorer) -> None:
+    """Publish the serving model's version, OOD reference rate and label prior."""
+    artifact = scorer.artifact
+    keep = float(artifact.manifest.get("thresholds", {}).get("keep_in_dist", 0.95))
+    prior: dict[str, float] = {}
+    if artifact.drift is not None:
+        prior = dict(zip(artifact.head.labels, artifact.drift.labels["prior"], strict=False))
+    metrics.set_model(scorer.version, scorer.embedder.name, str(scorer.embedder.device), 1.0 - keep, prior)

@@ -1,0 +1,212 @@
+"""The score agent's stages: intake → score → send → confirm, joined by bounded queues.
+
+A pipeline, so the encoder never waits for Kafka: the intake fills the next batch while
+``in_flight`` batches are scored at once (their forward passes share the encoder's threads:
+models/encode_pool.py), their outputs are sent in input order, and the broker confirms one
+batch while the next ones are scored. A batch's messages are acknowledged (so their offsets may
+be committed) only once all its outputs are confirmed. Every queue is bounded: a slow broker
+stops the intake (backpressure). Nothing here knows Faust: messages arrive as
+:class:`~streams.worker.batch.RawMessage` with an opaque handle each, which goes back to
+``ack`` once confirmed.
+
+>>> async def demo():
+...     intake = Intake(batch_size=3)
+...     await intake.put(Take([raw(0), raw(1)], ["h0", "h1"]))
+...     await intake.put(Take([raw(2)], ["h2"]))
+...     await intake.put(Take([raw(3), raw(4)], ["h3", "h4"]))
+...     first, second = await intake.next_batch(), await intake.next_batch()
+...     return [m.origin.offset for m in first.messages], second.handles
+>>> asyncio.run(demo())
+([0, 1, 2], ['h3', 'h4'])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.messages import Origin
+from streams.kafka.delivery import Delivery, Record, deliver, send_batched
+from streams.worker.batch import BatchOutput, RawMessage, signal_records
+from streams.worker.offsets import OffsetTracker
+
+log = logging.getLogger("streamscore.worker")
+
+INTAKE_TAKES = 8  # takes queued before the intake blocks Faust (backpressure)
+SENT_UNCONFIRMED = 2  # batches handed to the producer and not yet confirmed
+
+
+def raw(offset: int, partition: int = 0) -> RawMessage:
+    """A message for examples and tests: ``{"id": "m<offset>", "text": "t<offset>"}``."""
+    value = f'{{"id": "m{offset}", "text": "t{offset}"}}'.encode()
+    return RawMessage(key=f"m{offset}".encode(), value=value, origin=Origin("texts", partition, offset))
+
+
+@dataclass(slots=True)
+class Take:
+    """What one Faust ``take`` handed over: messages and, per message, a handle to acknowledge."""
+
+    messages: list[RawMessage]
+    handles: list[Any]
+
+
+@dataclass(slots=True)
+class Batch:
+    """One micro-batch: the messages scored together, their handles, when it was formed."""
+
+    messages: list[RawMessage]
+    handles: list[Any]
+    taken_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(slots=True)
+class Scoring:
+    """A batch handed to the scorers; ``job`` never raises (streams/worker/batch.py)."""
+
+    batch: Batch
+    job: asyncio.Future[BatchOutput]
+
+
+@dataclass(slots=True)
+class Sent:
+    """A scored batch whose records the producer holds, awaiting the broker's confirmation."""
+
+    batch: Batch
+    out: BatchOutput
+    records: list[Record]
+    deliveries: list[Delivery]
+
+
+@dataclass(frozen=True)
+class OutputTopics:
+    """Where a batch's outputs go."""
+
+    scored: str
+    dlq: str
+    signals: str
+
+    def records(self, out: BatchOutput) -> list[Record]:
+        return (
+            [(self.scored, k, v) for k, v in out.scored]
+            + [(self.dlq, k, v) for k, v in out.dead]
+            + [(self.signals, None, v) for v in signal_records(out)]
+        )
+
+
+class Intake:
+    """Takes from Faust, merged into micro-batches of at most ``batch_size`` messages.
+
+    Small batches embed at up to twice the cost per text, so takes that queue up while the
+    scorers are busy are merged into the next batch rather than dispatched one by one; a take
+    that does not fit is held, whole and in order, for the batch after.
+    """
+
+    def __init__(self, batch_size: int, max_takes: int = INTAKE_TAKES) -> None:
+        self.batch_size = batch_size
+        self.queue: asyncio.Queue[Take] = asyncio.Queue(maxsize=max_takes)
+        self.held: Take | None = None
+
+    async def put(self, take: Take) -> None:
+        """Waits while ``max_takes`` takes are queued: backpressure on the consumer."""
+        await self.queue.put(take)
+
+    async def next_batch(self) -> Batch:
+        take = self.held or await self.queue.get()
+        self.held = None
+        messages, handles = list(take.messages), list(take.handles)
+        while not self.queue.empty():
+            take = self.queue.get_nowait()
+            if len(messages) + len(take.messages) > self.batch_size:
+                self.held = take
+                break
+            messages += take.messages
+            handles += take.handles
+        return Batch(messages, handles)
+
+
+ScoreBatch = Callable[[list[RawMessage]], Awaitable[BatchOutput]]
+"""Scores a batch's messages into its outputs; never raises (streams/worker/batch.py)."""
+Confirmed = Callable[[Batch, BatchOutput, float], None]
+"""Told of each confirmed batch, its outputs and seconds since it was formed (metrics, logs)."""
+
+
+@dataclass
+class Stages:
+    """The stages of one score agent and the queues between them.
+
+    ``producer()`` gives the started Kafka producer; ``ack(handles)`` acknowledges confirmed
+    messages to whatever committed their offsets (Faust, here).
+    """
+
+    intake: Intake
+    score: ScoreBatch
+    in_flight: int
+    outputs: OutputTopics
+    producer: Callable[[], Any]
+    ack: Callable[[list[Any]], Awaitable[None]]
+    confirmed: Confirmed
+    offsets: OffsetTracker = field(default_factory=OffsetTracker)
+    tasks: list[asyncio.Task] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.free_scorers = asyncio.Semaphore(self.in_flight)
+        self.to_send: asyncio.Queue[Scoring] = asyncio.Queue(maxsize=self.in_flight)
+        self.to_confirm: asyncio.Queue[Sent] = asyncio.Queue(maxsize=SENT_UNCONFIRMED)
+
+    async def take(self, take: Take) -> None:
+        """The agent's entry: record the offsets, queue the take (waits when the intake is full)."""
+        self.offsets.take((m.origin.partition, m.origin.offset) for m in take.messages)
+        await self.intake.put(take)
+
+    async def score_stage(self) -> None:
+        """A batch goes to the scorers only while fewer than ``in_flight`` are there: one per
+        encoder thread and one more, so a thread that finishes finds work at once; what
+        arrives meanwhile is merged into the next batch."""
+        while True:
+            await self.free_scorers.acquire()
+            batch = await self.intake.next_batch()
+            job = asyncio.ensure_future(self.score(batch.messages))
+            job.add_done_callback(lambda _: self.free_scorers.release())
+            await self.to_send.put(Scoring(batch, job))
+
+    async def send_stage(self) -> None:
+        """Outputs go to the producer in input order, a partition batch at a time."""
+        while True:
+            scoring = await self.to_send.get()
+            out = await scoring.job
+            records = self.outputs.records(out)  # built once: the signals are encoded here
+            deliveries = await send_batched(self.producer(), records)
+            await self.to_confirm.put(Sent(scoring.batch, out, records, deliveries))
+
+    async def confirm_stage(self) -> None:
+        """Waits for the broker (resending what it refused), then acknowledges the batch."""
+        while True:
+            sent = await self.to_confirm.get()
+            await deliver(self.producer(), sent.records, sent.deliveries)
+            await self.ack(sent.batch.handles)
+            self.offsets.confirm((m.origin.partition, m.origin.offset) for m in sent.batch.messages)
+            self.confirmed(sent.batch, sent.out, time.perf_counter() - sent.batch.taken_at)
+
+    def ensure_running(self, on_stop: Callable[[BaseException], object]) -> None:
+        """Start the stage tasks, or restart them after one ended; ``on_stop(error)`` is told
+        when a stage fails (unacknowledged batches are then redone by the next worker)."""
+        if self.tasks and not any(t.done() for t in self.tasks):
+            return
+        for t in self.tasks:
+            t.cancel()
+        self.tasks = [
+            asyncio.create_task(stage()) for stage in (self.score_stage, self.send_stage, self.confirm_stage)
+        ]
+
+        def supervise(task: asyncio.Task) -> None:
+            error = None if task.cancelled() else task.exception()
+            if error is not None:
+                log.error("a scoring stage stopped: %r; stopping the worker", error)
+                on_stop(error)
+
+        for t in self.tasks:
+            t.add_done_callback(supervise)

@@ -1,0 +1,306 @@
+"""The score agent's stages without a broker: batch merging, order, offset safety, backpressure,
+in-flight limits, resending what the broker refused, poison-message splitting, failing stages.
+
+The producer here is a stand-in that holds each batch's future until the test confirms or
+refuses it, so a test can look at the pipeline between "sent" and "confirmed". The same stages
+run against real brokers in tests/test_worker.py and tests/test_reliability.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from models.scoring import Scores
+from streams.worker.batch import BatchLimits, BatchOutput, RawMessage, process_batch
+from streams.worker.offsets import OffsetTracker
+from streams.worker.stages import Batch, Intake, OutputTopics, Stages, Take, raw
+
+
+class _Builder:
+    def __init__(self, room: int) -> None:
+        self.records: list[tuple[bytes | None, bytes]] = []
+        self.room = room
+
+    def append(self, key: bytes | None, value: bytes, timestamp: Any) -> object | None:
+        if len(self.records) >= self.room:
+            return None
+        self.records.append((key, value))
+        return object()
+
+    def close(self) -> None:
+        pass
+
+
+class HeldProducer:
+    """Takes partition batches like aiokafka's producer; the test settles their futures."""
+
+    def __init__(self, partitions: int = 2, batch_room: int = 1_000) -> None:
+        self.partitions = partitions
+        self.batch_room = batch_room
+        self.sent: list[tuple[str, int, list[tuple[bytes | None, bytes]], asyncio.Future]] = []
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return set(range(self.partitions))
+
+    def create_batch(self) -> _Builder:
+        return _Builder(self.batch_room)
+
+    async def send_batch(self, builder: _Builder, topic: str, partition: int) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.sent.append((topic, partition, builder.records, future))
+        return future
+
+    async def send(self, topic: str, value: bytes, key: bytes | None, partition: int) -> asyncio.Future:
+        builder = _Builder(1)
+        builder.append(key, value, None)
+        return await self.send_batch(builder, topic, partition)
+
+    def settle(self, ok: bool = True) -> int:
+        """Confirm (or refuse) every batch not settled yet; returns how many."""
+        n = 0
+        for _, _, _, future in self.sent:
+            if not future.done():
+                future.set_result(None) if ok else future.set_exception(ConnectionError("refused"))
+                n += 1
+        return n
+
+    def values(self, topic: str) -> list[dict]:
+        return [
+            json.loads(v)
+            for t, _, recs, f in self.sent
+            if t == topic and f.done() and not f.exception()
+            for _, v in recs
+        ]
+
+
+def fake_scores(texts: list[str]) -> Scores:
+    n = len(texts)
+    return Scores(
+        labels=["a"] * n,
+        confidence=np.full(n, 0.9),
+        top_k_labels=[["a"]] * n,
+        top_k_probs=np.ones((n, 1)),
+        ood_scores=np.zeros(n),
+        ood_threshold=0.5,
+    )
+
+
+async def score_ok(texts: list[str]) -> tuple[Scores, str]:
+    return fake_scores(texts), "v1"
+
+
+TOPICS = OutputTopics("scored", "dlq", "signals")
+
+
+def make_stages(
+    producer: HeldProducer,
+    score: Callable[[list[RawMessage]], Any] | None = None,
+    batch_size: int = 4,
+    in_flight: int = 2,
+    retries: int = 0,
+) -> tuple[Stages, list[Any], list[Batch]]:
+    acked: list[Any] = []
+    confirmed: list[Batch] = []
+
+    async def ack(handles: list[Any]) -> None:
+        acked.extend(handles)
+
+    def score_batch(messages: list[RawMessage]) -> Any:
+        return process_batch(messages, score_ok, BatchLimits(score_retries=retries))
+
+    stages = Stages(
+        intake=Intake(batch_size),
+        score=score or score_batch,
+        in_flight=in_flight,
+        outputs=TOPICS,
+        producer=lambda: producer,
+        ack=ack,
+        confirmed=lambda batch, out, seconds: confirmed.append(batch),
+    )
+    return stages, acked, confirmed
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.005)
+
+
+def take(offsets: list[int], partition: int = 0) -> Take:
+    return Take([raw(o, partition) for o in offsets], [(partition, o) for o in offsets])
+
+
+# ------------------------------------------------------------------------------------ intake
+
+
+def test_intake_merges_queued_takes_in_order_and_holds_one_that_does_not_fit():
+    async def run() -> list[list[int]]:
+        intake = Intake(batch_size=5)
+        for offsets in ([0, 1], [2, 3], [4, 5], [6]):
+            await intake.put(take(offsets))
+        batches = [await intake.next_batch() for _ in range(2)]
+        return [[m.origin.offset for m in b.messages] for b in batches] + [[h[1] for h in batches[1].handles]]
+
+    assert asyncio.run(run()) == [[0, 1, 2, 3], [4, 5, 6], [4, 5, 6]]
+
+
+def test_intake_applies_backpressure_when_its_queue_is_full():
+    async def run() -> tuple[bool, bool]:
+        intake = Intake(batch_size=100, max_takes=2)
+        await intake.put(take([0]))
+        await intake.put(take([1]))
+        third = asyncio.ensure_future(intake.put(take([2])))
+        await asyncio.sleep(0.05)
+        blocked = not third.done()
+        await intake.next_batch()  # drains the queue: room again
+        await asyncio.wait_for(third, 1.0)
+        return blocked, third.done()
+
+    assert asyncio.run(run()) == (True, True)
+
+
+# ----------------------------------------------------------------------------- offset safety
+
+
+def test_offsets_commit_only_below_the_first_unconfirmed_message_per_partition():
+    t = OffsetTracker()
+    t.take([(0, 0), (0, 1), (1, 0)])
+    t.take([(0, 2), (0, 3), (1, 1)])
+    t.confirm([(0, 2), (0, 3), (1, 1)])  # the later batch first
+    assert t.committable() == {0: 0, 1: 0} and t.in_flight() == 3
+    t.confirm([(0, 0), (0, 1), (1, 0)])
+    assert t.committable() == {0: 4, 1: 2} and t.in_flight() == 0
+    assert t.position(0) == 4 and t.position(7) is None
+
+
+# -------------------------------------------------------------------- the stages, end to end
+
+
+def test_a_batch_is_acknowledged_only_after_the_broker_confirms_it_and_in_input_order():
+    async def run() -> None:
+        producer = HeldProducer()
+        stages, acked, confirmed = make_stages(producer, batch_size=3)
+        stages.ensure_running(lambda error: pytest.fail(f"a stage failed: {error!r}"))
+        await stages.take(take([0, 1, 2]))
+        await stages.take(take([3, 4]))
+        await until(lambda: len({(t, p) for t, p, _, _ in producer.sent}) >= 1 and producer.sent != [])
+        await asyncio.sleep(0.05)
+        assert acked == [] and stages.offsets.committable() == {0: 0}  # sent, not confirmed
+        while len(acked) < 5:
+            producer.settle()
+            await asyncio.sleep(0.01)
+        assert acked == [(0, o) for o in range(5)]
+        assert [[m.origin.offset for m in b.messages] for b in confirmed] == [[0, 1, 2], [3, 4]]
+        assert stages.offsets.committable() == {0: 5}
+        ids = [r["id"] for r in producer.values("scored")]
+        assert sorted(ids) == [f"m{o}" for o in range(5)]
+        for task in stages.tasks:
+            task.cancel()
+
+    asyncio.run(run())
+
+
+def test_records_the_broker_refuses_are_resent_and_the_batch_waits_for_them():
+    async def run() -> None:
+        producer = HeldProducer()
+        stages, acked, _ = make_stages(producer)
+        stages.ensure_running(lambda error: pytest.fail(f"a stage failed: {error!r}"))
+        await stages.take(take([0, 1]))
+        await until(lambda: producer.sent != [])
+        await asyncio.sleep(0.02)
+        producer.settle(ok=False)  # the broker refuses: deliver() resends after a pause
+        await until(lambda: any(not f.done() for *_, f in producer.sent), timeout_s=3.0)
+        assert acked == []
+        producer.settle()
+        await until(lambda: len(acked) == 2)
+        scored = producer.values("scored")
+        assert sorted(r["id"] for r in scored) == ["m0", "m1"]  # once each among the confirmed
+        for task in stages.tasks:
+            task.cancel()
+
+    asyncio.run(run())
+
+
+def test_no_more_than_in_flight_batches_are_scored_at_once():
+    async def run() -> int:
+        producer = HeldProducer()
+        running, most = [0], [0]
+        release = asyncio.Event()
+
+        async def slow_score(messages: list[RawMessage]) -> BatchOutput:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            await release.wait()
+            running[0] -= 1
+            return await process_batch(messages, score_ok, BatchLimits())
+
+        stages, acked, _ = make_stages(producer, score=slow_score, batch_size=1, in_flight=2)
+        stages.ensure_running(lambda error: pytest.fail(f"a stage failed: {error!r}"))
+        for o in range(6):
+            await stages.take(take([o]))
+        await asyncio.sleep(0.1)
+        assert running[0] == 2
+        release.set()
+        while len(acked) < 6:
+            producer.settle()
+            await asyncio.sleep(0.01)
+        for task in stages.tasks:
+            task.cancel()
+        return most[0]
+
+    assert asyncio.run(run()) == 2
+
+
+def test_a_poison_message_goes_to_the_dead_letter_topic_and_its_batch_mates_are_scored():
+    async def score(texts: list[str]) -> tuple[Scores, str]:
+        if "poison" in texts:
+            raise RuntimeError("model blew up")
+        return fake_scores(texts), "v1"
+
+    async def run() -> tuple[list[str], list[str], list[Any]]:
+        producer = HeldProducer()
+        stages, acked, _ = make_stages(
+            producer, score=lambda m: process_batch(m, score, BatchLimits(score_retries=1))
+        )
+        stages.ensure_running(lambda error: pytest.fail(f"a stage failed: {error!r}"))
+        messages = [raw(0), RawMessage(b"m1", b'{"id": "m1", "text": "poison"}', raw(1).origin), raw(2)]
+        await stages.take(Take(messages, ["h0", "h1", "h2"]))
+        while len(acked) < 3:
+            producer.settle()
+            await asyncio.sleep(0.01)
+        for task in stages.tasks:
+            task.cancel()
+        return (
+            [r["id"] for r in producer.values("scored")],
+            [r["reason"] for r in producer.values("dlq")],
+            acked,
+        )
+
+    scored, reasons, acked = asyncio.run(run())
+    assert sorted(scored) == ["m0", "m2"] and reasons == ["scoring_failed"] and acked == ["h0", "h1", "h2"]
+
+
+def test_a_stage_that_fails_is_reported_and_nothing_is_acknowledged():
+    class BrokenProducer(HeldProducer):
+        async def partitions_for(self, topic: str) -> set[int]:
+            raise RuntimeError("metadata gone")
+
+    async def run() -> tuple[list[BaseException], list[Any]]:
+        errors: list[BaseException] = []
+        stages, acked, _ = make_stages(BrokenProducer())
+        stages.ensure_running(errors.append)
+        await stages.take(take([0]))
+        await until(lambda: errors != [])
+        for task in stages.tasks:
+            task.cancel()
+        return errors, acked
+
+    errors, acked = asyncio.run(run())
+    assert "metadata gone" in str(errors[0]) and acked == []
