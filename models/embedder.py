@@ -88,7 +88,7 @@ class Embedder:
     batch_size: int = 64
     backend: str = "torch"  # torch | onnx | onnx-int8
     cache: EmbeddingCache | None = None
-    parallel: int = 1  # forward passes that may run at once (CPU: the encode pool's threads)
+    encoder_threads: int = 1  # forward passes that may run at once (CPU: the encode pool's threads)
     shared: SharedCache | None = None  # Redis, behind ``cache``, shared with other workers
     trace: bool = True  # CPU torch: encode with a TorchScript trace (models/traced.py)
     # The tokenizer and the cache are shared by those threads; HF fast tokenizers raise
@@ -117,7 +117,7 @@ class Embedder:
         backend: str = "torch",
         cache_size: int = 0,
         cache_dir: Path | None = None,
-        parallel: int = 0,
+        encoder_threads: int = 0,
         shared_cache_url: str | None = None,
         shared_cache_ttl_s: int = 7 * 24 * 3600,
         trace: bool = True,
@@ -125,7 +125,7 @@ class Embedder:
         """Load ``name`` offline on ``device`` with ``backend``; ``cache_size`` > 0 keeps an LRU
         of that many embeddings. On a GPU the torch backend runs in fp16.
 
-        ``parallel`` is how many forward passes run at once on a CPU, each on one thread of
+        ``encoder_threads`` is how many forward passes run at once on a CPU, each on one thread of
         the process's encode pool (0: one per core; a GPU takes one at a time). On 2 cores two
         single-threaded forwards ran 1.3-1.9x faster than one forward on two threads (README,
         Performance), because intra-op threads wait for each other at every operator, and one
@@ -142,20 +142,21 @@ class Embedder:
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
-        from models.onnx_backend import BACKENDS, load_onnx_model
+        from models.backends import BACKENDS
+        from models.onnx_backend import load_onnx_model
 
         if backend not in BACKENDS:
             raise ValueError(f"unknown embedder backend {backend!r}: use one of {', '.join(BACKENDS)}")
         path = resolve_model_path(name)
         dev = pick_device(device) if backend == "torch" else "cpu"
-        parallel = 1 if dev != "cpu" else max(1, parallel or cpu_cores())
+        encoder_threads = 1 if dev != "cpu" else max(1, encoder_threads or cpu_cores())
         try:
             if backend == "torch":
                 model = SentenceTransformer(path, device=dev)
                 if dev.startswith("cuda"):
                     model.half()  # fp16 on GPU: about twice the throughput, cosine > 0.999
             else:
-                model = load_onnx_model(path, backend, cache_dir, threads=threads_per_call(parallel))
+                model = load_onnx_model(path, backend, cache_dir, threads=threads_per_call(encoder_threads))
         except OSError as exc:
             raise RuntimeError(
                 f"cannot load embedding model {name!r} from {path!r} without the network: "
@@ -171,7 +172,7 @@ class Embedder:
             batch_size=batch_size,
             backend=backend,
             cache=cache,
-            parallel=parallel,
+            encoder_threads=encoder_threads,
             trace=trace,
         )
         if shared_cache_url:
@@ -195,14 +196,14 @@ class Embedder:
     @property
     def pool(self) -> EncodePool | None:
         """The encode pool whose threads run this embedder's forwards; None where the calling
-        thread runs them (a GPU, or ``parallel`` 1)."""
-        if self.device != "cpu" or self.parallel < 2:
+        thread runs them (a GPU, or ``encoder_threads`` 1)."""
+        if self.device != "cpu" or self.encoder_threads < 2:
             return None
-        return shared_pool(self.parallel)
+        return shared_pool(self.encoder_threads)
 
     def setup_thread(self) -> None:
         """Call once in each thread that will encode: gives it its share of the CPU cores."""
-        setup_encoder_thread(self.device, self.parallel)
+        setup_encoder_thread(self.device, self.encoder_threads)
 
     @property
     def dim(self) -> int:
@@ -213,8 +214,9 @@ class Embedder:
         return int(get_dim())
 
     @property
-    def revision(self) -> str:
-        """A fingerprint of the weights, so an artifact can refuse a different embedder."""
+    def weights_size(self) -> str:
+        """``size=<bytes>`` of the weights file: the manifest's embedder ``revision``, a cheap
+        tell of other weights under the same name (``fingerprint`` hashes them)."""
         path = Path(resolve_model_path(self.name))
         weights = path / "model.safetensors"
         if weights.is_file():
@@ -433,18 +435,18 @@ def _one_thread(device: str) -> Iterator[None]:
         yield
 
 
-def setup_encoder_thread(device: str, parallel: int) -> None:
+def setup_encoder_thread(device: str, encoder_threads: int) -> None:
     """What :meth:`Embedder.setup_thread` does, without holding the embedder (a thread pool
     keeps its initializer for its whole life, and with it anything the initializer holds)."""
     if device == "cpu":
         # Per calling thread. The ONNX backends run torch too (tokens to tensors, pooling),
         # whose small ops would otherwise start a team of threads on every core per call.
-        set_torch_threads(threads_per_call(parallel))
+        set_torch_threads(threads_per_call(encoder_threads))
 
 
-def threads_per_call(parallel: int) -> int:
-    """CPU threads for each of ``parallel`` concurrent encodes."""
-    return max(1, cpu_cores() // max(1, parallel))
+def threads_per_call(encoder_threads: int) -> int:
+    """CPU threads for each of ``encoder_threads`` concurrent encodes."""
+    return max(1, cpu_cores() // max(1, encoder_threads))
 
 
 def _progress(items: list, show: bool) -> Any:

@@ -21,7 +21,6 @@ from typing import Any
 
 log = logging.getLogger("streamscore.embedder")
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
 DEFAULT_CACHE = Path("~/.cache/streamscore")
 
 
@@ -55,7 +54,7 @@ def load_onnx_model(
     from sentence_transformers import SentenceTransformer
 
     if backend not in ("onnx", "onnx-int8"):
-        raise ValueError(f"unknown ONNX backend {backend!r}; use one of {BACKENDS}")
+        raise ValueError(f"unknown ONNX backend {backend!r}; use onnx or onnx-int8")
     target = export_dir(model_path, cache_dir)
     file_name = _exported_file(target, backend)
     if file_name is None:

@@ -19,9 +19,10 @@ import numpy as np
 from models.head import LinearHead, rowwise_matmul, softmax
 
 STRATEGIES = ("energy", "msp", "mahalanobis", "relative_mahalanobis", "knn")
+KEEP_IN_DIST = 0.95  # share of in-distribution validation texts the OOD gate passes, by default
 
 
-def ood_threshold(in_dist_scores: np.ndarray, keep: float = 0.95) -> float:
+def ood_threshold(in_dist_scores: np.ndarray, keep: float = KEEP_IN_DIST) -> float:
     """The score below which ``keep`` of the in-distribution scores lie."""
     return float(np.quantile(np.asarray(in_dist_scores, dtype=np.float64), keep))
 

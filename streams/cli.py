@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from models.artifact import ArtifactError
+from models.backends import BACKENDS
+from models.ood import KEEP_IN_DIST
 from streams.kafka.security import client_options, failure_message
 from streams.settings import Settings
 from training.fit import TrainConfig
@@ -390,7 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="epochs of encoder fine-tuning before the head is fitted (0: frozen encoder, fastest)",
     )
     sp.add_argument(
-        "--keep", type=float, default=0.95, help="share of in-distribution val texts the OOD gate passes"
+        "--keep",
+        type=float,
+        default=KEEP_IN_DIST,
+        help="share of in-distribution val texts the OOD gate passes",
     )
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--device", default=None)
@@ -403,9 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", default=None, help="version or artifact folder (default CURRENT)")
     sp.add_argument("--data", required=True)
     sp.add_argument("--split", default="test", help="rows of this split ('any' for all)")
-    sp.add_argument(
-        "--backend", default="torch", choices=["torch", "onnx", "onnx-int8"], help="embedder runtime"
-    )
+    sp.add_argument("--backend", default="torch", choices=BACKENDS, help="embedder runtime")
     sp.add_argument("--ood-label", default="oos")
     sp.add_argument("--device", default=None)
     sp.set_defaults(func=cmd_evaluate)
@@ -424,11 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="exactly_once needs a broker with transactions (README, Reliability)",
     )
     sp.add_argument(
-        "--scoring-threads",
-        dest="scoring_threads",
+        "--encoder-threads",
+        "--scoring-threads",  # its name before 2026-12
+        dest="encoder_threads",
         type=int,
         default=None,
-        help="batches embedded at once; 0: one per core up to 4",
+        help="forward passes the encoder runs at once, a thread each (batches in flight: one "
+        "more, at most 5); 0: one per core; GPU: 1",
     )
     sp.add_argument("--max-text-chars", dest="max_text_chars", type=int, default=None)
     sp.add_argument("--input-topic", dest="input_topic", default=None)
@@ -463,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--backend",
         default=None,
-        choices=["torch", "onnx", "onnx-int8"],
+        choices=BACKENDS,
         help="embedder runtime (default torch)",
     )
     sp.add_argument(

@@ -15,12 +15,25 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_type_hints
 
+from models.backends import Backend
 from schemas.messages import MAX_MESSAGE_BYTES, MAX_TEXT_CHARS
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+Guarantee = Literal["at_least_once", "exactly_once"]
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 if TYPE_CHECKING:
     from streams.worker.batch import BatchLimits
+
+
+# Variables read when a field's own is unset: the conventional Kafka one, and old names.
+OTHER_NAMES = {
+    "bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS",
+    "encoder_threads": "STREAMSCORE_SCORING_THREADS",  # its name before 2026-12
+}
 
 
 @dataclass(frozen=True)
@@ -28,8 +41,8 @@ class Settings:
     bootstrap_servers: str | None = None  # None: start an embedded broker
     # Kafka security (streams/kafka/security.py). The password only from the environment
     # (STREAMSCORE_SASL_PASSWORD) or a file; it is left out of repr and logs.
-    security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
-    sasl_mechanism: str = "PLAIN"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism = "PLAIN"
     sasl_username: str | None = None
     sasl_password: str | None = field(default=None, repr=False)
     sasl_password_file: Path | None = None
@@ -40,9 +53,11 @@ class Settings:
     model: str | None = None  # version or artifact dir; None: the registry's CURRENT
     device: str = "auto"  # auto | cpu | cuda
     embed_batch_size: int = 64
-    backend: str = "torch"  # torch | onnx | onnx-int8 (README: Performance)
+    backend: Backend = "torch"  # README: Performance
     trace_encoder: bool = True  # torch on CPU: run it as TorchScript, same vectors (models/traced.py)
-    scoring_threads: int = 0  # encoder threads, a forward pass each at once; 0: one per core (GPU: 1)
+    encoder_threads: int = (
+        0  # forward passes the encoder runs at once, a thread each; 0: one per core (GPU: 1)
+    )
     processes: int = 1  # worker processes in one group, each held to its own cores; 0: one per core
     embed_cache_size: int = 20_000  # embeddings kept in an in-process LRU; 0: no cache
     # redis://host:6379/0: a cache shared by workers; None: off. May hold a password, so it stays
@@ -67,11 +82,11 @@ class Settings:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     score_retries: int = 2  # retries of a failing batch before its messages are dead-lettered
     top_k: int = 3
-    processing_guarantee: str = "at_least_once"  # or exactly_once (streams/kafka/guarantees.py)
+    processing_guarantee: Guarantee = "at_least_once"  # streams/kafka/guarantees.py
     commit_interval_s: float = 1.0  # how often confirmed offsets are committed (bounds redone work)
     shutdown_timeout_s: float = 30.0  # SIGTERM: longest wait for in-flight batches to finish
     reload_interval_s: float = 2.0  # how often the worker checks the registry's CURRENT
-    log_level: str = "info"
+    log_level: LogLevel = "info"
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can reach it
     metrics_port: int = 9464  # taken: the next free port above it (printed at start); 0: none
 
@@ -83,8 +98,8 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(f"STREAMSCORE_{f.name.upper()}")
-            if f.name == "bootstrap_servers" and raw is None:
-                raw = env.get("KAFKA_BOOTSTRAP_SERVERS")
+            if raw is None and f.name in OTHER_NAMES:
+                raw = env.get(OTHER_NAMES[f.name])
             if raw is not None and raw != "":
                 values[f.name] = _convert(f.name, raw, hints[f.name])
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -102,16 +117,14 @@ class Settings:
             problems.append("fetch_wait_ms must be at least 1")
         if self.max_text_chars < 1:
             problems.append("max_text_chars must be at least 1")
-        if self.backend not in ("torch", "onnx", "onnx-int8"):
-            problems.append(f"backend must be torch, onnx or onnx-int8, not {self.backend!r}")
-        if self.processing_guarantee not in ("at_least_once", "exactly_once"):
-            problems.append(
-                f"processing_guarantee must be at_least_once or exactly_once, not {self.processing_guarantee!r}"
-            )
+        for name in ("backend", "processing_guarantee", "log_level"):
+            allowed = get_args(get_type_hints(Settings)[name])
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if self.processes < 0:
             problems.append("processes must be 0 (one per core) or more")
-        if self.scoring_threads < 0:
-            problems.append("scoring_threads must be 0 (one per core) or more")
+        if self.encoder_threads < 0:
+            problems.append("encoder_threads must be 0 (one per core) or more")
         if self.embed_cache_size < 0:
             problems.append("embed_cache_size must be 0 (off) or more")
         if self.embed_cache_url and not self.embed_cache_url.startswith(("redis://", "rediss://", "unix://")):
@@ -138,18 +151,29 @@ class Settings:
             raise ValueError("invalid settings: " + "; ".join(problems))
 
     @property
-    def scoring_parallel(self) -> int:
-        """How many forward passes the worker's encoder runs at once (``scoring_threads``, 0
-        resolved): each on one thread of its encode pool (models/encode_pool.py)."""
-        from models.embedder import cpu_cores
-
-        return self.scoring_threads or cpu_cores()
-
-    @property
     def batch_limits(self) -> BatchLimits:
         from streams.worker.batch import BatchLimits
 
         return BatchLimits(self.max_text_chars, self.max_message_bytes, self.score_retries)
+
+    def to_env(self) -> dict[str, str]:
+        """The ``STREAMSCORE_*`` variables that rebuild these settings in a child process
+        (``from_env`` reads them back); fields left unset (None) are left out.
+
+        >>> env = Settings(batch_size=8, trace_encoder=False).to_env()
+        >>> env["STREAMSCORE_BATCH_SIZE"], env["STREAMSCORE_TRACE_ENCODER"], "STREAMSCORE_MODEL" in env
+        ('8', 'false', False)
+        >>> Settings.from_env(env) == Settings(batch_size=8, trace_encoder=False)
+        True
+        """
+        env = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                env[f"STREAMSCORE_{f.name.upper()}"] = (
+                    str(value).lower() if isinstance(value, bool) else str(value)
+                )
+        return env
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -66,7 +66,7 @@ def test_bench_reports_every_figure(kafka, trained_registry):
         assert w["texts"] == w["n"], w
         assert w["batches"] >= 1 and 1 <= w["texts_per_batch"] <= out["batch_size"], w
         assert w["texts_per_batch"] == pytest.approx(w["n"] / w["batches"], abs=0.051), w
-        if out["scoring_threads"] >= 2:  # the encode pool ran the forwards, and counted them
+        if out["encoder_threads"] >= 2:  # the encode pool ran the forwards, and counted them
             assert w["forwards"] >= 1 and 0 <= w["forwards_split"] <= w["forwards"], w
     assert half["p99_median_of_windows"] == pytest.approx(
         statistics.median(w["p99"] for w in windows), abs=0.1
@@ -84,7 +84,7 @@ def test_bench_reports_every_figure(kafka, trained_registry):
         assert ratio == pytest.approx(runs[t] / naive[t], rel=2e-3), out  # rates rounded to 0.1
     for name in ("e2e_over_raw", "e2e_over_naive"):
         assert out["ratios"][name] == pytest.approx(statistics.median(out["ratios_by_turn"][name]), abs=1e-3)
-    assert out["scoring_threads"] >= 1
+    assert out["encoder_threads"] >= 1
     assert set(out["encode_ms_per_text_by_batch"]) == {"1", "8", "64"}
     assert all(v > 0 for v in out["encode_ms_per_text_by_batch"].values())
     assert out["worker_encode_per_s_by_backend"] == {"torch": out["worker_encode_per_s"]}

@@ -72,7 +72,7 @@ def test_threads_encoding_at_once_get_exactly_the_same_vectors(embedder):
     texts = _texts(240)
     plain = embedder.encode(texts)
     shared = type(embedder)(
-        embedder.name, embedder.device, embedder.model, cache=EmbeddingCache(10_000), parallel=2
+        embedder.name, embedder.device, embedder.model, cache=EmbeddingCache(10_000), encoder_threads=2
     )
     chunks = [texts[i : i + 16] for i in range(0, len(texts), 16)]
     # Twice over: in the second round cache hits race with the misses of other threads.
@@ -92,10 +92,10 @@ def test_the_vectors_do_not_depend_on_the_threads(embedder):
     import torch
 
     texts = _texts(160)
-    two = dataclasses.replace(embedder, parallel=2)
+    two = dataclasses.replace(embedder, encoder_threads=2)
     assert two.pool is not None and two.pool.threads == 2
     pooled = two.encode(texts)  # forwards side by side on the encode pool's two threads
-    alone = dataclasses.replace(embedder, parallel=1)  # forwards in this thread
+    alone = dataclasses.replace(embedder, encoder_threads=1)  # forwards in this thread
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # a forward must still run on one: two split the products by size
     try:
@@ -108,7 +108,7 @@ def test_the_vectors_do_not_depend_on_the_threads(embedder):
 def test_a_long_encode_with_a_progress_bar_gives_the_same_vectors(embedder, capsys):
     import dataclasses
 
-    small = dataclasses.replace(embedder, batch_size=8, parallel=2)  # parts of 128 texts
+    small = dataclasses.replace(embedder, batch_size=8, encoder_threads=2)  # parts of 128 texts
     texts = _texts(300)
     assert np.array_equal(small.encode(texts, progress=True), small.encode(texts))
     assert "embedding" in capsys.readouterr().err  # the bar moved over the parts

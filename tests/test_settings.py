@@ -66,3 +66,18 @@ def test_the_fetch_wait_reaches_the_kafka_consumer():
     assert asyncio.run(fetch_wait_of(Settings())) == 50
     with pytest.raises(ValueError, match="fetch_wait_ms"):
         Settings.from_env({}, fetch_wait_ms=0)
+
+
+def test_the_encoder_threads_setting_keeps_its_old_name_working():
+    assert Settings.from_env({"STREAMSCORE_SCORING_THREADS": "3"}).encoder_threads == 3
+    both = {"STREAMSCORE_SCORING_THREADS": "3", "STREAMSCORE_ENCODER_THREADS": "2"}
+    assert Settings.from_env(both).encoder_threads == 2
+
+
+def test_choices_come_from_the_typed_fields():
+    with pytest.raises(ValueError, match="backend must be one of torch, onnx, onnx-int8, not 'tf'"):
+        Settings.from_env({"STREAMSCORE_BACKEND": "tf"})
+    with pytest.raises(ValueError, match="processing_guarantee must be one of at_least_once, exactly_once"):
+        Settings.from_env({}, processing_guarantee="twice")
+    with pytest.raises(ValueError, match="security_protocol must be one of PLAINTEXT, SSL, SASL_PLAINTEXT"):
+        Settings.from_env({"STREAMSCORE_SECURITY_PROTOCOL": "TLS"})

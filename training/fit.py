@@ -17,7 +17,7 @@ from models.artifact import ArtifactError, ModelArtifact, load_artifact, save_ar
 from models.drift import calibrate_drift
 from models.embedder import DEFAULT_MODEL, Embedder, resolve_model_path
 from models.head import LinearHead
-from models.ood import OODScorer, ood_threshold
+from models.ood import KEEP_IN_DIST, OODScorer, ood_threshold
 from models.registry import Registry
 from training.data import load_rows, training_splits
 from training.evaluate import evaluate_embeddings
@@ -52,7 +52,7 @@ class TrainConfig:
     head_c: float | None = None  # None: pick from HEAD_C_GRID by validation accuracy
     finetune_epochs: float = 2.0  # 0: keep the encoder frozen
     drift_ert: float = 10_000.0  # messages between false drift alarms, all detectors together
-    keep_in_dist: float = 0.95  # share of in-distribution validation texts that pass the OOD gate
+    keep_in_dist: float = KEEP_IN_DIST  # share of in-distribution validation texts that pass the OOD gate
     val_fraction: float = 0.1
     seed: int = 0
     device: str = "auto"
@@ -189,7 +189,7 @@ def train(
     manifest: dict[str, Any] = {
         "version": version,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "embedder": {"name": emb.name, "revision": emb.revision, "dim": emb.dim, "finetuned": finetune_info},
+        "embedder": {"name": emb.name, "revision": emb.weights_size, "dim": emb.dim, "finetuned": finetune_info},
         "head": {"kind": "linear_softmax", "c": c_search["chosen"], "val_accuracy_by_c": c_search},
         "thresholds": {"ood": threshold, "keep_in_dist": cfg.keep_in_dist},
         "training_data": {

@@ -5,7 +5,7 @@ Figures, all on the same real texts (the shipped CLINC150 test split) and batch 
 - ``raw_encode_per_s``: sentence-transformers ``encode`` alone (torch, fp32), the limit the issue
   names: the best of the passes in ``raw_runs_per_s``, taken around the end-to-end runs;
 - ``worker_encode_per_s``: our embedder alone, as the worker runs it (micro-batches on
-  ``scoring_threads`` threads at once, torch): the limit of this pipeline's own encoder;
+  ``encoder_threads`` threads at once, torch): the limit of this pipeline's own encoder;
 - ``encode_ms_per_text_by_batch``: one scorer thread alone, milliseconds per text in
   micro-batches of 1, 8 and 64 (256 texts each): what small batches at light load cost;
 - ``e2e_msgs_per_s``: a real ``streamscore worker`` process (drift agent on), from the first
@@ -75,6 +75,7 @@ from streams.commands.bench_worker import (
 from streams.commands.cpu_use import CpuMeter
 from streams.kafka.broker import bootstrap_or_embedded
 from streams.settings import Settings
+from streams.worker.serving import batches_in_flight
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def worker_embedder(settings: Settings) -> Any:
         batch_size=settings.embed_batch_size,
         backend=settings.backend,
         cache_dir=settings.cache_dir,
-        parallel=settings.scoring_parallel,
+        encoder_threads=settings.encoder_threads,
         trace=settings.trace_encoder,
     )
 
@@ -133,14 +134,14 @@ def worker_encode_rate(texts: list[str], emb: Any, batch_size: int) -> dict[str,
     reach if Kafka, Faust and the rest cost nothing."""
     from concurrent.futures import ThreadPoolExecutor
 
-    in_flight = min(emb.parallel, 4) + 1  # streams/worker/serving.py: ModelHolder.in_flight
+    in_flight = batches_in_flight(emb.encoder_threads)
     batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
     with ThreadPoolExecutor(in_flight, initializer=emb.setup_thread) as pool:
         list(pool.map(emb.encode, batches[: in_flight * 2]))  # warm up
         start = time.perf_counter()
         list(pool.map(emb.encode, batches))
         elapsed = time.perf_counter() - start
-    return {"per_s": len(texts) / elapsed, "messages": len(texts), "threads": emb.parallel}
+    return {"per_s": len(texts) / elapsed, "messages": len(texts), "threads": emb.encoder_threads}
 
 
 def encode_cost_by_batch(texts: list[str], emb: Any, sizes: tuple[int, ...] = (1, 8, 64)) -> dict[str, float]:
@@ -149,7 +150,7 @@ def encode_cost_by_batch(texts: list[str], emb: Any, sizes: tuple[int, ...] = (1
     a busy one."""
     from concurrent.futures import ThreadPoolExecutor
 
-    emb = dataclasses.replace(emb, parallel=1)  # the same model, its forwards in this thread
+    emb = dataclasses.replace(emb, encoder_threads=1)  # the same model, its forwards in this thread
 
     def cost(size: int) -> float:
         batches = [texts[i : i + size] for i in range(0, len(texts), size)]
@@ -549,7 +550,7 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
         "raw_encode_per_s": round(max(paired["raw_runs"]), 1),
         "raw_runs_per_s": [round(x, 1) for x in paired["raw_runs"]],
         "worker_encode_per_s": encoders["torch"],
-        "scoring_threads": enc["threads"],
+        "encoder_threads": enc["threads"],
         "encode_ms_per_text_by_batch": by_batch,
         "device": device,
         "backend": backends[0],

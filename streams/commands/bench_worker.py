@@ -188,29 +188,19 @@ def start_worker(
         "state": f"bench-drift.state-{tag}",
     }
     port = free_port()
-    env = dict(
-        os.environ,
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        STREAMSCORE_REGISTRY=str(settings.registry),
-        STREAMSCORE_INPUT_TOPIC=topics["input"],
-        STREAMSCORE_SCORED_TOPIC=topics["scored"],
-        STREAMSCORE_DLQ_TOPIC=topics["dlq"],
-        STREAMSCORE_SIGNALS_TOPIC=topics["signals"],
-        STREAMSCORE_ALERTS_TOPIC=topics["alerts"],
-        STREAMSCORE_DRIFT_STATE_TOPIC=topics["state"],
-        STREAMSCORE_GROUP_ID=f"bench-{tag}",
-        STREAMSCORE_METRICS_PORT=str(port),
-        STREAMSCORE_BATCH_SIZE=str(settings.batch_size),
-        STREAMSCORE_EMBED_BATCH_SIZE=str(settings.embed_batch_size),
-        STREAMSCORE_EMBED_CACHE_SIZE=str(settings.embed_cache_size),
-        STREAMSCORE_SCORING_THREADS=str(settings.scoring_threads),
-        STREAMSCORE_BACKEND=settings.backend,
-        STREAMSCORE_TRACE_ENCODER=str(settings.trace_encoder).lower(),
-        STREAMSCORE_DEVICE=settings.device,
-        STREAMSCORE_LOG_LEVEL="warning",
+    child = settings.replace(
+        bootstrap_servers=bootstrap,
+        input_topic=topics["input"],
+        scored_topic=topics["scored"],
+        dlq_topic=topics["dlq"],
+        signals_topic=topics["signals"],
+        alerts_topic=topics["alerts"],
+        drift_state_topic=topics["state"],
+        group_id=f"bench-{tag}",
+        metrics_port=port,
+        log_level="warning",
     )
-    if settings.model:
-        env["STREAMSCORE_MODEL"] = settings.model
+    env = {**os.environ, **child.to_env()}
     log_path = log_dir / f"worker-{tag}{name}.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(

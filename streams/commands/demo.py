@@ -21,6 +21,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from models.ood import KEEP_IN_DIST
 from models.registry import Registry
 from streams.commands.replay import ReplayOptions, replay_file
 from streams.kafka.broker import bootstrap_or_embedded, stop_process
@@ -180,7 +181,7 @@ def run_demo(
         try:
 
             async def both() -> dict[str, Any]:
-                watch = asyncio.create_task(_watch(bootstrap, settings, len(stream), 50, 1 - 0.95))
+                watch = asyncio.create_task(_watch(bootstrap, settings, len(stream), 50, 1 - KEEP_IN_DIST))
                 alerts = asyncio.create_task(_watch_alerts(bootstrap, settings, seen_alerts))
                 sent = await replay_file(
                     stream_file,

@@ -19,13 +19,12 @@ False
 from __future__ import annotations
 
 import traceback
-from typing import TYPE_CHECKING, Any
+from typing import Any, get_args
 
-if TYPE_CHECKING:
-    from streams.settings import Settings
+from streams.settings import SaslMechanism, SecurityProtocol, Settings
 
-PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+PROTOCOLS: tuple[str, ...] = get_args(SecurityProtocol)
+MECHANISMS: tuple[str, ...] = get_args(SaslMechanism)
 
 
 def problems(settings: Settings) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import faust
 
+from models.ood import KEEP_IN_DIST
 from models.scoring import Scorer
 from schemas.messages import Origin
 from streams.kafka import internals
@@ -180,7 +181,7 @@ def raw_message(message: Any) -> RawMessage:
 def show_model(metrics: WorkerMetrics, scorer: Scorer) -> None:
     """Publish the serving model's version, OOD reference rate and label prior."""
     artifact = scorer.artifact
-    keep = float(artifact.manifest.get("thresholds", {}).get("keep_in_dist", 0.95))
+    keep = float(artifact.manifest.get("thresholds", {}).get("keep_in_dist", KEEP_IN_DIST))
     prior: dict[str, float] = {}
     if artifact.drift is not None:
         prior = dict(zip(artifact.head.labels, artifact.drift.labels["prior"], strict=False))

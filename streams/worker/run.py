@@ -36,7 +36,7 @@ def load_scorer(settings: Settings) -> Scorer:
         backend=settings.backend,
         cache_size=settings.embed_cache_size,
         cache_dir=settings.cache_dir,
-        parallel=settings.scoring_parallel,
+        encoder_threads=settings.encoder_threads,
         shared_cache_url=settings.embed_cache_url,
         shared_cache_ttl_s=settings.embed_cache_ttl_s,
         trace=settings.trace_encoder,

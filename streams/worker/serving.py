@@ -23,6 +23,16 @@ from streams.worker.memory import Retirement
 log = logging.getLogger("streamscore.worker")
 
 
+def batches_in_flight(encoder_threads: int) -> int:
+    """How many batches may be scored at once: one per encoder thread (up to 4), and one more,
+    so that the encoder finds the next batch tokenized when it finishes one.
+
+    >>> batches_in_flight(2), batches_in_flight(16)
+    (3, 5)
+    """
+    return min(encoder_threads, 4) + 1
+
+
 @dataclass
 class ModelHolder:
     """The scorer in service; ``registry`` set means: follow its CURRENT pointer."""
@@ -41,16 +51,14 @@ class ModelHolder:
     def __post_init__(self) -> None:
         embedder = self.scorer.embedder
         # Not ``embedder.setup_thread``: the pool would keep that embedder alive after a swap.
-        setup = functools.partial(setup_encoder_thread, str(embedder.device), embedder.parallel)
+        setup = functools.partial(setup_encoder_thread, str(embedder.device), embedder.encoder_threads)
         self.executor = ThreadPoolExecutor(
             max_workers=self.in_flight, thread_name_prefix="scorer", initializer=setup
         )
 
     @property
     def in_flight(self) -> int:
-        """How many batches may be scored at once: one per encoder thread (up to 4), and one
-        more, so that the encoder finds the next batch tokenized when it finishes one."""
-        return min(self.scorer.embedder.parallel, 4) + 1
+        return batches_in_flight(self.scorer.embedder.encoder_threads)
 
     @property
     def version(self) -> str:
@@ -87,7 +95,7 @@ class ModelHolder:
                     embedder.batch_size,
                     backend=embedder.backend,
                     cache_size=embedder.cache.maxsize if embedder.cache else 0,
-                    parallel=embedder.parallel,
+                    encoder_threads=embedder.encoder_threads,
                     trace=embedder.trace,
                 )
                 embedder.warm_up()  # here, off the event loop, not in the first batch
