@@ -104,6 +104,14 @@ def parse_input(
     timestamp_ms: int | None = None,
 ) -> InputText | Rejection:
     """Validate one raw ``texts`` message against the contract."""
+    obj = _json_object(raw, max_message_bytes)
+    if isinstance(obj, Rejection):
+        return obj
+    return _input_text(obj, origin, max_text_chars, timestamp_ms)
+
+
+def _json_object(raw: bytes | None, max_message_bytes: int) -> dict[str, Any] | Rejection:
+    """The message's bytes as a JSON object, or why they are not one."""
     if not raw:
         return Rejection("empty_message", "the message value is empty")
     if len(raw) > max_message_bytes:
@@ -122,6 +130,13 @@ def parse_input(
         return Rejection("invalid_utf8", "a string holds a lone UTF-16 surrogate escape (\\ud800-\\udfff)")
     if not isinstance(obj, dict):
         return Rejection("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _input_text(
+    obj: dict[str, Any], origin: Origin, max_text_chars: int, timestamp_ms: int | None
+) -> InputText | Rejection:
+    """The object's fields checked against the contract."""
     if "text" not in obj or obj["text"] is None:
         return Rejection("missing_text", "the object has no 'text' field")
     text = obj["text"]

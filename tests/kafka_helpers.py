@@ -8,6 +8,8 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from streams.kafka.client import wait_for_partitions
+
 
 async def _send(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes | None]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
@@ -37,13 +39,9 @@ async def _collect(
     out: list[dict] = []
     try:
         deadline = time.monotonic() + timeout_s
-        parts = None
-        while not parts and time.monotonic() < deadline:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                await asyncio.sleep(0.5)
-        if not parts:
+        try:
+            parts = await wait_for_partitions(consumer, topic, timeout_s)
+        except RuntimeError:  # no such topic yet: nothing to collect
             return out
         tps = [TopicPartition(topic, p) for p in parts]
         consumer.assign(tps)

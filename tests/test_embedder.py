@@ -36,7 +36,7 @@ def test_same_text_same_vector_whatever_the_batch(embedder):
 def test_bucketed_vectors_match_sentence_transformers(embedder):
     texts = _texts(200)
     ours = embedder.encode(texts)
-    theirs = embedder._encode_plain(texts, progress=False)
+    theirs = embedder._encode_plain(texts, progress=False)  # noqa: SLF001 - the reference path itself
     assert ours.shape == theirs.shape == (len(texts), embedder.dim)
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
     # Same model, same maths: only float rounding differs.
@@ -133,7 +133,7 @@ def test_onnx_backends_agree_with_torch(embedder, tmp_path):
 
     features = fp32.model.preprocess(texts[:40])
     own = torch.nn.functional.normalize(fp32.model(features)["sentence_embedding"], dim=1).numpy()
-    assert fp32._session and int8._session
+    assert fp32._session and int8._session  # noqa: SLF001 - the direct-session path is what is tested
     assert np.abs(fp32.encode(texts[:40]) - own).max() < 1e-6
     # The export is made once and reused.
     exports = list((tmp_path / "onnx").iterdir())

@@ -96,7 +96,7 @@ def one_thread_held(first: tuple[int, dict]):
                 wait_until(lambda: waiting(held) == len(futures) - 1)
 
             futures.append(callers.submit(held.run, forward, [first]))
-            wait_until(lambda: held._busy == 1)
+            wait_until(lambda: held._busy == 1)  # noqa: SLF001 - white-box: one forward running
             yield held, forward, submit
             gate.set()
             for f in futures:
@@ -107,8 +107,8 @@ def one_thread_held(first: tuple[int, dict]):
 
 
 def waiting(pool: EncodePool) -> int:
-    with pool._cond:
-        return sum(len(q) for q in pool._waiting.values())
+    with pool._cond:  # noqa: SLF001 - white-box: the pool's queue, under its lock
+        return sum(len(q) for q in pool._waiting.values())  # noqa: SLF001
 
 
 def test_waiting_rows_of_one_width_share_a_forward():

@@ -103,7 +103,7 @@ def test_a_model_on_another_encoder_is_ready_before_its_first_batch(trained_regi
 
     holder = ModelHolder(Scorer.load(current, embedder), PointsAtOther())  # type: ignore[arg-type]
     try:
-        assert holder._switch_to(current.version) == current.version
+        assert holder._switch_to(current.version)  # noqa: SLF001 - the swap itself, without the timer == current.version
         loaded = holder.scorer.embedder
         assert loaded is not embedder and loaded.name == other.embedder_name
         assert loaded.traced  # traced in the switch, off the event loop, not in the first batch
@@ -142,7 +142,7 @@ def test_an_encoder_replaced_by_a_swap_is_freed_though_frozen_at_start(trained_r
     del first
     try:
         freeze_long_lived()
-        assert holder._switch_to(current.version) == current.version
+        assert holder._switch_to(current.version)  # noqa: SLF001 - the swap itself, without the timer == current.version
         assert gone() is not None and holder.retirement.waiting  # frozen until now, in a cycle
         assert holder.retirement.settle() and gone() is None  # collected at the next check
         assert gc.get_freeze_count() > 0  # and what lives on is frozen again

@@ -50,15 +50,18 @@ def test_a_redis_password_stays_out_of_repr_and_errors():
 def test_the_fetch_wait_reaches_the_kafka_consumer():
     import asyncio
 
+    from streams.kafka import internals
     from streams.kafka.faust_transport import StreamApp
 
     async def fetch_wait_of(settings: Settings) -> int:
         app = StreamApp(
             "t", broker="kafka://127.0.0.1:1", fetch_wait_ms=settings.fetch_wait_ms, web_enabled=False
         )
-        consumer = app.consumer._new_consumer_thread()._create_worker_consumer(app.transport)
+        # The consumer Faust builds, built as Faust builds it (its private hooks, test only).
+        thread = app.consumer._new_consumer_thread()  # noqa: SLF001
+        consumer = thread._create_worker_consumer(app.transport)  # noqa: SLF001
         try:
-            return consumer._fetch_max_wait_ms
+            return internals.fetch_wait(consumer)
         finally:
             await consumer.stop()  # never started: closes its client
 

@@ -79,13 +79,13 @@ def flushed(redis_url: str) -> redis.Redis:
 def _count_encodes(emb: Embedder) -> list[int]:
     """Wrap the model call of ``emb``: the list collects how many texts each call encoded."""
     calls: list[int] = []
-    inner = emb._encode
+    inner = emb._encode  # noqa: SLF001 - counts the model calls behind the caches
 
     def counting(texts: list[str], progress: bool) -> np.ndarray:
         calls.append(len(texts))
         return inner(texts, progress)
 
-    emb._encode = counting  # type: ignore[method-assign]
+    emb._encode = counting  # type: ignore[method-assign]  # noqa: SLF001
     return calls
 
 

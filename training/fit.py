@@ -189,7 +189,12 @@ def train(
     manifest: dict[str, Any] = {
         "version": version,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "embedder": {"name": emb.name, "revision": emb.weights_size, "dim": emb.dim, "finetuned": finetune_info},
+        "embedder": {
+            "name": emb.name,
+            "revision": emb.weights_size,
+            "dim": emb.dim,
+            "finetuned": finetune_info,
+        },
         "head": {"kind": "linear_softmax", "c": c_search["chosen"], "val_accuracy_by_c": c_search},
         "thresholds": {"ood": threshold, "keep_in_dist": cfg.keep_in_dist},
         "training_data": {

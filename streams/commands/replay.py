@@ -29,7 +29,15 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from schemas.messages import Origin, Rejection, now_iso, parse_input, ts_to_ms
+from schemas.messages import (
+    MAX_MESSAGE_BYTES,
+    MAX_TEXT_CHARS,
+    Origin,
+    Rejection,
+    now_iso,
+    parse_input,
+    ts_to_ms,
+)
 from streams.kafka.security import unreachable
 from training.data import BadRecord, count_records, read_records
 
@@ -259,6 +267,11 @@ class ReplaySummary:
     next_line: int | None = None
     checkpoint: str | None = None
 
+    def note_malformed(self, line: int, problem: Rejection) -> None:
+        self.malformed[problem.reason] += 1
+        if len(self.malformed_lines) < MAX_REPORTED:
+            self.malformed_lines.append({"line": line, "reason": problem.reason, "detail": problem.detail})
+
     def as_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["malformed"] = dict(self.malformed)
@@ -276,48 +289,37 @@ def _rows(path: Path, start: int, end: int | None) -> Iterator[tuple[int, int, d
             yield index, line, rec
 
 
-async def replay_file(
-    path: str | Path,
-    bootstrap: str,
-    opts: ReplayOptions,
-    *,
-    state_dir: Path,
-    max_text_chars: int = 10_000,
-    max_message_bytes: int = 1_000_000,
-    progress: bool = False,
-    stop: asyncio.Event | None = None,
-    client_options: dict[str, Any] | None = None,
-) -> ReplaySummary:
-    """Send the rows of ``path`` to ``opts.topic``; ``stop`` set ends the run after the row in hand.
-    ``client_options``: Kafka security options (streams/kafka/security.py)."""
+@dataclass
+class _InFlight:
+    """Rows in file order, each with its delivery future (None: not sent), until confirmed."""
+
+    confirmed: int  # index of the first row the broker has not confirmed
+    rows: deque[tuple[int, int, asyncio.Future | None]] = field(default_factory=deque)
+
+    def settle(self) -> None:
+        """Move the confirmed mark past every leading row the broker has acknowledged."""
+        while self.rows and (self.rows[0][2] is None or self.rows[0][2].done()):
+            index, line, fut = self.rows[0]
+            if fut is not None and fut.exception() is not None:
+                raise RuntimeError(f"the broker did not confirm the row at line {line}: {fut.exception()!r}")
+            self.rows.popleft()
+            self.confirmed = index + 1
+
+    def sent(self) -> int:
+        """Rows sent and not yet confirmed."""
+        return sum(1 for _, _, f in self.rows if f is not None)
+
+
+async def _wait_unless_stopped(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait ``seconds`` (the pacing); False if ``stop`` was set meanwhile."""
+    if seconds > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+    return not stop.is_set()
+
+
+async def _started_producer(bootstrap: str, client_options: dict[str, Any] | None) -> Any:
     from aiokafka import AIOKafkaProducer
-
-    path = Path(path).resolve()
-    opts.check()
-    ck_path = Checkpoint.path_for(state_dir, path, opts.topic, bootstrap)
-    sent_before, malformed_before = 0, Counter[str]()
-    if opts.resume:
-        ck = Checkpoint.load(ck_path, path, opts.topic)
-        opts = _options_from_json(opts, ck.options)
-        start, end = ck.next_index, ck.end
-        sent_before, malformed_before = ck.sent, Counter(ck.malformed)
-    else:
-        start = opts.skip
-        end = start + opts.limit if opts.limit is not None else None
-    id_prefix = opts.id_prefix if opts.id_prefix is not None else path.name.split(".")[0] + "-"
-    pacer = Pacer(opts.rate, opts.speed)
-    summary = ReplaySummary(str(path), opts.topic, pacer.describe(), opts.keep_timestamps)
-    summary.sent_before, summary.skipped = sent_before, start
-    summary.malformed.update(malformed_before)
-    stop = stop or asyncio.Event()
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        total = count_records(path)
-        total = max(0, min(total, end) if end is not None else total) - start
-        bar = tqdm(total=total, unit="row", desc=f"replay → {opts.topic}", smoothing=0.05)
 
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
@@ -331,20 +333,58 @@ async def replay_file(
     except Exception as exc:
         await producer.stop()
         raise RuntimeError(unreachable(bootstrap, client_options, exc)) from exc
+    return producer
 
-    # (row index, line, delivery future or None for a row not sent), in file order.
-    in_flight: deque[tuple[int, int, asyncio.Future | None]] = deque()
-    confirmed = start  # index of the first row the broker has not confirmed
 
-    def settle() -> None:
-        """Move the confirmed mark past every leading row the broker has acknowledged."""
-        nonlocal confirmed
-        while in_flight and (in_flight[0][2] is None or in_flight[0][2].done()):
-            index, line, fut = in_flight[0]
-            if fut is not None and fut.exception() is not None:
-                raise RuntimeError(f"the broker did not confirm the row at line {line}: {fut.exception()!r}")
-            in_flight.popleft()
-            confirmed = index + 1
+def _where_to_start(
+    opts: ReplayOptions, ck_path: Path, path: Path
+) -> tuple[ReplayOptions, int, int | None, int, Counter[str]]:
+    """Options, first and end row, rows sent and malformed before: from the checkpoint when
+    resuming, else from the options."""
+    if opts.resume:
+        ck = Checkpoint.load(ck_path, path, opts.topic)
+        return _options_from_json(opts, ck.options), ck.next_index, ck.end, ck.sent, Counter(ck.malformed)
+    end = opts.skip + opts.limit if opts.limit is not None else None
+    return opts, opts.skip, end, 0, Counter()
+
+
+def _progress_bar(path: Path, start: int, end: int | None, topic: str) -> Any:
+    from tqdm import tqdm
+
+    total = count_records(path)
+    total = max(0, min(total, end) if end is not None else total) - start
+    return tqdm(total=total, unit="row", desc=f"replay → {topic}", smoothing=0.05)
+
+
+async def replay_file(
+    path: str | Path,
+    bootstrap: str,
+    opts: ReplayOptions,
+    *,
+    state_dir: Path,
+    max_text_chars: int = MAX_TEXT_CHARS,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    progress: bool = False,
+    stop: asyncio.Event | None = None,
+    client_options: dict[str, Any] | None = None,
+) -> ReplaySummary:
+    """Send the rows of ``path`` to ``opts.topic``; ``stop`` set ends the run after the row in hand.
+    ``client_options``: Kafka security options (streams/kafka/security.py)."""
+    path = Path(path).resolve()
+    opts.check()
+    ck_path = Checkpoint.path_for(state_dir, path, opts.topic, bootstrap)
+    opts, start, end, sent_before, malformed_before = _where_to_start(opts, ck_path, path)
+    id_prefix = opts.id_prefix if opts.id_prefix is not None else path.name.split(".")[0] + "-"
+    pacer = Pacer(opts.rate, opts.speed)
+    summary = ReplaySummary(str(path), opts.topic, pacer.describe(), opts.keep_timestamps)
+    summary.sent_before, summary.skipped = sent_before, start
+    summary.malformed.update(malformed_before)
+    stop = stop or asyncio.Event()
+
+    bar = _progress_bar(path, start, end, opts.topic) if progress else None
+
+    producer = await _started_producer(bootstrap, client_options)
+    in_flight = _InFlight(confirmed=start)
 
     def checkpoint(next_line: int | None) -> Checkpoint:
         st = path.stat()
@@ -356,9 +396,9 @@ async def replay_file(
             bootstrap,
             _options_to_json(replace(opts, id_prefix=id_prefix)),
             end,
-            confirmed,
+            in_flight.confirmed,
             next_line,
-            sent_before + summary.sent - sum(1 for _, _, f in in_flight if f is not None),
+            sent_before + summary.sent - in_flight.sent(),
             dict(summary.malformed),
         )
 
@@ -376,44 +416,38 @@ async def replay_file(
                 rec, line, path, opts, id_prefix, max_text_chars, max_message_bytes
             )
             if problem is not None:
-                summary.malformed[problem.reason] += 1
-                if len(summary.malformed_lines) < MAX_REPORTED:
-                    summary.malformed_lines.append(
-                        {"line": line, "reason": problem.reason, "detail": problem.detail}
-                    )
+                summary.note_malformed(line, problem)
             if problem is not None and not opts.send_malformed:
-                in_flight.append((index, line, None))
+                in_flight.rows.append((index, line, None))
             else:
-                wait = began + pacer.due(summary.sent, ts_ms) - time.monotonic()
-                if wait > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), wait)
-                    if stop.is_set():
-                        break
+                if not await _wait_unless_stopped(
+                    stop, began + pacer.due(summary.sent, ts_ms) - time.monotonic()
+                ):
+                    break
                 fut = await producer.send(
                     opts.topic, value=value, key=key, timestamp_ms=ts_ms if opts.keep_timestamps else None
                 )
-                in_flight.append((index, line, fut))
+                in_flight.rows.append((index, line, fut))
                 summary.sent += 1
                 summary.malformed_sent += problem is not None
             if bar is not None:
                 bar.update(1)
-            if len(in_flight) > opts.max_in_flight and in_flight[0][2] is not None:
-                await asyncio.wait([in_flight[0][2]])
-            settle()
+            if len(in_flight.rows) > opts.max_in_flight and in_flight.rows[0][2] is not None:
+                await asyncio.wait([in_flight.rows[0][2]])
+            in_flight.settle()
             now = time.monotonic()
             if now - last_save > 1.0:
-                checkpoint(in_flight[0][1] if in_flight else None).save(ck_path)
+                checkpoint(in_flight.rows[0][1] if in_flight.rows else None).save(ck_path)
                 last_save = now
         else:
             exhausted = True
         # Wait for every row in flight, so the checkpoint marks exactly what the broker holds.
-        pending = [f for _, _, f in in_flight if f is not None]
+        pending = [f for _, _, f in in_flight.rows if f is not None]
         if pending:
             await asyncio.wait(pending, timeout=120)
-        settle()
-        if in_flight:
-            summary.error = f"{len(in_flight)} rows not confirmed by the broker within 120 s"
+        in_flight.settle()
+        if in_flight.rows:
+            summary.error = f"{len(in_flight.rows)} rows not confirmed by the broker within 120 s"
     except RuntimeError as exc:
         summary.error = str(exc)
     finally:
@@ -421,12 +455,12 @@ async def replay_file(
         if bar is not None:
             bar.close()
     summary.seconds = time.monotonic() - began
-    summary.complete = exhausted and summary.error is None and not in_flight
+    summary.complete = exhausted and summary.error is None and not in_flight.rows
     if summary.complete:
         ck_path.unlink(missing_ok=True)
     else:
         summary.interrupted = stop.is_set()
-        summary.next_line = _line_of(path, confirmed)
+        summary.next_line = _line_of(path, in_flight.confirmed)
         checkpoint(summary.next_line).save(ck_path)
         summary.checkpoint = str(ck_path)
     return summary

@@ -29,6 +29,11 @@ def set_fetch_wait(consumer: Any, ms: int) -> None:
     consumer._fetch_max_wait_ms = ms  # noqa: SLF001 - aiokafka has no setter
 
 
+def fetch_wait(consumer: Any) -> int:
+    """An ``AIOKafkaConsumer``'s fetch wait in milliseconds."""
+    return int(consumer._fetch_max_wait_ms)  # noqa: SLF001 - aiokafka has no getter
+
+
 def check() -> None:
     """Raise if the installed aiokafka or Faust lacks what this module uses."""
     from aiokafka import AIOKafkaConsumer

@@ -1,8 +1,10 @@
-"""The Faust application: ``texts`` → score agent → ``texts.scored`` / ``texts.dlq``.
+"""The Faust application: ``texts`` → score agent → ``texts.scored`` / ``texts.dlq`` / ``drift.signals``
+→ drift agent → ``drift.alerts``.
 
-Read top to bottom as the data flows. Faust commits the offset of every event that has been
-acknowledged, so events are acknowledged by hand (``noack_take``) and only once every output
-of their micro-batch has been confirmed by the broker; a failing send is retried rather than
+Read top to bottom as the data flows; everything is wired here, once, and each part gets only
+what it uses. Faust commits the offset of every event that has been acknowledged, so events are
+acknowledged by hand (``noack_take``) and only once every output of their micro-batch has been
+confirmed by the broker (streams/worker/stages.py); a failing send is retried rather than
 skipped, and scoring never raises. That gives at-least-once delivery.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -26,6 +29,7 @@ from streams.worker.batch import BatchOutput, RawMessage, process_batch
 from streams.worker.broker_watch import BrokerWatch
 from streams.worker.drift_agent import DriftAgent, DriftTopics, artifacts_from
 from streams.worker.metrics import BatchStats, WorkerMetrics
+from streams.worker.offsets import OffsetTracker
 from streams.worker.serving import ModelHolder
 from streams.worker.stages import Batch, Intake, OutputTopics, Stages, Take
 
@@ -37,13 +41,73 @@ def create_app(
 ) -> faust.App:
     metrics = metrics or WorkerMetrics.create()
     security = client_options(settings)  # built once; each part gets only what it uses
-    datadir = settings.registry / "worker-data" / settings.group_id
-    datadir.parent.mkdir(parents=True, exist_ok=True)
     show_model(metrics, holder.scorer)
     # Read at each scrape from whichever embedder serves then (a new model may bring a new one).
     metrics.watch_cache(lambda: holder.scorer.embedder.cache_counts())
     metrics.watch_encoder(lambda: holder.scorer.embedder.pool)
-    app = StreamApp(
+    app = faust_app(settings, bootstrap_servers, settings.registry / "worker-data" / settings.group_id)
+    # Raw bytes in and out: we validate ourselves so a bad message is dead-lettered, not dropped.
+    # The topics the agents read; outputs go to the producer directly (streams/kafka/delivery.py).
+    texts, signals = (
+        app.topic(name, key_serializer="raw", value_serializer="raw")
+        for name in (settings.input_topic, settings.signals_topic)
+    )
+
+    def producer() -> Any:
+        # Faust's own producer: records go to it a partition batch at a time, not by Topic.send.
+        return internals.faust_producer(app)
+
+    # texts → score agent → texts.scored, texts.dlq, drift.signals
+    stages = score_stages(settings, holder, metrics, producer)
+
+    @app.agent(texts)
+    async def score(stream: Any) -> None:  # faust's StreamT stub lacks noack_take
+        stages.ensure_running(lambda error: asyncio.ensure_future(app.crash(error)))
+        async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
+            await stages.take(Take([raw_message(e.message) for e in events], [(stream, e) for e in events]))
+
+    # drift.signals → drift agent → drift.alerts, drift.state
+    drift = DriftAgent(
+        DriftTopics(settings.alerts_topic, settings.drift_state_topic),
+        artifacts_from(holder),
+        settings.drift_quiet,
+        settings.drift_cooldown,
+        {"bootstrap_servers": bootstrap_servers, **security},
+    )
+
+    @app.agent(signals)
+    async def watch_drift(stream: Any) -> None:
+        await drift.restore()
+        async for events in stream.take_events(100, within=0.2):
+            await run_drift_agent(
+                drift, [(e.message.offset, e.message.value) for e in events], metrics, producer
+            )
+
+    # Beside the flow: a new model, the broker's health, the consumer's lag.
+    @app.timer(interval=settings.reload_interval_s)
+    async def follow_current_model() -> None:
+        try:
+            if await holder.follow_registry():
+                show_model(metrics, holder.scorer)
+        except Exception:  # a timer that raises would stop following; log and try next tick
+            log.exception("checking the registry for a new model failed")
+
+    broker = BrokerWatch(bootstrap_servers, metrics, security)
+
+    @app.timer(interval=2.0)
+    async def watch_broker() -> None:
+        await broker.check()
+
+    @app.timer(interval=2.0)
+    async def report_lag() -> None:
+        await report_consumer_lag(app.consumer, settings.input_topic, stages.offsets, metrics)
+
+    return app
+
+
+def faust_app(settings: Settings, bootstrap_servers: str, datadir: Path) -> StreamApp:
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    return StreamApp(
         settings.group_id,
         broker=f"kafka://{bootstrap_servers}",
         broker_credentials=faust_credentials(settings),
@@ -63,17 +127,10 @@ def create_app(
         broker_commit_interval=settings.commit_interval_s,
         broker_heartbeat_interval=3,
     )
-    # Raw bytes in and out: we validate ourselves so a bad message is dead-lettered, not dropped.
-    # The topics the agents read; outputs go to the producer directly (streams/kafka/delivery.py).
-    texts, signals = (
-        app.topic(name, key_serializer="raw", value_serializer="raw")
-        for name in (settings.input_topic, settings.signals_topic)
-    )
 
-    def producer() -> Any:
-        # Faust's own producer: records go to it a partition batch at a time, not by Topic.send.
-        return internals.faust_producer(app)
 
+def score_stages(settings: Settings, holder: ModelHolder, metrics: WorkerMetrics, producer: Any) -> Stages:
+    """The score agent's stages: Faust events in, acknowledged once their outputs are confirmed."""
     limits = settings.batch_limits
 
     async def ack(handles: list[Any]) -> None:
@@ -90,7 +147,7 @@ def create_app(
                 "dead-lettered %d of %d messages: %s", len(out.dead), len(batch.messages), dict(out.reasons)
             )
 
-    stages = Stages(
+    return Stages(
         intake=Intake(settings.batch_size),
         score=lambda messages: process_batch(messages, holder.score, limits),  # never raises
         in_flight=holder.in_flight,
@@ -99,73 +156,6 @@ def create_app(
         ack=ack,
         confirmed=confirmed,
     )
-
-    @app.agent(texts)
-    async def score(stream: Any) -> None:  # faust's StreamT stub lacks noack_take
-        # Faust commits the offset of every event acknowledged, so events are acknowledged by
-        # hand, once their batch's outputs are confirmed (streams/worker/stages.py).
-        stages.ensure_running(lambda error: asyncio.ensure_future(app.crash(error)))
-        async for events in stream.noack_take(settings.batch_size, within=settings.batch_wait_s):
-            await stages.take(Take([raw_message(e.message) for e in events], [(stream, e) for e in events]))
-
-    drift = DriftAgent(
-        DriftTopics(settings.alerts_topic, settings.drift_state_topic),
-        artifacts_from(holder),
-        settings.drift_quiet,
-        settings.drift_cooldown,
-        {"bootstrap_servers": bootstrap_servers, **security},
-    )
-
-    @app.agent(signals)
-    async def watch_drift(stream: Any) -> None:
-        await drift.restore()
-        async for events in stream.take_events(100, within=0.2):
-            handled = await drift.handle([(e.message.offset, e.message.value) for e in events])
-            if drift.monitor is not None:
-                metrics.observe_drift(
-                    drift.monitor.detectors, drift.monitor.open_episodes, handled.alerts, handled.signals
-                )
-            for alert in handled.alerts:
-                log.warning("drift alert: %s %s (%s)", alert.detector, alert.status, alert.alert_id)
-            if handled.alerts:
-                await deliver(producer(), handled.alert_records(settings.alerts_topic))
-            if handled.snapshot is not None:  # after its alerts are confirmed
-                await deliver(producer(), [(settings.drift_state_topic, b"drift", handled.snapshot)])
-
-    @app.timer(interval=settings.reload_interval_s)
-    async def follow_current_model() -> None:
-        try:
-            if await holder.follow_registry():
-                show_model(metrics, holder.scorer)
-        except Exception:  # a timer that raises would stop following; log and try next tick
-            log.exception("checking the registry for a new model failed")
-
-    broker = BrokerWatch(bootstrap_servers, metrics, security)
-
-    @app.timer(interval=2.0)
-    async def watch_broker() -> None:
-        await broker.check()
-
-    @app.timer(interval=2.0)
-    async def report_lag() -> None:
-        try:
-            assigned = app.consumer.assignment()
-            lags = {}
-            for tp in assigned:
-                if tp.topic != settings.input_topic:
-                    continue
-                end = app.consumer.highwater(tp)
-                position = stages.offsets.position(tp.partition)
-                if position is None:
-                    position = await app.consumer.position(tp)
-                if end is not None and position is not None:
-                    lags[tp.partition] = end - position
-            metrics.set_lag(settings.input_topic, lags)
-            metrics.set_ready(bool(assigned))
-        except Exception:  # metrics must never stop the worker
-            log.debug("could not compute consumer lag", exc_info=True)
-
-    return app
 
 
 def raw_message(message: Any) -> RawMessage:
@@ -176,6 +166,45 @@ def raw_message(message: Any) -> RawMessage:
         origin=Origin(message.topic, message.partition, message.offset),
         timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
     )
+
+
+async def run_drift_agent(
+    drift: DriftAgent, records: list[tuple[int, bytes]], metrics: WorkerMetrics, producer: Any
+) -> None:
+    """One read of ``drift.signals``: alerts out and confirmed, then the snapshot that follows them."""
+    handled = await drift.handle(records)
+    if drift.monitor is not None:
+        metrics.observe_drift(
+            drift.monitor.detectors, drift.monitor.open_episodes, handled.alerts, handled.signals
+        )
+    for alert in handled.alerts:
+        log.warning("drift alert: %s %s (%s)", alert.detector, alert.status, alert.alert_id)
+    if handled.alerts:
+        await deliver(producer(), handled.alert_records(drift.topics.alerts))
+    if handled.snapshot is not None:
+        await deliver(producer(), [(drift.topics.state, b"drift", handled.snapshot)])
+
+
+async def report_consumer_lag(
+    consumer: Any, topic: str, offsets: OffsetTracker, metrics: WorkerMetrics
+) -> None:
+    """Messages behind the end of each assigned input partition, counted from what is confirmed."""
+    try:
+        assigned = consumer.assignment()
+        lags = {}
+        for tp in assigned:
+            if tp.topic != topic:
+                continue
+            end = consumer.highwater(tp)
+            position = offsets.position(tp.partition)
+            if position is None:
+                position = await consumer.position(tp)
+            if end is not None and position is not None:
+                lags[tp.partition] = end - position
+        metrics.set_lag(topic, lags)
+        metrics.set_ready(bool(assigned))
+    except Exception:  # metrics must never stop the worker
+        log.debug("could not compute consumer lag", exc_info=True)
 
 
 def show_model(metrics: WorkerMetrics, scorer: Scorer) -> None:
