@@ -183,8 +183,8 @@ class Embedder:
     def pad_multiple(self) -> int:
         """Texts are padded to a multiple of this many tokens. torch on a CPU: the finest that
         keeps each text's vector independent of its batch-mates on this machine (models/padding.py);
-        ``onnx``: 8, measured so; ``onnx-int8``, whose vectors depend on the batch anyway, 2: 3-4%
-        faster end to end than 4, no slower at half load, no faster at 1 (README, Performance)."""
+        ``onnx``: 8; ``onnx-int8``, whose vectors depend on the batch anyway, 2, the fastest end
+        to end (docs/performance-log.md)."""
         if self.backend == "onnx-int8":
             return 2
         if self.backend != "torch" or self.device != "cpu" or not self._can_bucket():

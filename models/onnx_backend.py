@@ -27,8 +27,8 @@ DEFAULT_CACHE = Path("~/.cache/streamscore")
 def quantisation_target() -> str:
     """The optimum quantisation config: ``arm64`` on ARM, else ``avx512_vnni``.
 
-    ``avx512_vnni`` (signed int8 weights) also suits CPUs without VNNI: on an AVX2-only EPYC it
-    ran at 532 texts/s against 392 for the ``avx2`` config (unsigned) and 393 for fp32 ONNX.
+    ``avx512_vnni`` (signed int8 weights) also suits CPUs without VNNI: it was the fastest on an
+    AVX2-only EPYC too (docs/performance-log.md).
     """
     import platform
 
@@ -129,8 +129,8 @@ def session_forward(model: Any) -> Callable[[Mapping[str, Any]], Any] | None:
     sentence-transformers' own call converts and pools through several modules of Python around
     the session; the encoder threads need the interpreter lock for each step, and wait for it
     behind a busy event loop. Here the session runs on the tokenizer's arrays and the pooling is
-    one numpy expression: the same vectors to about 3e-8, and 4-5% more onnx-int8 messages per
-    second end to end (README, Performance)."""
+    one numpy expression: the same vectors to about 3e-8, and more messages per second end to end
+    (docs/performance-log.md)."""
     import numpy as np
     import torch
 

@@ -5,10 +5,8 @@ Texts are padded to a multiple of some tokens and a forward pass holds texts of 
 width, so each of its matrix products has ``rows × width`` rows, a multiple of that padding and
 at least ``MIN_FORWARD_TOKENS`` (models/embedder.py). A text's rows come out the same in every
 batch only if the matrix library computes a row the same way for each such number of rows. On
-one thread MKL did, for any number of rows from 16 up, on the Xeon we measured (2026-12-02);
-on an EPYC, padding to multiples of 8 kept the vectors while exact lengths did not (README,
-Replay). Finer padding wastes less: 12% of the tokens of short texts at 4 against 25% at 8,
-which made the encoder 13% faster at full load.
+one thread MKL did on some machines and not on others, so finer padding, which wastes fewer
+tokens and runs faster (docs/performance-log.md), is used only where this machine allows it.
 
 :func:`padding_multiple` therefore asks this machine: the finest of ``CANDIDATES`` under which
 a row of each of the model's linear layers is bit-identical for every number of rows that

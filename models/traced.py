@@ -2,9 +2,8 @@
 
 In eager mode every operator of the transformer is dispatched from Python, holding the GIL
 between operators. A worker's scorer threads and its event loop then queue for the GIL, and
-small batches, whose operators are short, spend much of their time waiting: on 2 cores, two
-threads encoding batches of 8 next to a busy event loop ran about 1.5x faster traced than
-eager (README, Performance). A traced forward runs in the TorchScript interpreter, without
+small batches, whose operators are short, spend much of their time waiting (traced ran about
+1.5x faster on small batches: docs/performance-log.md). A traced forward runs in the TorchScript interpreter, without
 the GIL.
 
 Tracing records the operators one example runs, so a model whose forward branches on its

@@ -1,4 +1,4 @@
-"""Message contracts of streamscore (DESIGN.md § Messages) and their validation."""
+"""Message contracts of streamscore (docs/design.md, Messages) and their validation."""
 
 from schemas.messages import (
     DeadLetter,

@@ -65,8 +65,7 @@ class SignalBatch:
     """One ``drift.signals`` record: a micro-batch's signals of one model version, in input order.
 
     One record per batch, not per message, because the drift agent reads every signal through
-    one partition: per-message records cost the worker and the broker about a third of what the
-    pipeline spends besides the encoder (docs/performance-log.md).
+    one partition: per-message records cost far more (docs/performance-log.md).
     """
 
     model_version: str

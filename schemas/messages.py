@@ -204,7 +204,7 @@ def scored_record(
     scored_at: str,
     latency_ms: float,
 ) -> dict[str, Any]:
-    """The ``texts.scored`` record for one input (DESIGN.md)."""
+    """The ``texts.scored`` record for one input (docs/design.md)."""
     return {
         "id": msg.id,
         "source": msg.source,

@@ -1,6 +1,6 @@
 """Fixtures: a real Kafka broker (env → testcontainers → embedded), a small real model, a worker.
 
-The broker is chosen as DESIGN.md orders it: ``KAFKA_BOOTSTRAP_SERVERS`` when set, a
+The broker is chosen as docs/design.md orders it: ``KAFKA_BOOTSTRAP_SERVERS`` when set, a
 testcontainers Kafka when a Docker engine answers, else the embedded Tansu broker.
 """
 

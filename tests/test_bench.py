@@ -1,4 +1,4 @@
-"""``streamscore bench --json`` measures what DESIGN.md lists, on a real broker and worker.
+"""``streamscore bench --json`` measures what docs/design.md lists, on a real broker and worker.
 
 Figures are checked for shape and sanity only: performance targets live in the bench output
 and the README, not in timed tests.

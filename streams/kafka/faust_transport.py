@@ -2,9 +2,7 @@
 
 Faust asks every fetch to wait up to 1.5 s for data (``fetch_max_wait_ms=1500``, fixed in its
 aiokafka driver). Apache Kafka answers a waiting fetch as soon as a record arrives, but the
-embedded Tansu broker holds it for the whole wait: measured with a plain aiokafka consumer, one
-message every 100 ms arrived after 395 ms (median) with a 1,500 ms wait and after 3 ms with a
-100 ms wait. A short wait costs one small fetch request per wait period when idle.
+embedded Tansu broker holds it for the whole wait (docs/performance-log.md). A short wait costs one small fetch request per wait period when idle.
 ``StreamApp(fetch_wait_ms=...)`` sets it (``Settings.fetch_wait_ms``); on Apache Kafka a longer
 wait costs no latency and fewer idle requests.
 """

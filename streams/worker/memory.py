@@ -1,8 +1,8 @@
 """Keeping Python's cyclic garbage collector off the worker's long-lived objects.
 
 The model, tokenizer, torch and Faust leave about 430,000 objects, none of them garbage, and
-every full collection walked them all: about 220 ms with every thread stopped (default model,
-2-core CPU), several times in a run. :func:`freeze_long_lived` puts what is alive at start out
+every full collection walked them all, with every thread stopped, several times in a run
+(docs/performance-log.md). :func:`freeze_long_lived` puts what is alive at start out
 of the collector's sight. A frozen object is still freed when its last reference goes, but one
 in a reference cycle (a SentenceTransformer model is) is never collected while frozen, so an
 encoder replaced by a hot swap is handed to :class:`Retirement`, which lets the collector see

@@ -3,8 +3,7 @@
 Each process has its own event loop, interpreter lock and torch threads, and holding it to its
 cores keeps the processes out of each other's way: for machines where one worker's event loop,
 not its encoder, is the limit. On 2 cores one worker is the faster layout since its encoder runs
-as TorchScript (308 against 274 msgs/s for two single-core workers; with the eager encoder it was
-239 against 295: README, Performance). They are ordinary workers: the consumer group splits
+as TorchScript (docs/performance-log.md). They are ordinary workers: the consumer group splits
 the input partitions between them as between machines, each serves ``/metrics`` on its own
 port (``metrics_port``, the next one up, ...), and one embedded broker serves them all.
 

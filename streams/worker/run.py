@@ -45,11 +45,8 @@ def load_scorer(settings: Settings) -> Scorer:
     return Scorer.load(artifact, embedder, settings.top_k)
 
 
-# How long a thread may hold the interpreter lock while another waits for it (Python: 5 ms).
-# The encoder threads need it only for moments between native calls, but with the default they
-# waited up to 5 ms each time behind the busy event loop: 0.5 ms gave onnx-int8 workers 2-3%
-# more end to end, 0.1 ms 3% more again (4 runs each, 1,821 against 1,772 msgs/s; the machine
-# idled 0.15 core instead of 0.19), torch the same (README, Performance).
+# How long a thread may hold the interpreter lock while another waits (Python: 5 ms): the encoder
+# threads need it only briefly and waited behind the event loop (docs/performance-log.md).
 GIL_SWITCH_S = 0.0001
 
 
