@@ -75,6 +75,9 @@ class Settings:
     drift_cooldown: int = 500  # messages after an episode ends before the next may start
     partitions: int = 4  # for topics the worker creates
     group_id: str = "streamscore"
+    # A worker that stops heartbeating loses its partitions after this long; the embedded broker
+    # also waits half of it for members to join a new group (tests run with 10 s).
+    session_timeout_s: float = 30.0
     batch_size: int = 64  # messages per micro-batch
     batch_wait_s: float = 0.05  # longest wait for a micro-batch to fill
     fetch_wait_ms: int = 50  # longest wait of a fetch (streams/kafka/faust_transport.py); Apache Kafka: 500
@@ -108,32 +111,27 @@ class Settings:
         return settings
 
     def check(self) -> None:
-        problems = []
-        if self.batch_size < 1:
-            problems.append("batch_size must be at least 1")
-        if self.batch_wait_s <= 0:
-            problems.append("batch_wait_s must be positive")
-        if self.fetch_wait_ms < 1:
-            problems.append("fetch_wait_ms must be at least 1")
-        if self.max_text_chars < 1:
-            problems.append("max_text_chars must be at least 1")
+        rules = [
+            (self.batch_size >= 1, "batch_size must be at least 1"),
+            (self.batch_wait_s > 0, "batch_wait_s must be positive"),
+            # Kafka's default broker-side bounds (group.min/max.session.timeout.ms)
+            (6.0 <= self.session_timeout_s <= 300.0, "session_timeout_s must be between 6 and 300 seconds"),
+            (self.fetch_wait_ms >= 1, "fetch_wait_ms must be at least 1"),
+            (self.max_text_chars >= 1, "max_text_chars must be at least 1"),
+            (self.processes >= 0, "processes must be 0 (one per core) or more"),
+            (self.encoder_threads >= 0, "encoder_threads must be 0 (one per core) or more"),
+            (self.embed_cache_size >= 0, "embed_cache_size must be 0 (off) or more"),
+            (self.embed_cache_ttl_s >= 1, "embed_cache_ttl_s must be at least 1"),
+            (self.partitions >= 1, "partitions must be at least 1"),
+        ]
+        problems = [message for ok, message in rules if not ok]
         for name in ("backend", "processing_guarantee", "log_level"):
             allowed = get_args(get_type_hints(Settings)[name])
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
-        if self.processes < 0:
-            problems.append("processes must be 0 (one per core) or more")
-        if self.encoder_threads < 0:
-            problems.append("encoder_threads must be 0 (one per core) or more")
-        if self.embed_cache_size < 0:
-            problems.append("embed_cache_size must be 0 (off) or more")
         if self.embed_cache_url and not self.embed_cache_url.startswith(("redis://", "rediss://", "unix://")):
             scheme = self.embed_cache_url.split(":", 1)[0]  # not the rest: it may hold a password
             problems.append(f"embed_cache_url must be a redis://, rediss:// or unix:// URL, not {scheme}:...")
-        if self.embed_cache_ttl_s < 1:
-            problems.append("embed_cache_ttl_s must be at least 1")
-        if self.partitions < 1:
-            problems.append("partitions must be at least 1")
         names = [
             self.input_topic,
             self.scored_topic,

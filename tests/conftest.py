@@ -23,6 +23,10 @@ import pytest
 from streams.kafka.broker import stop_process
 from training.fit import TrainConfig
 
+# Workers the tests start join a new group in 5 s instead of 15 on the embedded broker (it waits
+# half the session timeout for members), and a killed one's partitions move sooner.
+os.environ.setdefault("STREAMSCORE_SESSION_TIMEOUT_S", "10")
+
 ROOT = Path(__file__).resolve().parent.parent
 CLINC = ROOT / "datasets" / "clinc150" / "clinc150_full.jsonl"
 # Most tests need a model, not the best model: skip encoder fine-tuning to keep the suite fast.

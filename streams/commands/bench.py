@@ -116,16 +116,9 @@ class RawEncoder:
 
 def worker_embedder(settings: Settings) -> Any:
     """The embedder as the worker loads it (no cache: the bench measures encoding)."""
-    from models.embedder import Embedder
+    from streams.worker.run import load_embedder
 
-    return Embedder.load(
-        device=settings.device,
-        batch_size=settings.embed_batch_size,
-        backend=settings.backend,
-        cache_dir=settings.cache_dir,
-        encoder_threads=settings.encoder_threads,
-        trace=settings.trace_encoder,
-    )
+    return load_embedder(settings, cached=False)
 
 
 def worker_encode_rate(texts: list[str], emb: Any, batch_size: int) -> dict[str, Any]:

@@ -164,7 +164,7 @@ def run_demo(
         asyncio.run(ensure_topics(bootstrap, topic_plan(settings)))
         log_path = Path(settings.registry) / "demo-worker.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, STREAMSCORE_REGISTRY=str(settings.registry))
+        env = {**os.environ, **settings.replace(bootstrap_servers=bootstrap).to_env()}
         with open(log_path, "w") as log_file:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "streams.cli", "worker"],

@@ -122,10 +122,10 @@ def faust_app(settings: Settings, bootstrap_servers: str, datadir: Path) -> Stre
         # A Kafka broker's default message.max.bytes: a scored record of an input just under
         # max_message_bytes (1,000,000) is a little bigger than that (Faust's default limit).
         producer_max_request_size=1_048_576,
-        broker_session_timeout=30,
+        broker_session_timeout=settings.session_timeout_s,
         # After a crash, everything confirmed since the last commit is scored again.
         broker_commit_interval=settings.commit_interval_s,
-        broker_heartbeat_interval=3,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
     )
 
 

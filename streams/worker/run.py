@@ -11,7 +11,7 @@ from typing import Any
 
 import faust
 
-from models.embedder import Embedder
+from models.embedder import DEFAULT_MODEL, Embedder
 from models.registry import Registry
 from models.scoring import Scorer
 from streams.kafka.broker import bootstrap_or_embedded
@@ -27,20 +27,26 @@ from streams.worker.serving import ModelHolder
 log = logging.getLogger("streamscore.worker")
 
 
-def load_scorer(settings: Settings) -> Scorer:
-    artifact = Registry(settings.registry).load(settings.model)
-    embedder = Embedder.load(
-        artifact.embedder_name,
+def load_embedder(settings: Settings, name: str = DEFAULT_MODEL, cached: bool = True) -> Embedder:
+    """The embedder as the worker loads it; ``cached=False`` leaves out its caches (the bench
+    measures encoding)."""
+    return Embedder.load(
+        name,
         settings.device,
         settings.embed_batch_size,
         backend=settings.backend,
-        cache_size=settings.embed_cache_size,
+        cache_size=settings.embed_cache_size if cached else 0,
         cache_dir=settings.cache_dir,
         encoder_threads=settings.encoder_threads,
-        shared_cache_url=settings.embed_cache_url,
+        shared_cache_url=settings.embed_cache_url if cached else None,
         shared_cache_ttl_s=settings.embed_cache_ttl_s,
         trace=settings.trace_encoder,
     )
+
+
+def load_scorer(settings: Settings) -> Scorer:
+    artifact = Registry(settings.registry).load(settings.model)
+    embedder = load_embedder(settings, artifact.embedder_name)
     embedder.warm_up()  # the trace, before the first batch waits for it
     return Scorer.load(artifact, embedder, settings.top_k)
 
