@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from streams.kafka.broker import stop_process
+from training.data import SHIPPED_CLINC150
 from training.fit import TrainConfig
 
 # Workers the tests start join a new group in 5 s instead of 15 on the embedded broker (it waits
@@ -28,7 +29,7 @@ from training.fit import TrainConfig
 os.environ.setdefault("STREAMSCORE_SESSION_TIMEOUT_S", "10")
 
 ROOT = Path(__file__).resolve().parent.parent
-CLINC = ROOT / "datasets" / "clinc150" / "clinc150_full.jsonl"
+CLINC = SHIPPED_CLINC150
 # Most tests need a model, not the best model: skip encoder fine-tuning to keep the suite fast.
 FROZEN = TrainConfig(finetune_epochs=0, drift_ert=1_000)
 
@@ -79,6 +80,21 @@ def kafka() -> Iterator[str]:
 
     with EmbeddedBroker() as broker:
         yield broker.bootstrap_servers
+
+
+# The longest files, started first so that the test processes (pytest -n 2, file by file)
+# finish at about the same time instead of one waiting on a long file picked up last.
+LONGEST_FIRST = ("test_reliability.py", "test_bench.py", "test_demo.py", "test_observability.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that talks to a broker is an integration test (``-m "not integration"``: the
+    fast suite); those that start a broker of their own carry the mark themselves."""
+    for item in items:
+        if {"kafka", "worker"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
 def debian_server(binary: str, package: str, what: str) -> str:

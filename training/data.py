@@ -50,6 +50,8 @@ class BadRecord:
 
 
 FORMATS = ("jsonl", "csv", "tsv", "parquet")
+# The CLINC150 copy the repository ships (datasets/clinc150, with its licence): demo, bench, tests.
+SHIPPED_CLINC150 = Path(__file__).resolve().parents[1] / "datasets" / "clinc150" / "clinc150_full.jsonl"
 
 
 def file_format(path: str | Path) -> str:

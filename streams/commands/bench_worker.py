@@ -26,9 +26,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from streams.kafka.broker import free_port, stop_process
 from streams.kafka.client import wait_for_partitions
 from streams.settings import Settings
+from training.data import SHIPPED_CLINC150
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH_DATA = ROOT / "datasets" / "clinc150" / "clinc150_full.jsonl"
+BENCH_DATA = SHIPPED_CLINC150
 WARMUP_MESSAGES = 300  # through a new worker before it is measured: first batches, first fetches
 
 

@@ -28,8 +28,9 @@ from streams.kafka.broker import bootstrap_or_embedded, stop_process
 from streams.kafka.client import format_scored, read_topic
 from streams.kafka.topics import ensure_topics, topic_plan
 from streams.settings import Settings
+from training.data import SHIPPED_CLINC150
 
-DEMO_DATA = Path(__file__).resolve().parent.parent / "datasets" / "clinc150" / "clinc150_full.jsonl"
+DEMO_DATA = SHIPPED_CLINC150
 
 
 def demo_stream(

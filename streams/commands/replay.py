@@ -39,6 +39,7 @@ from schemas.messages import (
     ts_to_ms,
 )
 from streams.kafka.security import unreachable
+from streams.settings import Settings
 from training.data import BadRecord, count_records, read_records
 
 FIELDS = ("id", "text", "ts", "source", "meta")
@@ -169,7 +170,7 @@ class Pacer:
 
 @dataclass
 class ReplayOptions:
-    topic: str = "texts"
+    topic: str = Settings.input_topic
     fields: FieldMap = field(default_factory=FieldMap)
     id_prefix: str | None = None  # None: the file name up to its first dot, and "-"
     keep_timestamps: bool = False  # Kafka timestamp = the row's ts
