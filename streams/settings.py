@@ -78,6 +78,7 @@ class Settings:
     # A worker that stops heartbeating loses its partitions after this long; the embedded broker
     # also waits half of it for members to join a new group (tests run with 10 s).
     session_timeout_s: float = 30.0
+    connect_timeout_s: float = 30.0  # how long a worker waits at start for an unreachable broker
     batch_size: int = 64  # messages per micro-batch
     batch_wait_s: float = 0.05  # longest wait for a micro-batch to fill
     fetch_wait_ms: int = 50  # longest wait of a fetch (streams/kafka/faust_transport.py); Apache Kafka: 500
@@ -117,6 +118,7 @@ class Settings:
             # Kafka's default broker-side bounds (group.min/max.session.timeout.ms)
             (6.0 <= self.session_timeout_s <= 300.0, "session_timeout_s must be between 6 and 300 seconds"),
             (self.fetch_wait_ms >= 1, "fetch_wait_ms must be at least 1"),
+            (self.connect_timeout_s > 0, "connect_timeout_s must be positive"),
             (self.max_text_chars >= 1, "max_text_chars must be at least 1"),
             (self.processes >= 0, "processes must be 0 (one per core) or more"),
             (self.encoder_threads >= 0, "encoder_threads must be 0 (one per core) or more"),

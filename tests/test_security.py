@@ -96,7 +96,9 @@ def _sasl_env(bootstrap: str, registry, mechanism: str, **streamscore: str) -> d
 
 @pytest.mark.integration
 def test_a_worker_that_cannot_authenticate_stops_without_printing_the_password(kafka, trained_registry):
-    env = _sasl_env(kafka, trained_registry, "SCRAM-SHA-256", METRICS_PORT="0", LOG_LEVEL="debug")
+    env = _sasl_env(
+        kafka, trained_registry, "SCRAM-SHA-256", METRICS_PORT="0", LOG_LEVEL="debug", CONNECT_TIMEOUT_S="5"
+    )
     # The test broker speaks no SASL: the worker must fail to connect, say so, and not leak.
     try:
         proc = subprocess.run(

@@ -67,7 +67,7 @@ def run_worker(settings: Settings) -> int:
         # Before anything is consumed: a guarantee that cannot hold must stop the worker here.
         security = client_options(settings)
         asyncio.run(check_guarantee(settings.processing_guarantee, bootstrap, security))
-        asyncio.run(ensure_topics(bootstrap, topic_plan(settings), security))
+        asyncio.run(ensure_topics(bootstrap, topic_plan(settings), security, settings.connect_timeout_s))
         asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed the last one
         # A pinned --model never changes; otherwise follow the registry's CURRENT pointer.
         follow = None if settings.model else Registry(settings.registry)
