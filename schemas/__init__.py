@@ -1,4 +1,8 @@
-"""Message contracts of streamscore (docs/design.md, Messages) and their validation."""
+"""Message contracts of streamscore (docs/design.md, Messages) and their validation: input,
+scored and dead-letter messages (``messages``), drift signals and alerts (``drift``).
+
+Imports nothing else of the project.
+"""
 
 from schemas.messages import (
     DeadLetter,
