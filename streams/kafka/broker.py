@@ -12,12 +12,16 @@ new user needs neither Docker nor a JVM.
 from __future__ import annotations
 
 import contextlib
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 
 def free_port() -> int:
@@ -47,6 +51,30 @@ def port_open(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex((host, port)) == 0
+
+
+def _dies_with_parent() -> list[str]:
+    """A command prefix that has the kernel stop the broker (SIGTERM) when its owner dies, even
+    by SIGKILL: util-linux's ``setpriv --pdeathsig`` where it exists (Linux), else nothing. The
+    signal follows the thread that started the child, so only a start from the main thread asks."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None or threading.current_thread() is not threading.main_thread():
+        return []
+    return [setpriv, "--pdeathsig", "TERM", "--"]
+
+
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into ``SystemExit`` while nobody else handles it, so ``finally`` blocks and
+    context managers (which stop the broker) run; Python's default would end the process at once."""
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, _raise_exit)
+
+
+def _raise_exit(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 @dataclass
@@ -90,7 +118,8 @@ class EmbeddedBroker:
             "memory://tansu/",
         ] + (["--authentication"] if self.authentication else [])
         out = subprocess.DEVNULL if quiet else None
-        self.process = subprocess.Popen(cmd, stdout=out, stderr=out)
+        self.process = subprocess.Popen(_dies_with_parent() + cmd, stdout=out, stderr=out)
+        _exit_on_sigterm()  # so the owner's cleanup (``stop``) runs on SIGTERM too
         deadline = time.monotonic() + timeout_s
         while not port_open(self.host, self.port):
             if self.process.poll() is not None:

@@ -1,0 +1,73 @@
+"""No embedded broker outlives the command that started it: SIGTERM, SIGINT or kill -9."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from streams.kafka.broker import free_port, port_open
+from tests.conftest import ROOT
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
+]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children, their children, ...)."""
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            children = (task / "children").read_text().split() if (task / "children").exists() else []
+            for c in map(int, children):
+                if c not in found:
+                    found.add(c)
+                    todo.append(c)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def wait_until(condition, timeout_s: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["term", "int", "kill9"])
+def test_streamscore_broker_takes_its_broker_and_port_with_it(how):
+    port = free_port()
+    owner = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "broker", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert wait_until(lambda: port_open("127.0.0.1", port), 30), "the broker did not start"
+        brokers = descendants(owner.pid)
+        assert brokers, "the broker runs as a child process"
+        os.kill(owner.pid, how)
+        owner.wait(timeout=15)
+        assert wait_until(lambda: not any(alive(p) for p in brokers)), f"left running: {brokers}"
+        assert wait_until(lambda: not port_open("127.0.0.1", port)), f"port {port} still open"
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
