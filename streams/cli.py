@@ -14,7 +14,7 @@ from typing import Any
 from models.artifact import ArtifactError
 from models.backends import BACKENDS
 from models.ood import KEEP_IN_DIST
-from streams.kafka.security import client_options, failure_message
+from streams.kafka.security import REFUSED_LOGINS, client_options, failure_message
 from streams.settings import Settings
 from training.fit import TrainConfig
 
@@ -670,6 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=(args.log_level or "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("aiokafka").addHandler(REFUSED_LOGINS)  # a refused login, named in errors
     if not args.log_level:
         # aiokafka and sentence-transformers narrate every connection and load at INFO.
         for noisy in ("aiokafka", "sentence_transformers", "kafka"):

@@ -53,7 +53,7 @@ def port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def _dies_with_parent() -> list[str]:
+def dies_with_parent() -> list[str]:
     """A command prefix that has the kernel stop the broker (SIGTERM) when its owner dies, even
     by SIGKILL: util-linux's ``setpriv --pdeathsig`` where it exists (Linux), else nothing. The
     signal follows the thread that started the child, so only a start from the main thread asks."""
@@ -63,7 +63,7 @@ def _dies_with_parent() -> list[str]:
     return [setpriv, "--pdeathsig", "TERM", "--"]
 
 
-def _exit_on_sigterm() -> None:
+def exit_on_sigterm() -> None:
     """Turn SIGTERM into ``SystemExit`` while nobody else handles it, so ``finally`` blocks and
     context managers (which stop the broker) run; Python's default would end the process at once."""
     if (
@@ -118,8 +118,8 @@ class EmbeddedBroker:
             "memory://tansu/",
         ] + (["--authentication"] if self.authentication else [])
         out = subprocess.DEVNULL if quiet else None
-        self.process = subprocess.Popen(_dies_with_parent() + cmd, stdout=out, stderr=out)
-        _exit_on_sigterm()  # so the owner's cleanup (``stop``) runs on SIGTERM too
+        self.process = subprocess.Popen(dies_with_parent() + cmd, stdout=out, stderr=out)
+        exit_on_sigterm()  # so the owner's cleanup (``stop``) runs on SIGTERM too
         deadline = time.monotonic() + timeout_s
         while not port_open(self.host, self.port):
             if self.process.poll() is not None:

@@ -18,6 +18,7 @@ False
 
 from __future__ import annotations
 
+import logging
 import traceback
 from typing import Any, get_args
 
@@ -93,9 +94,10 @@ def failure_message(exc: BaseException, settings: Settings) -> str | None:
     from aiokafka import errors
 
     protocol, mechanism = settings.security_protocol, settings.sasl_mechanism
-    if isinstance(exc, errors.KafkaConnectionError):
-        return f"{exc}: {connection_advice(protocol)}"
     refused = isinstance(exc, errors.SaslAuthenticationFailed | errors.AuthenticationFailedError)
+    refused |= isinstance(exc, errors.KafkaConnectionError) and REFUSED_LOGINS.seen
+    if isinstance(exc, errors.KafkaConnectionError) and not refused:
+        return f"{exc}: {connection_advice(protocol)}"
     if refused or _scram_login_refused(exc):
         return (
             f"the broker refused the {mechanism} login of user {settings.sasl_username!r}: check "
@@ -105,6 +107,26 @@ def failure_message(exc: BaseException, settings: Settings) -> str | None:
     if isinstance(exc, errors.UnsupportedSaslMechanismError):
         return f"{exc}: set sasl_mechanism to one the broker offers (it names them above)"
     return None
+
+
+class _RefusedLogins(logging.Handler):
+    """Apache Kafka refuses a bad SASL login with ``SaslAuthenticationFailed``, but aiokafka's
+    bootstrap only logs it (the error is an argument of its log record) and then raises a plain
+    ``KafkaConnectionError``; this handler on aiokafka's logger remembers that a login was refused."""
+
+    seen = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from aiokafka import errors
+
+        args = record.args if isinstance(record.args, tuple) else ()
+        if any(
+            isinstance(a, errors.SaslAuthenticationFailed | errors.AuthenticationFailedError) for a in args
+        ):
+            self.seen = True
+
+
+REFUSED_LOGINS = _RefusedLogins(level=logging.ERROR)  # the CLI attaches it to aiokafka's logger
 
 
 def _scram_login_refused(exc: BaseException) -> bool:

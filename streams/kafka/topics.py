@@ -8,7 +8,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
-from streams.kafka.security import unreachable
+from streams.kafka.security import REFUSED_LOGINS, unreachable
 from streams.settings import Settings
 
 
@@ -41,6 +41,8 @@ async def ensure_topics(
             await admin.start()
             break
         except KafkaConnectionError:
+            if REFUSED_LOGINS.seen:
+                raise  # the broker answered and refused the login: waiting will not change that
             if asyncio.get_running_loop().time() > deadline:
                 raise RuntimeError(unreachable(bootstrap_servers, options)) from None
             await asyncio.sleep(0.5)

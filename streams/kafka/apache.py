@@ -1,0 +1,195 @@
+"""A real single-node Apache Kafka (KRaft) from ``KAFKA_HOME``, for tests and local trials.
+
+``KAFKA_HOME`` is any folder with Kafka's ``libs/`` (an unpacked Apache Kafka download works);
+Java 17 or newer runs it. The broker listens on free loopback ports, keeps everything in a temp
+dir of its own and is stopped by its pid, like the embedded broker: on SIGTERM or an error of its
+owner, and by the kernel if the owner dies (``setpriv --pdeathsig``).
+
+Listeners: PLAINTEXT (no login) and SASL_PLAINTEXT with PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 for
+every user in ``users`` (SCRAM credentials are written when the storage is formatted).
+Replication factors are 1, so transactions work on one node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streams.kafka.broker import dies_with_parent, exit_on_sigterm, free_port, stop_process
+
+USERS = {"streamscore": "streamscore-secret", "admin": "admin-secret"}
+SCRAM = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+LOG4J2 = """status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.file.ref = FILE
+"""
+
+
+@dataclass
+class ApacheKafka:
+    """One Apache Kafka broker + controller in one JVM, from ``kafka_home/libs``."""
+
+    kafka_home: Path
+    users: dict[str, str] = field(default_factory=lambda: dict(USERS))
+    port: int = 0  # PLAINTEXT
+    sasl_port: int = 0  # SASL_PLAINTEXT
+    controller_port: int = 0
+    run_dir: Path | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.sasl_port}"
+
+    def start(self, timeout_s: float = 120.0) -> ApacheKafka:
+        java = shutil.which("java")
+        libs = Path(self.kafka_home) / "libs"
+        if java is None:
+            raise RuntimeError(
+                "Apache Kafka needs Java 17 or newer on PATH: install a JDK (apt-get install default-jre-headless)"
+            )
+        if not libs.is_dir():
+            raise RuntimeError(
+                f"{self.kafka_home} has no libs/ folder: point KAFKA_HOME at an unpacked Apache Kafka"
+            )
+        self.port, self.sasl_port, self.controller_port = (
+            p or free_port() for p in (self.port, self.sasl_port, self.controller_port)
+        )
+        self.run_dir = Path(tempfile.mkdtemp(prefix="streamscore-kafka-"))
+        config = self.run_dir / "server.properties"
+        config.write_text(self._properties())
+        (self.run_dir / "log4j2.properties").write_text(LOG4J2.format(log=self.run_dir / "kafka.log"))
+        base = [
+            java,
+            "-Xms128m",
+            "-Xmx768m",
+            f"-Dlog4j2.configurationFile=file:{self.run_dir / 'log4j2.properties'}",
+        ]
+        base += ["-cp", f"{libs}/*"]
+        cluster = subprocess.run(
+            [*base, "kafka.tools.StorageTool", "random-uuid"], capture_output=True, text=True, check=True
+        ).stdout.split()[-1]
+        scram = [
+            arg
+            for user, password in self.users.items()
+            for mechanism in SCRAM
+            for arg in ("--add-scram", f"{mechanism}=[name={user},password={password}]")
+        ]
+        fmt = subprocess.run(
+            [
+                *base,
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                cluster,
+                "-c",
+                str(config),
+                *scram,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if fmt.returncode != 0:
+            raise RuntimeError(
+                f"formatting Kafka's storage failed: {(fmt.stderr or fmt.stdout).strip()[-500:]}"
+            )
+        with open(self.run_dir / "stdout.log", "wb") as out:
+            self.process = subprocess.Popen(
+                [*dies_with_parent(), *base, "kafka.Kafka", str(config)], stdout=out, stderr=subprocess.STDOUT
+            )
+        exit_on_sigterm()
+        try:
+            self._wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        async def answers() -> bool:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=2_000)
+            try:
+                await admin.start()
+                await admin.list_topics()
+                return True
+            except Exception:
+                return False
+            finally:
+                await admin.close()
+
+        deadline = time.monotonic() + timeout_s
+        while not asyncio.run(answers()):
+            assert self.process is not None and self.run_dir is not None
+            if self.process.poll() is not None:
+                tail = (self.run_dir / "stdout.log").read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"Apache Kafka exited with code {self.process.returncode}: {tail}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"Apache Kafka did not answer within {timeout_s:.0f} s; log in {self.run_dir}"
+                )
+            time.sleep(0.5)
+
+    def _properties(self) -> str:
+        plain_users = " ".join(f'user_{u}="{p}"' for u, p in self.users.items())
+        admin = next(iter(self.users))
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
+                "controller.listener.names=CONTROLLER",
+                f"listeners=PLAINTEXT://127.0.0.1:{self.port},SASL_PLAINTEXT://127.0.0.1:{self.sasl_port},"
+                f"CONTROLLER://127.0.0.1:{self.controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port},SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+                "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+                "listener.name.sasl_plaintext.plain.sasl.jaas.config="
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'username="{admin}" password="{self.users[admin]}" {plain_users};',
+                f"listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config={scram}",
+                f"listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config={scram}",
+                f"log.dirs={self.run_dir}/data",
+                "num.partitions=1",
+                "auto.create.topics.enable=true",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=1",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "transaction.state.log.num.partitions=1",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "",
+            ]
+        )
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process, timeout_s=20)
+        if self.run_dir is not None:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def __enter__(self) -> ApacheKafka:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
