@@ -34,14 +34,23 @@ CLINC = SHIPPED_CLINC150
 FROZEN = TrainConfig(finetune_epochs=0, drift_ert=1_000)
 
 
-def cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``streamscore ARGS`` as a user would; with ``check``, it must succeed."""
+def cli(
+    *args: str,
+    check: bool = True,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess:
+    """Run ``streamscore ARGS`` as a user would (``env``: its whole environment; ``stdin``: what it
+    reads); with ``check``, it must succeed."""
     proc = subprocess.run(
         [sys.executable, "-m", "streams.cli", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
         timeout=timeout,
+        env=env,
+        input=stdin,
     )
     if check:
         assert proc.returncode == 0, proc.stderr

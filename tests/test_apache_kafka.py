@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from streams.kafka.apache import USERS, ApacheKafka
-from tests.conftest import ROOT, start_worker, stop_worker
+from tests.conftest import cli, start_worker, stop_worker
 
 pytestmark = [
     pytest.mark.integration,
@@ -52,15 +51,7 @@ def sasl_env(kafka: ApacheKafka, mechanism: str, password: str = USERS[USER]) ->
 def streamscore(
     env: dict[str, str], *args: str, stdin: str = "", timeout: float = 120
 ) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
-        env=env,
-        cwd=ROOT,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return cli(*args, check=False, timeout=timeout, env=env, stdin=stdin)
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
