@@ -127,8 +127,9 @@ class Settings:
             (self.partitions >= 1, "partitions must be at least 1"),
         ]
         problems = [message for ok, message in rules if not ok]
+        hints = get_type_hints(Settings)
         for name in ("backend", "processing_guarantee", "log_level"):
-            allowed = get_args(get_type_hints(Settings)[name])
+            allowed = get_args(hints[name])
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if self.embed_cache_url and not self.embed_cache_url.startswith(("redis://", "rediss://", "unix://")):

@@ -15,7 +15,7 @@ from typing import Any
 
 from models.drift.calibration import DriftCalibration
 from models.drift.signal import Detector, Signal
-from schemas.drift import AlertStatus, AlertWindow, DriftAlert, DriftSignal
+from schemas.drift import AlertStatus, AlertWindow, DriftAlert
 from schemas.messages import now_iso
 
 SIGNAL_OF = {
@@ -74,8 +74,7 @@ class DriftMonitor:
         self.recent.append((offset, record.get("timestamp_ms")))
         if len(self.recent) > 1_000:
             del self.recent[:500]
-        s = DriftSignal.from_json(record)
-        sig = Signal(s.ood_score, s.confidence, s.label, tuple(s.projection))
+        sig = Signal(record["ood_score"], record["confidence"], record["label"], tuple(record["projection"]))
         alerts = []
         for det in self.detectors:
             ep = self.episodes[det.name]

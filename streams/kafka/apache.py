@@ -148,7 +148,7 @@ class ApacheKafka:
 
     def _properties(self) -> str:
         plain_users = " ".join(f'user_{u}="{p}"' for u, p in self.users.items())
-        admin = next(iter(self.users))
+        broker_user = next(iter(self.users))  # its own login as a client: unused, brokers talk PLAINTEXT
         scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
         return "\n".join(
             [
@@ -164,7 +164,7 @@ class ApacheKafka:
                 "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
                 "listener.name.sasl_plaintext.plain.sasl.jaas.config="
                 "org.apache.kafka.common.security.plain.PlainLoginModule required "
-                f'username="{admin}" password="{self.users[admin]}" {plain_users};',
+                f'username="{broker_user}" password="{self.users[broker_user]}" {plain_users};',
                 f"listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config={scram}",
                 f"listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config={scram}",
                 f"log.dirs={self.run_dir}/data",
