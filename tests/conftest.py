@@ -1,11 +1,15 @@
-"""Fixtures: a real Kafka broker (env → testcontainers → embedded), a small real model, a worker.
+"""Fixtures: a real Kafka broker (env → testcontainers → KAFKA_HOME → embedded), a small real
+model, a worker.
 
 The broker is chosen as docs/design.md orders it: ``KAFKA_BOOTSTRAP_SERVERS`` when set, a
-testcontainers Kafka when a Docker engine answers, else the embedded Tansu broker.
+testcontainers Kafka when a Docker engine answers, Apache Kafka started from ``KAFKA_HOME`` (any
+folder with Kafka's ``libs/``: an unpacked download) when set, else the embedded Tansu broker.
+``STREAMSCORE_TEST_BROKER=embedded`` forces the embedded broker (.ci/run runs the suite on both).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -20,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.kafka.broker import stop_process
+from streams.kafka.apache import ApacheKafka
+from streams.kafka.broker import EmbeddedBroker, stop_process
 from training.data import SHIPPED_CLINC150
 from training.fit import TrainConfig
 
@@ -72,23 +77,43 @@ def _docker_answers() -> bool:
         return False
 
 
+def kafka_home() -> Path | None:
+    """The Apache Kafka the tests start brokers from, unless the embedded broker is forced."""
+    home = os.environ.get("KAFKA_HOME")
+    if not home or os.environ.get("STREAMSCORE_TEST_BROKER") == "embedded":
+        return None
+    return Path(home)
+
+
+def own_broker() -> EmbeddedBroker | ApacheKafka:
+    """A broker for one test alone (one it may pause or stop): the same kind as the session's."""
+    home = kafka_home()
+    return ApacheKafka(home) if home is not None else EmbeddedBroker()
+
+
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[str]:
     """Bootstrap servers of a real broker for the whole test session."""
     env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if env:
+    if env and os.environ.get("STREAMSCORE_TEST_BROKER") != "embedded":
         yield env
         return
-    if _docker_answers():
+    if _docker_answers() and os.environ.get("STREAMSCORE_TEST_BROKER") != "embedded":
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer().with_kraft() as container:
             yield container.get_bootstrap_server()
         return
-    from streams.kafka.broker import EmbeddedBroker
-
-    with EmbeddedBroker() as broker:
+    with own_broker() as broker:
         yield broker.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def transactions(kafka: str) -> bool:
+    """Whether the session's broker runs Kafka transactions (the embedded one does not)."""
+    from streams.kafka.guarantees import transactions_refused
+
+    return asyncio.run(transactions_refused(kafka)) is None
 
 
 # The longest files, started first so that the test processes (pytest -n 2, file by file)

@@ -34,7 +34,9 @@ def send_json(bootstrap: str, topic: str, objs: list[dict]) -> None:
 async def _collect(
     bootstrap: str, topic: str, expected: int, timeout_s: float, settle_s: float, match, records: bool = False
 ) -> list[dict]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
+    )
     await consumer.start()
     out: list[dict] = []
     try:

@@ -21,7 +21,15 @@ from pathlib import Path
 import pytest
 
 from streams.kafka.broker import EmbeddedBroker, free_port
-from tests.conftest import ROOT, WorkerHandle, small_clinc_rows, start_worker, stop_worker
+from tests.conftest import (
+    ROOT,
+    WorkerHandle,
+    kafka_home,
+    own_broker,
+    small_clinc_rows,
+    start_worker,
+    stop_worker,
+)
 from tests.kafka_helpers import collect, send_raw
 
 pytestmark = pytest.mark.integration
@@ -30,7 +38,9 @@ REPORT = ROOT / "artifacts" / "test-reports" / "reliability.jsonl"
 
 
 def report(test: str, **figures: object) -> None:
-    line = json.dumps({"test": test, **figures})
+    home = kafka_home()
+    broker = f"apache-kafka {home.name}" if home is not None else "embedded"
+    line = json.dumps({"test": test, "broker": broker, **figures})
     print("reliability:", line)
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     with open(REPORT, "a") as f:
@@ -115,9 +125,11 @@ def ready(handle: WorkerHandle, url: str, timeout_s: float = 180) -> None:
     pytest.fail("worker not ready in time:\n" + handle.log())
 
 
-def start(bootstrap: str, registry: Path, log_dir: Path, tag: str | None = None) -> tuple[WorkerHandle, str]:
+def start(
+    bootstrap: str, registry: Path, log_dir: Path, tag: str | None = None, **extra: str
+) -> tuple[WorkerHandle, str]:
     port = free_port()
-    handle = start_worker(bootstrap, registry, log_dir, tag=tag, metrics_port=str(port))
+    handle = start_worker(bootstrap, registry, log_dir, tag=tag, metrics_port=str(port), **extra)
     url = f"http://127.0.0.1:{port}"
     ready(handle, url)
     return handle, url
@@ -192,9 +204,10 @@ def test_two_workers_one_killed_the_other_takes_over(kafka, trained_registry, tm
 
 
 def test_broker_frozen_for_30_s_is_reported_and_nothing_is_lost(trained_registry, tmp_path):
-    # A broker of its own: SIGSTOP on the shared one would stall other tests' clients too. The
-    # embedded broker keeps data in memory only, so it is paused, not restarted.
-    with EmbeddedBroker() as broker:
+    # A broker of its own, of the session's kind: SIGSTOP on the shared one would stall other
+    # tests' clients too. The embedded broker keeps data in memory only, so it is paused (the
+    # JVM too, on Apache Kafka), not restarted.
+    with own_broker() as broker:
         assert broker.process is not None
         worker, url = start(broker.bootstrap_servers, trained_registry, tmp_path)
         try:
@@ -239,7 +252,7 @@ def test_sigterm_with_the_broker_gone_exits_in_bounded_time_and_loses_nothing(
     # stop has no end. The worker must give up after shutdown_timeout_s with code 3, and what it
     # had not confirmed must be scored by the next worker.
     monkeypatch.setenv("STREAMSCORE_SHUTDOWN_TIMEOUT_S", "5")
-    with EmbeddedBroker() as broker:
+    with own_broker() as broker:
         assert broker.process is not None
         worker, _ = start(broker.bootstrap_servers, trained_registry, tmp_path)
         messages, good, bad = stream(4_000, "gone")
@@ -271,11 +284,16 @@ def test_sigterm_with_the_broker_gone_exits_in_bounded_time_and_loses_nothing(
     assert result["lost"] == 0 and result["wrong_topic"] == 0
 
 
-def test_exactly_once_on_a_broker_without_transactions_is_refused_at_start(kafka, trained_registry, tmp_path):
-    handle = start_worker(
-        kafka, trained_registry, tmp_path, processing_guarantee="exactly_once", metrics_port="0"
-    )
-    code = handle.process.wait(timeout=120)
+def test_exactly_once_on_a_broker_without_transactions_is_refused_at_start(trained_registry, tmp_path):
+    with EmbeddedBroker() as broker:  # the broker without transactions, whichever the session's is
+        handle = start_worker(
+            broker.bootstrap_servers,
+            trained_registry,
+            tmp_path,
+            processing_guarantee="exactly_once",
+            metrics_port="0",
+        )
+        code = handle.process.wait(timeout=120)
     log = handle.log()
     assert code != 0, log[-2000:]
     assert "exactly_once needs Kafka transactions" in log and "cannot run them" in log, log[-2000:]

@@ -304,3 +304,32 @@ def test_a_stage_that_fails_is_reported_and_nothing_is_acknowledged():
 
     errors, acked = asyncio.run(run())
     assert "metadata gone" in str(errors[0]) and acked == []
+
+
+def test_exactly_once_splits_a_batch_into_one_set_of_records_per_input_partition():
+    from schemas.drift import DriftSignal, SignalBatch
+
+    bad = RawMessage(b"m9", b"{not json", raw(9, partition=1).origin)
+    messages = [raw(0, 0), raw(5, 1), raw(1, 0), bad]
+    out = asyncio.run(process_batch(messages, score_ok, BatchLimits()))
+    out.signals = [
+        SignalBatch(
+            "v1", [DriftSignal(m, 1.0, 0.9, 0, [0.0], {"partition": p}) for m, p in [("m0", 0), ("m5", 1)]]
+        ),
+        SignalBatch("v2", [DriftSignal("m1", 1.0, 0.9, 0, [0.0], {"partition": 0})]),
+    ]
+    parts = TOPICS.records_by_partition(out)
+    ids = {
+        p: [(topic, (key or b"").decode()) for topic, key, _ in records if topic != "signals"]
+        for p, records in parts.items()
+    }
+    assert ids == {0: [("scored", "m0"), ("scored", "m1")], 1: [("scored", "m5"), ("dlq", "m9")]}
+    signals = {p: [json.loads(v) for t, _, v in records if t == "signals"] for p, records in parts.items()}
+    assert [(s["model_version"], [x["id"] for x in s["signals"]]) for s in signals[0]] == [
+        ("v1", ["m0"]),
+        ("v2", ["m1"]),
+    ]
+    assert [[x["id"] for x in s["signals"]] for s in signals[1]] == [["m5"]]
+    # No scored or dead record lost or repeated in the split.
+    split = sorted(r for rs in parts.values() for r in rs if r[0] != "signals")
+    assert split == sorted(r for r in TOPICS.records(out) if r[0] != "signals")

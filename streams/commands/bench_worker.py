@@ -71,7 +71,10 @@ class ScoredReader:
         # A short fetch wait: the embedded broker holds a fetch for the whole wait even when
         # records arrive (streams/kafka/faust_transport.py), which would add to every latency measured.
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=20,
+            isolation_level="read_committed",  # exactly-once: what a reader sees
         )
         await self.consumer.start()
         parts = await wait_for_partitions(self.consumer, self.topic, 60.0)

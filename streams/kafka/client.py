@@ -81,7 +81,11 @@ async def read_topic(
 ) -> AsyncIterator[dict[str, Any]]:
     """Yield decoded records of ``topic`` until ``limit`` or ``idle_timeout_s`` without records."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, group_id=None, **(options or {})
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level="read_committed",  # exactly-once outputs: skip aborted transactions
+        **(options or {}),
     )
     try:
         await consumer.start()

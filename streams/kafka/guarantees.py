@@ -5,10 +5,11 @@ only after all its outputs are confirmed, so a crash can repeat outputs, never l
 output carries the input's ``id`` and ``origin`` (topic, partition, offset), so a consumer can
 drop repeats.
 
-``exactly_once`` needs Kafka transactions (outputs and input offsets committed atomically). The
-worker tries to start a transactional producer at start and refuses, saying why, when the broker
-cannot (the embedded Tansu broker cannot). This version of the worker does not run transactions
-yet, so it refuses ``exactly_once`` on brokers that have them too, rather than pretend.
+``exactly_once`` needs Kafka transactions: each micro-batch's outputs and input offsets are
+committed atomically, one transaction per input partition (streams/kafka/transactions.py), and
+readers of the outputs read ``read_committed``. The worker tries to start a transactional
+producer at start and refuses, saying why, when the broker cannot (the embedded Tansu broker
+cannot).
 """
 
 from __future__ import annotations
@@ -85,8 +86,3 @@ async def check_guarantee(
             "origin, so consumers can drop them), or a broker with transactions such as Apache "
             "Kafka (docker-compose.yml)."
         )
-    raise GuaranteeError(
-        f"the broker at {bootstrap_servers} supports transactions, but this streamscore worker "
-        "does not run them yet (README, Reliability). Use processing_guarantee=at_least_once; "
-        "repeats after a crash carry the same id and origin, so consumers can drop them."
-    )

@@ -2,7 +2,9 @@
 
 Neither library offers these publicly: a full metadata refresh (aiokafka's consumer refreshes
 only the topics it tracks), Faust's running producer (we hand it whole partition batches, not
-``Topic.send`` records), and the consumer's fetch wait (Faust fixes it at 1.5 s). :func:`check`
+``Topic.send`` records), the consumer's fetch wait (Faust fixes it at 1.5 s) and isolation level
+(Faust reads ``read_committed`` only in its own exactly-once mode), and Faust's offset commit
+(streams/kafka/faust_transport.py filters it). :func:`check`
 fails loudly, naming what moved, when an upgrade renames one; tests/test_kafka_internals.py runs
 it against the installed versions.
 """
@@ -29,6 +31,11 @@ def set_fetch_wait(consumer: Any, ms: int) -> None:
     consumer._fetch_max_wait_ms = ms  # noqa: SLF001 - aiokafka has no setter
 
 
+def set_read_committed(consumer: Any) -> None:
+    """Make an ``AIOKafkaConsumer`` that Faust built skip aborted transactions' records."""
+    consumer._isolation_level = "read_committed"  # noqa: SLF001 - Faust picks it from its own EOS mode
+
+
 def fetch_wait(consumer: Any) -> int:
     """An ``AIOKafkaConsumer``'s fetch wait in milliseconds."""
     return int(consumer._fetch_max_wait_ms)  # noqa: SLF001 - aiokafka has no getter
@@ -38,6 +45,7 @@ def check() -> None:
     """Raise if the installed aiokafka or Faust lacks what this module uses."""
     from aiokafka import AIOKafkaConsumer
     from aiokafka.client import AIOKafkaClient
+    from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
     from faust.transport.drivers.aiokafka import Producer
 
     missing = [
@@ -45,13 +53,14 @@ def check() -> None:
         for owner, attr, name in (
             (AIOKafkaClient, "fetch_all_metadata", "aiokafka AIOKafkaClient.fetch_all_metadata"),
             (Producer, "_ensure_producer", "faust Producer._ensure_producer"),
+            (FaustConsumer, "_commit", "faust Consumer._commit"),
         )
         if not hasattr(owner, attr)
     ]
     init = inspect.getsource(AIOKafkaConsumer.__init__)  # the attributes are set there
     missing += [
         f"aiokafka AIOKafkaConsumer.{a}"
-        for a in ("_client", "_fetch_max_wait_ms")
+        for a in ("_client", "_fetch_max_wait_ms", "_isolation_level")
         if f"self.{a} =" not in init
     ]
     if missing:

@@ -5,7 +5,10 @@ Read top to bottom as the data flows; everything is wired here, once, and each p
 what it uses. Faust commits the offset of every event that has been acknowledged, so events are
 acknowledged by hand (``noack_take``) and only once every output of their micro-batch has been
 confirmed by the broker (streams/worker/stages.py); a failing send is retried rather than
-skipped, and scoring never raises. That gives at-least-once delivery.
+skipped, and scoring never raises. That gives at-least-once delivery. With
+``processing_guarantee=exactly_once`` each batch's outputs and input offsets are committed in
+Kafka transactions instead, one per input partition, and Faust commits none of those offsets
+(streams/kafka/transactions.py).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import faust
 
@@ -24,6 +27,7 @@ from streams.kafka import internals
 from streams.kafka.delivery import deliver
 from streams.kafka.faust_transport import StreamApp
 from streams.kafka.security import client_options, faust_credentials
+from streams.kafka.transactions import PartitionTransactions
 from streams.settings import Settings
 from streams.worker.batch import BatchOutput, RawMessage, process_batch
 from streams.worker.broker_watch import BrokerWatch
@@ -45,7 +49,17 @@ def create_app(
     # Read at each scrape from whichever embedder serves then (a new model may bring a new one).
     metrics.watch_cache(lambda: holder.scorer.embedder.cache_counts())
     metrics.watch_encoder(lambda: holder.scorer.embedder.pool)
-    app = faust_app(settings, bootstrap_servers, settings.registry / "worker-data" / settings.group_id)
+    transactions = None
+    if settings.processing_guarantee == "exactly_once":
+        transactions = PartitionTransactions(
+            bootstrap_servers, settings.group_id, settings.input_topic, security
+        )
+    app = faust_app(
+        settings,
+        bootstrap_servers,
+        settings.registry / "worker-data" / settings.group_id,
+        frozenset({settings.input_topic}) if transactions is not None else frozenset(),
+    )
     # Raw bytes in and out: we validate ourselves so a bad message is dead-lettered, not dropped.
     # The topics the agents read; outputs go to the producer directly (streams/kafka/delivery.py).
     texts, signals = (
@@ -58,7 +72,9 @@ def create_app(
         return internals.faust_producer(app)
 
     # texts → score agent → texts.scored, texts.dlq, drift.signals
-    stages = score_stages(settings, holder, metrics, producer)
+    stages = score_stages(settings, holder, metrics, producer, transactions)
+    if transactions is not None:
+        follow_partitions(app, settings.input_topic, transactions)
 
     @app.agent(texts)
     async def score(stream: Any) -> None:  # faust's StreamT stub lacks noack_take
@@ -105,10 +121,13 @@ def create_app(
     return app
 
 
-def faust_app(settings: Settings, bootstrap_servers: str, datadir: Path) -> StreamApp:
+def faust_app(
+    settings: Settings, bootstrap_servers: str, datadir: Path, transactional_topics: frozenset[str]
+) -> StreamApp:
     datadir.parent.mkdir(parents=True, exist_ok=True)
     return StreamApp(
         settings.group_id,
+        transactional_topics=transactional_topics,
         broker=f"kafka://{bootstrap_servers}",
         broker_credentials=faust_credentials(settings),
         fetch_wait_ms=settings.fetch_wait_ms,
@@ -129,7 +148,33 @@ def faust_app(settings: Settings, bootstrap_servers: str, datadir: Path) -> Stre
     )
 
 
-def score_stages(settings: Settings, holder: ModelHolder, metrics: WorkerMetrics, producer: Any) -> Stages:
+def follow_partitions(app: faust.App, topic: str, transactions: PartitionTransactions) -> None:
+    """Exactly-once: fence in the partitions of ``topic`` this worker gets, let go of those it
+    loses (Faust waits for their batches to be acknowledged first), and close all at the end."""
+
+    # Faust's signals call receivers as (sender, *args, signal=..., **kwargs).
+    async def let_go(sender: Any, revoked: set[Any], **_: Any) -> None:
+        await transactions.revoke(tp.partition for tp in revoked if tp.topic == topic)
+
+    async def fence_in(sender: Any, assigned: set[Any], **_: Any) -> None:
+        await transactions.assign(tp.partition for tp in assigned if tp.topic == topic)
+
+    async def close(sender: Any, **_: Any) -> None:
+        await transactions.close()
+
+    # cast: mode's stub for connect() does not accept an async receiver
+    app.on_partitions_revoked.connect(cast(Any, let_go))
+    app.on_partitions_assigned.connect(cast(Any, fence_in))
+    app.on_before_shutdown.connect(cast(Any, close))
+
+
+def score_stages(
+    settings: Settings,
+    holder: ModelHolder,
+    metrics: WorkerMetrics,
+    producer: Any,
+    transactions: PartitionTransactions | None = None,
+) -> Stages:
     """The score agent's stages: Faust events in, acknowledged once their outputs are confirmed."""
     limits = settings.batch_limits
 
@@ -155,6 +200,7 @@ def score_stages(settings: Settings, holder: ModelHolder, metrics: WorkerMetrics
         producer=producer,
         ack=ack,
         confirmed=confirmed,
+        transactions=transactions,
     )
 
 

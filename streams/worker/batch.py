@@ -68,6 +68,9 @@ class BatchOutput:
     is_ood: list[bool] = field(default_factory=list)
     event_ms: list[float | None] = field(default_factory=list)
     embed_s: float = 0.0
+    # The input partition of each scored and dead record: exactly-once commits per partition.
+    scored_partitions: list[int] = field(default_factory=list)
+    dead_partitions: list[int] = field(default_factory=list)
 
 
 def _encode(record: dict) -> bytes:
@@ -78,6 +81,7 @@ def _dead(out: BatchOutput, raw: RawMessage, rejection: Rejection) -> None:
     out.reasons[rejection.reason] += 1
     record = dead_letter_record(DeadLetter(rejection, raw.origin, raw.key, raw.value))
     out.dead.append((dead_letter_key(raw.key), _encode(record)))
+    out.dead_partitions.append(raw.origin.partition)
 
 
 async def _score_with_retries(score: ScoreFn, texts: list[str], retries: int) -> tuple[Scores, str]:
@@ -133,6 +137,7 @@ def _add_scored(out: BatchOutput, msgs: list[InputText], scores: Scores, version
                 )
             )
     out.scored += scored
+    out.scored_partitions += [m.origin.partition for m in msgs]
     if signals:
         if out.signals and out.signals[-1].model_version == version:
             out.signals[-1].signals += signals
@@ -149,6 +154,18 @@ def signal_records(out: BatchOutput) -> list[bytes]:
     """The batch's ``drift.signals`` records: one per model version (one in all but the rare
     batch that spans a model swap), signals in input order (schemas/drift.py)."""
     return [_encode(b.to_json()) for b in out.signals]
+
+
+def signals_by_partition(out: BatchOutput) -> dict[int, list[bytes]]:
+    """:func:`signal_records` split by the input partition each signal came from."""
+    parts: dict[int, list[SignalBatch]] = {}
+    for batch in out.signals:
+        for signal in batch.signals:
+            mine = parts.setdefault(int(signal.origin["partition"]), [])
+            if not mine or mine[-1].model_version != batch.model_version:
+                mine.append(SignalBatch(batch.model_version, []))
+            mine[-1].signals.append(signal)
+    return {p: [_encode(b.to_json()) for b in batches] for p, batches in parts.items()}
 
 
 async def process_batch(batch: list[RawMessage], score: ScoreFn, limits: BatchLimits) -> BatchOutput:

@@ -74,7 +74,9 @@ class DriftAgent:
 
     async def restore(self) -> None:
         """Read the last snapshot of ``drift.state`` (if any) so detectors resume where they were."""
-        consumer = AIOKafkaConsumer(enable_auto_commit=False, **self.consumer_options)
+        consumer = AIOKafkaConsumer(
+            enable_auto_commit=False, isolation_level="read_committed", **self.consumer_options
+        )
         await consumer.start()
         try:
             tp = TopicPartition(self.topics.state, 0)

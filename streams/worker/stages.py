@@ -31,7 +31,8 @@ from typing import Any
 
 from schemas.messages import Origin
 from streams.kafka.delivery import Delivery, Record, deliver, send_batched
-from streams.worker.batch import BatchOutput, RawMessage, signal_records
+from streams.kafka.transactions import PartitionTransactions
+from streams.worker.batch import BatchOutput, RawMessage, signal_records, signals_by_partition
 from streams.worker.offsets import OffsetTracker
 
 log = logging.getLogger("streamscore.worker")
@@ -96,6 +97,17 @@ class OutputTopics:
             + [(self.signals, None, v) for v in signal_records(out)]
         )
 
+    def records_by_partition(self, out: BatchOutput) -> dict[int, list[Record]]:
+        """The batch's records per input partition they came from (one transaction each)."""
+        parts: dict[int, list[Record]] = {}
+        for (k, v), p in zip(out.scored, out.scored_partitions, strict=True):
+            parts.setdefault(p, []).append((self.scored, k, v))
+        for (dead_key, dead), p in zip(out.dead, out.dead_partitions, strict=True):
+            parts.setdefault(p, []).append((self.dlq, dead_key, dead))
+        for p, signals in signals_by_partition(out).items():
+            parts.setdefault(p, []).extend((self.signals, None, v) for v in signals)
+        return parts
+
 
 class Intake:
     """Takes from Faust, merged into micro-batches of at most ``batch_size`` messages.
@@ -139,7 +151,10 @@ class Stages:
     """The stages of one score agent and the queues between them.
 
     ``producer()`` gives the started Kafka producer; ``ack(handles)`` acknowledges confirmed
-    messages to whatever committed their offsets (Faust, here).
+    messages to whatever committed their offsets (Faust, here). With ``transactions``
+    (exactly-once) a batch's outputs and input offsets are committed together instead, one
+    transaction per input partition (streams/kafka/transactions.py), and messages already
+    committed by an earlier owner of their partition are dropped at the intake.
     """
 
     intake: Intake
@@ -150,6 +165,7 @@ class Stages:
     ack: Callable[[list[Any]], Awaitable[None]]
     confirmed: Confirmed
     offsets: OffsetTracker = field(default_factory=OffsetTracker)
+    transactions: PartitionTransactions | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -159,8 +175,28 @@ class Stages:
 
     async def take(self, take: Take) -> None:
         """The agent's entry: record the offsets, queue the take (waits when the intake is full)."""
+        if self.transactions is not None:
+            take = await self.new_to_us(take, self.transactions)
+            if not take.messages:
+                return
         self.offsets.take((m.origin.partition, m.origin.offset) for m in take.messages)
         await self.intake.put(take)
+
+    async def new_to_us(self, take: Take, transactions: PartitionTransactions) -> Take:
+        """The messages of ``take`` this owner has to score; the others (committed already, or of
+        a partition no longer ours) are acknowledged without output."""
+        kept = Take([], [])
+        repeats = []
+        for message, handle in zip(take.messages, take.handles, strict=True):
+            if await transactions.is_new(message.origin.partition, message.origin.offset):
+                kept.messages.append(message)
+                kept.handles.append(handle)
+            else:
+                repeats.append(handle)
+        if repeats:
+            log.info("skipped %d messages committed already or no longer ours", len(repeats))
+            await self.ack(repeats)
+        return kept
 
     async def score_stage(self) -> None:
         """A batch goes to the scorers only while fewer than ``in_flight`` are there: one per
@@ -191,6 +227,26 @@ class Stages:
             self.offsets.confirm((m.origin.partition, m.origin.offset) for m in sent.batch.messages)
             self.confirmed(sent.batch, sent.out, time.perf_counter() - sent.batch.taken_at)
 
+    async def transact_stage(self) -> None:
+        """Exactly-once: each scored batch in one transaction per input partition (outputs and
+        the next offset), in input order; the partitions of one batch commit concurrently."""
+        assert self.transactions is not None
+        while True:
+            scoring = await self.to_send.get()
+            out = await scoring.job
+            batch = scoring.batch
+            records = self.outputs.records_by_partition(out)
+            next_offsets: dict[int, int] = {}
+            for m in batch.messages:
+                p = m.origin.partition
+                next_offsets[p] = max(next_offsets.get(p, 0), m.origin.offset + 1)
+            await asyncio.gather(
+                *(self.transactions.commit(p, records.get(p, []), n) for p, n in next_offsets.items())
+            )
+            await self.ack(batch.handles)  # Faust's bookkeeping; it commits no offsets of these
+            self.offsets.confirm((m.origin.partition, m.origin.offset) for m in batch.messages)
+            self.confirmed(batch, out, time.perf_counter() - batch.taken_at)
+
     def ensure_running(self, on_stop: Callable[[BaseException], object]) -> None:
         """Start the stage tasks, or restart them after one ended; ``on_stop(error)`` is told
         when a stage fails (unacknowledged batches are then redone by the next worker)."""
@@ -198,9 +254,12 @@ class Stages:
             return
         for t in self.tasks:
             t.cancel()
-        self.tasks = [
-            asyncio.create_task(stage()) for stage in (self.score_stage, self.send_stage, self.confirm_stage)
-        ]
+        stages = (
+            (self.score_stage, self.transact_stage)
+            if self.transactions is not None
+            else (self.score_stage, self.send_stage, self.confirm_stage)
+        )
+        self.tasks = [asyncio.create_task(stage()) for stage in stages]
 
         def supervise(task: asyncio.Task) -> None:
             error = None if task.cancelled() else task.exception()

@@ -1,0 +1,97 @@
+"""Exactly-once on a broker with transactions (Apache Kafka): kill -9, a second worker dying, and
+a paused worker whose late transaction must be refused. A ``read_committed`` reader must see every
+input once: 0 lost, **0 duplicated**. Figures go to the reliability report like the others.
+
+These need the session's broker to run transactions: Apache Kafka from ``KAFKA_HOME`` (.ci/run
+sets it) or ``KAFKA_BOOTSTRAP_SERVERS``. On the embedded broker they are skipped, and say so;
+tests/test_reliability.py checks that the worker refuses exactly_once there.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.conftest import stop_worker
+from tests.kafka_helpers import send_raw
+from tests.test_reliability import health, outcome, report, start, stream, wait_scored
+
+pytestmark = pytest.mark.integration
+EXACTLY_ONCE = {"processing_guarantee": "exactly_once"}
+
+
+@pytest.fixture(autouse=True)
+def needs_transactions(transactions: bool) -> None:
+    if not transactions:
+        pytest.skip("the session's broker runs no transactions (embedded): set KAFKA_HOME to run these")
+
+
+def test_kill_9_mid_stream_then_restart_repeats_nothing(kafka, trained_registry, tmp_path):
+    worker, _ = start(kafka, trained_registry, tmp_path, **EXACTLY_ONCE)
+    messages, good, bad = stream(20_000, "eos9")
+    send_raw(kafka, worker.topics["input"], messages)
+    wait_scored(kafka, worker.topics["scored"], "eos9-", 5_000)
+    os.kill(worker.process.pid, signal.SIGKILL)
+    worker.process.wait()
+    again, _ = start(kafka, trained_registry, tmp_path, tag=worker.tag, **EXACTLY_ONCE)
+    try:
+        result = outcome(kafka, worker.topics, "eos9", good, bad)
+    finally:
+        stop_worker(again)
+    report("exactly_once_kill_9_then_restart", sent=len(messages), **result)
+    assert result == {"lost": 0, "duplicated": 0, "wrong_topic": 0}
+
+
+def test_two_workers_one_killed_the_other_repeats_nothing(kafka, trained_registry, tmp_path):
+    first, _ = start(kafka, trained_registry, tmp_path, **EXACTLY_ONCE)
+    second, second_url = start(kafka, trained_registry, tmp_path, tag=first.tag, **EXACTLY_ONCE)
+    try:
+        deadline = time.monotonic() + 120
+        while len(health(second_url).get("partitions", [])) == 3 and time.monotonic() < deadline:
+            time.sleep(1)  # until the group has split the partitions between the two
+        messages, good, bad = stream(8_000, "eos2")
+        send_raw(kafka, first.topics["input"], messages)
+        wait_scored(kafka, first.topics["scored"], "eos2-", 1_500)
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.process.wait()
+        result = outcome(kafka, first.topics, "eos2", good, bad)
+        partitions = health(second_url).get("partitions")
+    finally:
+        stop_worker(second)
+    report("exactly_once_two_workers_one_killed", sent=len(messages), **result)
+    assert result == {"lost": 0, "duplicated": 0, "wrong_topic": 0}
+    assert partitions == [0, 1, 2], "the survivor should hold every partition"
+
+
+def test_a_paused_worker_is_fenced_and_its_late_transaction_refused(kafka, trained_registry, tmp_path):
+    """SIGSTOP a worker mid-stream until a second one holds all its partitions, then let it go on:
+    the batches it was scoring must not be committed (the new owner redid them)."""
+    zombie, _ = start(kafka, trained_registry, tmp_path, **EXACTLY_ONCE)
+    messages, good, bad = stream(12_000, "zombie")
+    send_raw(kafka, zombie.topics["input"], messages)
+    wait_scored(kafka, zombie.topics["scored"], "zombie-", 1_500)
+    zombie.process.send_signal(signal.SIGSTOP)
+    try:
+        heir, heir_url = start(kafka, trained_registry, tmp_path, tag=zombie.tag, **EXACTLY_ONCE)
+        deadline = time.monotonic() + 120
+        while health(heir_url).get("partitions") != [0, 1, 2] and time.monotonic() < deadline:
+            time.sleep(1)  # the paused worker misses its heartbeats and leaves the group
+        assert health(heir_url).get("partitions") == [0, 1, 2], heir.log()[-3000:]
+        wait_scored(kafka, zombie.topics["scored"], "zombie-", 3_000)  # the heir is scoring
+    finally:
+        zombie.process.send_signal(signal.SIGCONT)
+    try:
+        result = outcome(kafka, zombie.topics, "zombie", good, bad)
+        time.sleep(3)  # the zombie's late commits, if any, would land by now
+        late = outcome(kafka, zombie.topics, "zombie", good, bad)
+    finally:
+        stop_worker(heir)
+        stop_worker(zombie)
+    log = zombie.log()
+    report("exactly_once_paused_worker", sent=len(messages), **result)
+    assert result == {"lost": 0, "duplicated": 0, "wrong_topic": 0}
+    assert late == result
+    assert "now belongs to another worker" in log, log[-3000:]
