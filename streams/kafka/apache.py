@@ -6,7 +6,11 @@ dir of its own and is stopped by its pid, like the embedded broker: on SIGTERM o
 owner, and by the kernel if the owner dies (``setpriv --pdeathsig``).
 
 Listeners: PLAINTEXT (no login) and SASL_PLAINTEXT with PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 for
-every user in ``users`` (SCRAM credentials are written when the storage is formatted).
+every user in ``users`` (SCRAM credentials are written when the storage is formatted). Given
+``tls`` (PEM files), also SSL, which requires a client certificate signed by ``tls.ca`` (mutual
+TLS; the principal is ``User:CN=...``), and SASL_SSL (server TLS, then a SASL login). With
+``acl``, the KRaft ``StandardAuthorizer`` is on: ``admin`` and the PLAINTEXT listener's
+``User:ANONYMOUS`` are super users, everyone else gets only what ACLs grant.
 Replication factors are 1, so transactions work on one node.
 """
 
@@ -32,7 +36,37 @@ appender.file.layout.type = PatternLayout
 appender.file.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = WARN
 rootLogger.appenderRef.file.ref = FILE
+# Refused TLS handshakes and logins, so a test can see the broker refuse them.
+logger.auth.name = org.apache.kafka.common.network.Selector
+logger.auth.level = INFO
+logger.authz.name = kafka.authorizer.logger
+logger.authz.level = INFO
 """
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files: the broker's certificate and key, and the CA that signs its clients."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+# What the test broker shares with docker-compose.yml (tests/test_compose.py checks they agree):
+# one node, so every internal topic has one replica, and topics are created by streamscore.
+BROKER_DEFAULTS = (
+    "num.partitions=1",
+    "auto.create.topics.enable=true",
+    "offsets.topic.replication.factor=1",
+    "offsets.topic.num.partitions=1",
+    "transaction.state.log.replication.factor=1",
+    "transaction.state.log.min.isr=1",
+    "transaction.state.log.num.partitions=1",
+    "share.coordinator.state.topic.replication.factor=1",
+    "share.coordinator.state.topic.min.isr=1",
+    "group.initial.rebalance.delay.ms=0",
+)
 
 
 @dataclass
@@ -41,8 +75,12 @@ class ApacheKafka:
 
     kafka_home: Path
     users: dict[str, str] = field(default_factory=lambda: dict(USERS))
+    tls: TlsFiles | None = None
+    acl: bool = False
     port: int = 0  # PLAINTEXT
     sasl_port: int = 0  # SASL_PLAINTEXT
+    ssl_port: int = 0  # SSL (mutual TLS), with tls
+    sasl_ssl_port: int = 0  # SASL_SSL, with tls
     controller_port: int = 0
     run_dir: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
@@ -55,6 +93,14 @@ class ApacheKafka:
     def sasl_bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.sasl_port}"
 
+    @property
+    def ssl_bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.ssl_port}"
+
+    @property
+    def sasl_ssl_bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.sasl_ssl_port}"
+
     def start(self, timeout_s: float = 120.0) -> ApacheKafka:
         java = shutil.which("java")
         libs = Path(self.kafka_home) / "libs"
@@ -66,10 +112,14 @@ class ApacheKafka:
             raise RuntimeError(
                 f"{self.kafka_home} has no libs/ folder: point KAFKA_HOME at an unpacked Apache Kafka"
             )
-        self.port, self.sasl_port, self.controller_port = (
-            p or free_port() for p in (self.port, self.sasl_port, self.controller_port)
+        self.port, self.sasl_port, self.ssl_port, self.sasl_ssl_port, self.controller_port = (
+            p or free_port()
+            for p in (self.port, self.sasl_port, self.ssl_port, self.sasl_ssl_port, self.controller_port)
         )
         self.run_dir = Path(tempfile.mkdtemp(prefix="streamscore-kafka-"))
+        if self.tls is not None:  # Kafka's PEM keystore: the private key, then the certificate chain
+            keystore = self.run_dir / "broker-keystore.pem"
+            keystore.write_text(Path(self.tls.key).read_text() + Path(self.tls.cert).read_text())
         config = self.run_dir / "server.properties"
         config.write_text(self._properties())
         (self.run_dir / "log4j2.properties").write_text(LOG4J2.format(log=self.run_dir / "kafka.log"))
@@ -146,38 +196,61 @@ class ApacheKafka:
                 )
             time.sleep(0.5)
 
+    def _listeners(self) -> dict[str, int]:
+        ports = {"PLAINTEXT": self.port, "SASL_PLAINTEXT": self.sasl_port}
+        if self.tls is not None:
+            ports |= {"SSL": self.ssl_port, "SASL_SSL": self.sasl_ssl_port}
+        return ports
+
     def _properties(self) -> str:
+        assert self.run_dir is not None
         plain_users = " ".join(f'user_{u}="{p}"' for u, p in self.users.items())
         broker_user = next(iter(self.users))  # its own login as a client: unused, brokers talk PLAINTEXT
         scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        listeners = self._listeners()
+        sasl = []
+        for name in (n.lower() for n in listeners if n.startswith("SASL")):
+            sasl += [
+                f"listener.name.{name}.plain.sasl.jaas.config="
+                "org.apache.kafka.common.security.plain.PlainLoginModule required "
+                f'username="{broker_user}" password="{self.users[broker_user]}" {plain_users};',
+                f"listener.name.{name}.scram-sha-256.sasl.jaas.config={scram}",
+                f"listener.name.{name}.scram-sha-512.sasl.jaas.config={scram}",
+            ]
+        tls = []
+        if self.tls is not None:
+            tls = [
+                "ssl.keystore.type=PEM",
+                f"ssl.keystore.location={self.run_dir / 'broker-keystore.pem'}",
+                "ssl.truststore.type=PEM",
+                f"ssl.truststore.location={self.tls.ca}",
+                "listener.name.ssl.ssl.client.auth=required",  # mutual TLS on SSL; SASL_SSL logs in
+            ]
+        acl = []
+        if self.acl:
+            acl = [
+                "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                "super.users=User:admin;User:ANONYMOUS",
+            ]
+        addresses = ",".join(f"{n}://127.0.0.1:{p}" for n, p in listeners.items())
         return "\n".join(
             [
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}",
                 "controller.listener.names=CONTROLLER",
-                f"listeners=PLAINTEXT://127.0.0.1:{self.port},SASL_PLAINTEXT://127.0.0.1:{self.sasl_port},"
-                f"CONTROLLER://127.0.0.1:{self.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port},SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"listeners={addresses},CONTROLLER://127.0.0.1:{self.controller_port}",
+                f"advertised.listeners={addresses}",
+                "listener.security.protocol.map="
+                + ",".join(f"{n}:{n}" for n in listeners)
+                + ",CONTROLLER:PLAINTEXT",
                 "inter.broker.listener.name=PLAINTEXT",
                 "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
-                "listener.name.sasl_plaintext.plain.sasl.jaas.config="
-                "org.apache.kafka.common.security.plain.PlainLoginModule required "
-                f'username="{broker_user}" password="{self.users[broker_user]}" {plain_users};',
-                f"listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config={scram}",
-                f"listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config={scram}",
+                *sasl,
+                *tls,
+                *acl,
                 f"log.dirs={self.run_dir}/data",
-                "num.partitions=1",
-                "auto.create.topics.enable=true",
-                "offsets.topic.replication.factor=1",
-                "offsets.topic.num.partitions=1",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "transaction.state.log.num.partitions=1",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
-                "group.initial.rebalance.delay.ms=0",
+                *BROKER_DEFAULTS,
                 "",
             ]
         )

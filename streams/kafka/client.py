@@ -143,3 +143,31 @@ def print_records(records: Iterable[dict[str, Any]], pretty: bool, out: IO[str] 
             file=out,
             flush=True,
         )
+
+
+async def group_offsets(
+    bootstrap_servers: str,
+    group_id: str,
+    partitions: list[TopicPartition] | None = None,
+    options: dict[str, Any] | None = None,
+    timeout_s: float = 30.0,
+) -> dict[TopicPartition, int]:
+    """A consumer group's committed offsets (-1: none), waiting while the broker is still setting
+    up its group coordinator (a new Kafka cluster answers the first lookups "not available")."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import CoordinatorNotAvailableError, NotCoordinatorError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **(options or {}))
+    await admin.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                found = await admin.list_consumer_group_offsets(group_id, partitions=partitions)
+                return {tp: meta.offset for tp, meta in found.items()}
+            except (CoordinatorNotAvailableError, NotCoordinatorError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+    finally:
+        await admin.close()

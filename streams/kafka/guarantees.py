@@ -34,7 +34,9 @@ class GuaranteeError(RuntimeError):
     """The requested processing guarantee cannot hold; the message says what to do."""
 
 
-async def transactions_refused(bootstrap_servers: str, options: dict[str, Any] | None = None) -> str | None:
+async def transactions_refused(
+    bootstrap_servers: str, options: dict[str, Any] | None = None, prefix: str = "streamscore.probe."
+) -> str | None:
     """Why the broker cannot run a transaction, or None when it can.
 
     Asking is not enough: the embedded Tansu broker lists every transaction API in its
@@ -43,6 +45,7 @@ async def transactions_refused(bootstrap_servers: str, options: dict[str, Any] |
     """
     from aiokafka import AIOKafkaProducer
     from aiokafka.client import AIOKafkaClient
+    from aiokafka.errors import TransactionalIdAuthorizationFailed
     from aiokafka.protocol.admin import ApiVersionRequest
 
     client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, **(options or {}))
@@ -57,13 +60,19 @@ async def transactions_refused(bootstrap_servers: str, options: dict[str, Any] |
         return f"its ApiVersions lack {', '.join(missing)}"
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers,
-        transactional_id=f"streamscore-probe-{uuid.uuid4().hex[:12]}",
+        # Under the worker's own prefix, so ACLs on its transactional ids are checked too.
+        transactional_id=f"{prefix}probe-{uuid.uuid4().hex[:12]}",
         request_timeout_ms=10_000,
         **(options or {}),
     )
     try:
         await asyncio.wait_for(producer.start(), 20)
         return None
+    except TransactionalIdAuthorizationFailed:
+        return (
+            f"its ACLs refuse this principal the transactional ids '{prefix}*': grant WRITE and "
+            f"DESCRIBE on TransactionalId prefix '{prefix}' (README, Kafka ACLs)"
+        )
     except Exception as exc:
         return f"it refused to start a transactional producer ({type(exc).__name__}: {exc})"
     finally:
@@ -72,12 +81,16 @@ async def transactions_refused(bootstrap_servers: str, options: dict[str, Any] |
 
 
 async def check_guarantee(
-    guarantee: str, bootstrap_servers: str, options: dict[str, Any] | None = None
+    guarantee: str,
+    bootstrap_servers: str,
+    options: dict[str, Any] | None = None,
+    prefix: str = "streamscore.",
 ) -> None:
-    """Raise :class:`GuaranteeError` when ``guarantee`` cannot hold on this broker."""
+    """Raise :class:`GuaranteeError` when ``guarantee`` cannot hold on this broker; ``prefix``: the
+    worker's transactional ids (streams/kafka/transactions.py)."""
     if guarantee == "at_least_once":
         return
-    refused = await transactions_refused(bootstrap_servers, options)
+    refused = await transactions_refused(bootstrap_servers, options, prefix)
     if refused:
         raise GuaranteeError(
             f"processing_guarantee=exactly_once needs Kafka transactions, and the broker at "

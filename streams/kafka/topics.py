@@ -6,8 +6,9 @@ import asyncio
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, TopicAuthorizationFailedError
 
+from streams.kafka.access import AccessError
 from streams.kafka.security import REFUSED_LOGINS, unreachable
 from streams.settings import Settings
 
@@ -54,5 +55,12 @@ async def ensure_topics(
                 await admin.create_topics(missing)
             except TopicAlreadyExistsError:
                 pass  # another worker created it between our list and create
+            except TopicAuthorizationFailedError:
+                names = ", ".join(f"'{t.name}'" for t in missing)
+                raise AccessError(
+                    f"the broker's ACLs refused to create {names}: the client's principal may not "
+                    "see them (DESCRIBE) or create them (CREATE). Create them first and grant the "
+                    "ACLs in README, Kafka ACLs, or grant CREATE"
+                ) from None
     finally:
         await admin.close()

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
 
+from streams.kafka.client import group_offsets
 from streams.kafka.delivery import Record, send_batched
 
 log = logging.getLogger("streamscore.worker")
@@ -34,13 +34,18 @@ FENCED = (ProducerFenced, InvalidProducerEpoch)
 MAX_REQUEST_BYTES = 1_048_576  # as the at-least-once producer: a scored record of a 1 MB input
 
 
+def transactional_prefix(group_id: str) -> str:
+    """What every transactional id of a worker group starts with (the ACL to grant, README)."""
+    return f"streamscore.{group_id}."
+
+
 def transactional_id(group_id: str, topic: str, partition: int) -> str:
     """The transactional id of one input partition: the same on every worker of the group.
 
     >>> transactional_id("streamscore", "texts", 2)
     'streamscore.streamscore.texts.2'
     """
-    return f"streamscore.{group_id}.{topic}.{partition}"
+    return f"{transactional_prefix(group_id)}{topic}.{partition}"
 
 
 @dataclass
@@ -102,15 +107,9 @@ class PartitionTransactions:
         log.info("partition %d of %s: transactional, resuming at offset %d", partition, self.topic, offset)
 
     async def _committed(self, partition: int) -> int:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, **self.options)
-        await admin.start()
-        try:
-            tp = TopicPartition(self.topic, partition)
-            found = await admin.list_consumer_group_offsets(self.group_id, partitions=[tp])
-        finally:
-            await admin.close()
-        meta = found.get(tp)
-        return max(meta.offset, 0) if meta is not None else 0
+        tp = TopicPartition(self.topic, partition)
+        found = await group_offsets(self.bootstrap_servers, self.group_id, [tp], self.options)
+        return max(found.get(tp, -1), 0)
 
     async def is_new(self, partition: int, offset: int) -> bool:
         """Whether this owner should score the message at ``offset``: its partition is ours and

@@ -137,6 +137,9 @@ def faust_app(
         web_enabled=False,
         topic_partitions=settings.partitions,
         consumer_auto_offset_reset="earliest",
+        # No leader election here: without it Faust creates no "<group>-__assignor-__leader" topic,
+        # which a worker under Kafka ACLs may not create (README, Kafka ACLs).
+        topic_disable_leader=True,
         producer_acks=-1,
         # A Kafka broker's default message.max.bytes: a scored record of an input just under
         # max_message_bytes (1,000,000) is a little bigger than that (Faust's default limit).

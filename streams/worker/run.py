@@ -14,10 +14,12 @@ import faust
 from models.embedder import DEFAULT_MODEL, Embedder
 from models.registry import Registry
 from models.scoring import Scorer
+from streams.kafka.access import check_access
 from streams.kafka.broker import bootstrap_or_embedded
 from streams.kafka.guarantees import check_guarantee
 from streams.kafka.security import client_options
 from streams.kafka.topics import ensure_topics, topic_plan
+from streams.kafka.transactions import transactional_prefix
 from streams.settings import Settings
 from streams.worker.app import create_app
 from streams.worker.memory import freeze_long_lived
@@ -66,8 +68,10 @@ def run_worker(settings: Settings) -> int:
     with bootstrap_or_embedded(settings.bootstrap_servers) as bootstrap:
         # Before anything is consumed: a guarantee that cannot hold must stop the worker here.
         security = client_options(settings)
-        asyncio.run(check_guarantee(settings.processing_guarantee, bootstrap, security))
+        prefix = transactional_prefix(settings.group_id)
+        asyncio.run(check_guarantee(settings.processing_guarantee, bootstrap, security, prefix))
         asyncio.run(ensure_topics(bootstrap, topic_plan(settings), security, settings.connect_timeout_s))
+        asyncio.run(check_access(bootstrap, settings, security))  # ACLs: one clear line, not a late failure
         asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed the last one
         # A pinned --model never changes; otherwise follow the registry's CURRENT pointer.
         follow = None if settings.model else Registry(settings.registry)
