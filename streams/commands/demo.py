@@ -26,7 +26,7 @@ from models.registry import Registry
 from streams.commands.replay import ReplayOptions, replay_file
 from streams.kafka.broker import bootstrap_or_embedded, stop_process
 from streams.kafka.client import format_scored, read_topic
-from streams.kafka.topics import ensure_topics, topic_plan
+from streams.kafka.topics import ensure_topics, topic_configs, topic_plan
 from streams.settings import Settings
 from training.data import SHIPPED_CLINC150
 
@@ -162,7 +162,7 @@ def run_demo(
     with bootstrap_or_embedded(
         settings.bootstrap_servers, log=lambda m: print(f"[demo] {m}", flush=True)
     ) as bootstrap:
-        asyncio.run(ensure_topics(bootstrap, topic_plan(settings)))
+        asyncio.run(ensure_topics(bootstrap, topic_plan(settings), configs=topic_configs(settings)))
         log_path = Path(settings.registry) / "demo-worker.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **settings.replace(bootstrap_servers=bootstrap).to_env()}

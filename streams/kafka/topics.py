@@ -25,14 +25,21 @@ def topic_plan(settings: Settings) -> dict[str, int]:
     }
 
 
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Topic configs beyond the broker's defaults: the drift state is a snapshot under one key,
+    so compaction keeps the latest and lets the rest go (docker-compose.yml creates it the same)."""
+    return {settings.drift_state_topic: {"cleanup.policy": "compact"}}
+
+
 async def ensure_topics(
     bootstrap_servers: str,
     plan: dict[str, int],
     options: dict[str, Any] | None = None,
     timeout_s: float = 30.0,
+    configs: dict[str, dict[str, str]] | None = None,
 ) -> None:
-    """Create the topics of ``plan`` that do not exist yet; leave existing ones alone.
-    ``options``: security options (streams/kafka/security.py)."""
+    """Create the topics of ``plan`` that do not exist yet, with their ``configs``; leave existing
+    ones alone. ``options``: security options (streams/kafka/security.py)."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000, **(options or {})
     )
@@ -49,7 +56,11 @@ async def ensure_topics(
             await asyncio.sleep(0.5)
     try:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(name, n, 1) for name, n in plan.items() if name not in existing]
+        missing = [
+            NewTopic(name, n, 1, topic_configs=(configs or {}).get(name, {}))
+            for name, n in plan.items()
+            if name not in existing
+        ]
         if missing:
             try:
                 await admin.create_topics(missing)

@@ -18,7 +18,7 @@ from streams.kafka.access import check_access
 from streams.kafka.broker import bootstrap_or_embedded
 from streams.kafka.guarantees import check_guarantee
 from streams.kafka.security import client_options
-from streams.kafka.topics import ensure_topics, topic_plan
+from streams.kafka.topics import ensure_topics, topic_configs, topic_plan
 from streams.kafka.transactions import transactional_prefix
 from streams.settings import Settings
 from streams.worker.app import create_app
@@ -70,7 +70,8 @@ def run_worker(settings: Settings) -> int:
         security = client_options(settings)
         prefix = transactional_prefix(settings.group_id)
         asyncio.run(check_guarantee(settings.processing_guarantee, bootstrap, security, prefix))
-        asyncio.run(ensure_topics(bootstrap, topic_plan(settings), security, settings.connect_timeout_s))
+        plan, configs = topic_plan(settings), topic_configs(settings)
+        asyncio.run(ensure_topics(bootstrap, plan, security, settings.connect_timeout_s, configs))
         asyncio.run(check_access(bootstrap, settings, security))  # ACLs: one clear line, not a late failure
         asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed the last one
         # A pinned --model never changes; otherwise follow the registry's CURRENT pointer.

@@ -1,0 +1,69 @@
+"""docker-compose.yml runs the broker the tests run: Apache Kafka 4.x with the same settings that
+matter (internal topics' replication, transactions' state log, auto-creation, rebalance delay),
+and creates the worker's topics as the worker would (partitions, compaction of the drift state).
+
+The compose file cannot be started here (no Docker engine); its topic script is run with a
+stand-in for kafka-topics.sh that records what it was asked to create.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from streams.kafka.apache import BROKER_DEFAULTS
+from streams.kafka.topics import topic_configs, topic_plan
+from streams.settings import Settings
+from tests.conftest import ROOT
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+# Settings where compose and the test broker must agree; num.partitions differs on purpose
+# (compose sizes for 6 workers; the worker creates its topics explicitly either way).
+MUST_AGREE = (
+    "offsets.topic.replication.factor",
+    "transaction.state.log.replication.factor",
+    "transaction.state.log.min.isr",
+    "share.coordinator.state.topic.replication.factor",
+    "share.coordinator.state.topic.min.isr",
+    "group.initial.rebalance.delay.ms",
+    "auto.create.topics.enable",
+)
+
+
+def test_compose_runs_apache_kafka_4_with_the_test_brokers_settings():
+    kafka = COMPOSE["services"]["kafka"]
+    assert kafka["image"].startswith("apache/kafka:4."), kafka["image"]
+    assert COMPOSE["services"]["kafka-init"]["image"] == kafka["image"]
+    env = {k: str(v).lower() for k, v in kafka["environment"].items()}
+    fixture = dict(line.split("=", 1) for line in BROKER_DEFAULTS)
+    for key in MUST_AGREE:
+        compose_key = "KAFKA_" + key.upper().replace(".", "_")
+        assert env.get(compose_key) == fixture[key].lower(), (key, env.get(compose_key), fixture[key])
+    # Brokers and clients talk PLAINTEXT inside compose, as the fixture's broker does internally.
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] == "plaintext"
+
+
+def test_compose_creates_the_topics_the_worker_would(tmp_path: Path):
+    env = COMPOSE["x-streamscore-env"]
+    settings = Settings.from_env({}, partitions=int(env["STREAMSCORE_PARTITIONS"]))
+    stub = tmp_path / "kafka-topics.sh"
+    calls = tmp_path / "calls"
+    stub.write_text(f'#!/bin/sh\nfor a in "$@"; do printf "%s " "$a"; done >> {calls}\necho >> {calls}\n')
+    stub.chmod(0o755)
+    script = COMPOSE["services"]["kafka-init"]["command"][0].replace("$$", "$")
+    script = script.replace("/opt/kafka/bin/kafka-topics.sh", str(stub))
+    subprocess.run(["bash", "-c", script], check=True, env={**os.environ}, capture_output=True)
+    created: dict[str, tuple[int, dict[str, str]]] = {}
+    for line in calls.read_text().splitlines():
+        args = shlex.split(line)
+        if "--create" not in args:
+            continue
+        topic, partitions = args[args.index("--topic") + 1], int(args[args.index("--partitions") + 1])
+        configs = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--config")
+        created[topic] = (partitions, configs)
+    expected = {name: (n, topic_configs(settings).get(name, {})) for name, n in topic_plan(settings).items()}
+    assert created == expected
