@@ -23,6 +23,10 @@ demo: $(STAMP)
 # cache), stunnel (a TLS listener in front of the broker) and openssl (its test certificates).
 # Missing Debian packages are installed with one apt-get update.
 SERVERS := prometheus:prometheus redis-server:redis-server stunnel4:stunnel4 openssl:openssl
+# Apache Kafka from KAFKA_HOME (README: Brokers) runs on Java 17 or newer.
+ifneq ($(KAFKA_HOME),)
+SERVERS += java:default-jre-headless
+endif
 servers:
 	@missing=""; for s in $(SERVERS); do bin=$${s%%:*}; pkg=$${s#*:}; \
 	  command -v $$bin >/dev/null || [ -x /usr/bin/$$bin ] || missing="$$missing $$pkg"; done; \

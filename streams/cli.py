@@ -122,6 +122,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         latency_windows=args.latency_windows,
         backends=tuple(b for b in (args.backends or "").split(",") if b),
         scale_out=not args.no_scale_out,
+        exactly_once=args.exactly_once,
         say=None if args.json else (lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)),
     )
     result = run_bench(settings, opts)
@@ -533,6 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="no_scale_out",
         action="store_true",
         help="skip one worker on one core vs. two workers on a core each",
+    )
+    sp.add_argument(
+        "--exactly-once",
+        dest="exactly_once",
+        action="store_true",
+        help="also run an exactly-once worker in every turn (a broker with transactions: Apache Kafka)",
     )
     sp.add_argument("--batch-size", dest="batch_size", type=int, default=None)
     sp.add_argument("--device", default=None)

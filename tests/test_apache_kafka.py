@@ -20,17 +20,24 @@ from pathlib import Path
 import pytest
 
 from streams.kafka.apache import USERS, ApacheKafka, TlsFiles
-from tests.conftest import cli, start_worker, stop_worker
+from tests.conftest import cli, kafka_home, start_worker, stop_worker
 from tests.pki import make_pki
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(
-        not os.environ.get("KAFKA_HOME"), reason="KAFKA_HOME is not set: no Apache Kafka to run"
+        kafka_home() is None,
+        reason="KAFKA_HOME is not set (or STREAMSCORE_TEST_BROKER=embedded): no Apache Kafka to run",
     ),
 ]
 
 USER = "streamscore"
+
+
+def _home() -> Path:
+    home = kafka_home()
+    assert home is not None  # the module is skipped otherwise
+    return home
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +48,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def apache_kafka(pki: dict[str, Path]) -> Iterator[ApacheKafka]:
     tls = TlsFiles(pki["broker"], pki["broker_key"], pki["ca"])
-    with ApacheKafka(Path(os.environ["KAFKA_HOME"]), tls=tls) as kafka:
+    with ApacheKafka(_home(), tls=tls) as kafka:
         yield kafka
 
 
@@ -169,7 +176,7 @@ ALLOW = 3
 @pytest.fixture(scope="module")
 def acl_kafka() -> Iterator[ApacheKafka]:
     """Apache Kafka with the authorizer on: ``streamscore`` gets only what a test grants."""
-    with ApacheKafka(Path(os.environ["KAFKA_HOME"]), acl=True) as kafka:
+    with ApacheKafka(_home(), acl=True) as kafka:
         yield kafka
 
 

@@ -87,6 +87,7 @@ class BenchOptions:
     latency_windows: int = 3  # windows at 50% load, each through a new worker
     backends: tuple[str, ...] = ()  # empty: the settings' backend
     scale_out: bool = True  # also measure one worker on one core against two on a core each
+    exactly_once: bool = False  # also an exactly-once worker in every turn (needs transactions)
     say: Any = None  # progress lines (stderr); None: quiet
 
 
@@ -170,10 +171,12 @@ def paired_e2e(
     naive: Callable[[int], float],
     log_dir: Path,
     say: Any,
+    extra: dict[str, Settings] | None = None,
 ) -> dict[str, Any]:
     """One worker per backend (embedding cache off: the texts repeat), then ``turns`` turns: a
     raw-encoder pass, the first backend's run, a raw-encoder pass, every other backend's run,
-    and ``naive(turn)``, the naive consumer's rate.
+    the run of every ``extra`` worker (name → its settings: ``exactly_once``) and
+    ``naive(turn)``, the naive consumer's rate.
 
     While the raw encoder and the naive consumer run, the workers are paused, so their idling
     (polling the broker, 0.05 core for two) takes nothing from them. Returns the runs and their
@@ -181,7 +184,8 @@ def paired_e2e(
     workers: dict[str, WorkerProcess] = {}
     raw_runs: list[float] = []
     naive_runs: list[float] = []
-    runs: dict[str, list[float]] = {b: [] for b in backends}
+    extra = extra or {}
+    runs: dict[str, list[float]] = {b: [] for b in [*backends, *extra]}
 
     def alone(measure: Callable[..., float], *args: Any) -> float:
         with contextlib.ExitStack() as stack:
@@ -198,6 +202,10 @@ def paired_e2e(
                 log_dir,
                 f"-{b}",
             )
+        for name, variant in extra.items():
+            workers[name] = ready_worker(
+                variant.replace(embed_cache_size=0), bootstrap, uuid.uuid4().hex[:8], log_dir, f"-{name}"
+            )
         for turn in range(turns):
             for i, b in enumerate(backends):
                 if i == 0:
@@ -205,11 +213,13 @@ def paired_e2e(
                 runs[b] += e2e_rates(bootstrap, workers[b], texts, 1, f"e2e{turn}")
                 if i == 0:
                     raw_runs.append(alone(raw.rate, texts))
+            for name in extra:
+                runs[name] += e2e_rates(bootstrap, workers[name], texts, 1, f"e2e{turn}")
             naive_runs.append(alone(naive, turn))
             say(
                 f"turn {turn + 1}/{turns}: raw {raw_runs[-2]:.0f}, {backends[0]} {runs[backends[0]][-1]:.0f}, "
                 f"raw {raw_runs[-1]:.0f}"
-                + "".join(f", {b} {runs[b][-1]:.0f}" for b in backends[1:])
+                + "".join(f", {b} {runs[b][-1]:.0f}" for b in [*backends[1:], *extra])
                 + f", naive {naive_runs[-1]:.0f} per s"
             )
         peak_rss = workers[backends[0]].peak_rss_mb() or 0.0
@@ -229,10 +239,13 @@ def turn_ratios(
     raw_runs: list[float], naive_runs: list[float], runs: dict[str, list[float]], first: str
 ) -> dict[str, list[float]]:
     """Per turn of :func:`paired_e2e`: ``first``'s run over the mean of the two raw passes
-    around it and over the naive run, and every other backend's run over torch's.
+    around it and over the naive run, every other backend's run over torch's, and an
+    ``exactly_once`` worker's run over ``first``'s (at-least-once).
 
     >>> turn_ratios([400, 440, 500, 500], [90, 100], {"torch": [378, 450], "onnx-int8": [756, 990]}, "torch")
     {'e2e_over_raw': [0.9, 0.9], 'e2e_over_naive': [4.2, 4.5], 'onnx-int8_over_torch_e2e': [2.0, 2.2]}
+    >>> turn_ratios([400, 440, 500, 500], [90, 100], {"torch": [378, 450], "exactly_once": [340.2, 450]}, "torch")
+    {'e2e_over_raw': [0.9, 0.9], 'e2e_over_naive': [4.2, 4.5], 'exactly_once_over_at_least_once': [0.9, 1.0]}
     """
     turns = len(runs[first])
     around = [(raw_runs[2 * t] + raw_runs[2 * t + 1]) / 2 for t in range(turns)]
@@ -242,8 +255,11 @@ def turn_ratios(
     }
     if "torch" in runs:
         for b, rates in runs.items():
-            if b != "torch":
+            if b not in ("torch", "exactly_once"):
                 ratios[f"{b}_over_torch_e2e"] = [rates[t] / runs["torch"][t] for t in range(turns)]
+    if "exactly_once" in runs:
+        eos = runs["exactly_once"]
+        ratios["exactly_once_over_at_least_once"] = [eos[t] / runs[first][t] for t in range(turns)]
     return ratios
 
 
@@ -518,7 +534,12 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
         def naive(turn: int, encoder: RawEncoder = raw) -> float:
             return asyncio.run(naive_rate(bootstrap, encoder, artifact, naive_texts, f"{tag}-{turn}"))
 
-        paired = paired_e2e(settings, bootstrap, backends, texts, opts.repeats, raw, naive, Path(tmp), say)
+        extra = {}
+        if opts.exactly_once:
+            extra["exactly_once"] = settings.replace(backend=backends[0], processing_guarantee="exactly_once")
+        paired = paired_e2e(
+            settings, bootstrap, backends, texts, opts.repeats, raw, naive, Path(tmp), say, extra
+        )
         device = raw.device
         del raw, naive  # freed before the latency worker starts
         e2e = max(paired["runs"][backends[0]])
@@ -535,6 +556,7 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
             scale_out_rates(first, bootstrap, texts, opts.repeats, Path(tmp), say) if opts.scale_out else None
         )
     runs = {b: [round(x, 1) for x in r] for b, r in paired["runs"].items()}
+    exactly_once = runs.pop("exactly_once", None)
     result: dict[str, Any] = {
         "messages": len(texts),
         "repeats": opts.repeats,
@@ -564,6 +586,11 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
     }
     if scale is not None:
         result["scale_out"] = scale
+    if exactly_once is not None:
+        result["exactly_once_runs_per_s"] = exactly_once
+        result["processing_guarantee"] = (
+            f"{backends[0]} runs: at_least_once; exactly_once_runs_per_s: exactly_once"
+        )
     # Per turn, neighbouring measurements; the median over the turns (module docstring).
     result["ratios_by_turn"] = {k: [round(x, 3) for x in v] for k, v in paired["by_turn"].items()}
     result["ratios"] = {k: round(statistics.median(v), 3) for k, v in paired["by_turn"].items()}
