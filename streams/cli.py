@@ -37,14 +37,23 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
+    from streams.kafka.apache import USERS, ApacheKafka
     from streams.kafka.broker import EmbeddedBroker
 
-    broker = EmbeddedBroker(port=args.port).start(quiet=not args.verbose)
-    print(
-        f"embedded Kafka broker (Tansu, memory only) on {broker.bootstrap_servers}\n"
-        f"  export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}\nCtrl-C stops it.",
-        flush=True,
-    )
+    broker: EmbeddedBroker | ApacheKafka
+    if args.kafka_home:
+        broker = ApacheKafka(Path(args.kafka_home), port=args.port).start()
+        users = ", ".join(f"{u}/{p}" for u, p in USERS.items())
+        print(
+            f"Apache Kafka from {args.kafka_home} (single node, data in {broker.run_dir}, removed at "
+            f"exit) on {broker.bootstrap_servers}; SASL_PLAINTEXT (PLAIN, SCRAM) on "
+            f"{broker.sasl_bootstrap_servers}, users {users}",
+            flush=True,
+        )
+    else:
+        broker = EmbeddedBroker(port=args.port).start(quiet=not args.verbose)
+        print(f"embedded Kafka broker (Tansu, memory only) on {broker.bootstrap_servers}", flush=True)
+    print(f"  export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}\nCtrl-C stops it.", flush=True)
     try:
         assert broker.process is not None
         return broker.process.wait()
@@ -369,6 +378,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("broker", help="run the embedded Kafka-compatible broker in the foreground")
     sp.add_argument("--port", type=int, default=9092)
+    sp.add_argument(
+        "--kafka-home",
+        dest="kafka_home",
+        default=None,
+        help="run a single-node Apache Kafka from this folder (with libs/; Java 17+) instead",
+    )
     sp.add_argument("--verbose", action="store_true", help="show the broker's own log")
     sp.set_defaults(func=cmd_broker)
 

@@ -91,21 +91,34 @@ def own_broker() -> EmbeddedBroker | ApacheKafka:
     return ApacheKafka(home) if home is not None else EmbeddedBroker()
 
 
+SESSION_BROKER: dict[str, str] = {}  # "kind": "apache-kafka" or "embedded", once started
+
+
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[str]:
     """Bootstrap servers of a real broker for the whole test session."""
+    forced_embedded = os.environ.get("STREAMSCORE_TEST_BROKER") == "embedded"
     env = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if env and os.environ.get("STREAMSCORE_TEST_BROKER") != "embedded":
+    if env and not forced_embedded:
+        SESSION_BROKER["kind"] = "apache-kafka"  # assumed: whatever a user points the tests at
         yield env
         return
-    if _docker_answers() and os.environ.get("STREAMSCORE_TEST_BROKER") != "embedded":
+    if not forced_embedded and _docker_answers():
         from testcontainers.kafka import KafkaContainer
 
+        SESSION_BROKER["kind"] = "apache-kafka"
         with KafkaContainer().with_kraft() as container:
             yield container.get_bootstrap_server()
         return
     with own_broker() as broker:
+        SESSION_BROKER["kind"] = "apache-kafka" if isinstance(broker, ApacheKafka) else "embedded"
         yield broker.bootstrap_servers
+
+
+@pytest.fixture(scope="session")
+def broker_kind(kafka: str) -> str:
+    """What the session's broker is: ``apache-kafka`` or ``embedded`` (Tansu)."""
+    return SESSION_BROKER["kind"]
 
 
 @pytest.fixture(scope="session")

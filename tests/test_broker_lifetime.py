@@ -1,4 +1,5 @@
-"""No embedded broker outlives the command that started it: SIGTERM, SIGINT or kill -9."""
+"""No broker outlives the command that started it: SIGTERM, SIGINT or kill -9. The embedded one
+always; Apache Kafka (``streamscore broker --kafka-home``) too when ``KAFKA_HOME`` is set."""
 
 import os
 import signal
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from streams.kafka.broker import free_port, port_open
-from tests.conftest import ROOT
+from tests.conftest import ROOT, kafka_home
 
 pytestmark = [
     pytest.mark.integration,
@@ -49,23 +50,28 @@ def wait_until(condition, timeout_s: float = 15.0) -> bool:
     return condition()
 
 
+KINDS = ["embedded"] + (["apache-kafka"] if kafka_home() is not None else [])
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=["term", "int", "kill9"])
-def test_streamscore_broker_takes_its_broker_and_port_with_it(how):
+def test_streamscore_broker_takes_its_broker_and_port_with_it(how, kind):
     port = free_port()
+    extra = ["--kafka-home", str(kafka_home())] if kind == "apache-kafka" else []
     owner = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "broker", "--port", str(port)],
+        [sys.executable, "-m", "streams.cli", "broker", "--port", str(port), *extra],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
     try:
-        assert wait_until(lambda: port_open("127.0.0.1", port), 30), "the broker did not start"
+        assert wait_until(lambda: port_open("127.0.0.1", port), 90), "the broker did not start"
         brokers = descendants(owner.pid)
         assert brokers, "the broker runs as a child process"
         os.kill(owner.pid, how)
         owner.wait(timeout=15)
-        assert wait_until(lambda: not any(alive(p) for p in brokers)), f"left running: {brokers}"
+        assert wait_until(lambda: not any(alive(p) for p in brokers), 30), f"left running: {brokers}"
         assert wait_until(lambda: not port_open("127.0.0.1", port)), f"port {port} still open"
     finally:
         if owner.poll() is None:

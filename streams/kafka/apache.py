@@ -17,12 +17,15 @@ Replication factors are 1, so transactions work on one node.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from streams.kafka.broker import dies_with_parent, exit_on_sigterm, free_port, stop_process
 
@@ -185,6 +188,17 @@ class ApacheKafka:
                 await admin.close()
 
         deadline = time.monotonic() + timeout_s
+        quiet = logging.getLogger("aiokafka")  # "Unable connect" at ERROR until the broker listens
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        try:
+            self._poll_ready(answers, deadline, timeout_s)
+        finally:
+            quiet.setLevel(level)
+
+    def _poll_ready(
+        self, answers: Callable[[], Coroutine[Any, Any, bool]], deadline: float, timeout_s: float
+    ) -> None:
         while not asyncio.run(answers()):
             assert self.process is not None and self.run_dir is not None
             if self.process.poll() is not None:
