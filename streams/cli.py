@@ -154,7 +154,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     f = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
-    with f, bootstrap_or_embedded(settings.bootstrap_servers) as bootstrap:
+    with f, bootstrap_or_embedded(settings.bootstrap_servers, settings.embedded_broker) as bootstrap:
         n = asyncio.run(
             produce(bootstrap, args.topic or settings.input_topic, text_messages(f), client_options(settings))
         )
@@ -197,7 +197,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             client_options=client_options(settings),
         )
 
-    with bootstrap_or_embedded(settings.bootstrap_servers) as bootstrap:
+    with bootstrap_or_embedded(settings.bootstrap_servers, settings.embedded_broker) as bootstrap:
         summary = asyncio.run(run(bootstrap))
     if args.json:
         _emit(summary.as_json(), True)
@@ -208,11 +208,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_rescore(args: argparse.Namespace) -> int:
     from streams.commands.rescore import Window, describe, parse_offsets, parse_time, rescore
-    from streams.kafka.broker import bootstrap_or_embedded
+    from streams.kafka.broker import bootstrap_or_embedded, require_broker
     from streams.worker.run import load_scorer
     from streams.worker.serving import ModelHolder
 
     settings = _settings(args)
+    require_broker(settings.bootstrap_servers, settings.embedded_broker)  # before loading a model
     now = int(time.time() * 1000)
     window = Window(
         from_ms=parse_time(args.from_time, now) if args.from_time else None,
@@ -228,7 +229,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--output-topic {output} would mix rescored records into a live topic; pick another"
         )
-    with bootstrap_or_embedded(settings.bootstrap_servers) as bootstrap:
+    with bootstrap_or_embedded(settings.bootstrap_servers, settings.embedded_broker) as bootstrap:
         result = asyncio.run(
             rescore(
                 settings,
@@ -269,7 +270,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    with bootstrap_or_embedded(settings.bootstrap_servers) as bootstrap:
+    with bootstrap_or_embedded(settings.bootstrap_servers, settings.embedded_broker) as bootstrap:
         try:
             asyncio.run(run(bootstrap))
         except KeyboardInterrupt:
@@ -371,7 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
                 "--bootstrap-servers",
                 dest="bootstrap_servers",
                 default=None,
-                help="Kafka brokers host:port (env KAFKA_BOOTSTRAP_SERVERS); none: start an embedded broker",
+                help="Kafka brokers host:port (env KAFKA_BOOTSTRAP_SERVERS); required unless --embedded",
+            )
+            sp.add_argument(
+                "--embedded",
+                dest="embedded_broker",
+                action="store_const",
+                const=True,
+                default=None,
+                help="no broker given: start a throwaway in-memory broker for this command",
             )
         if as_json:
             sp.add_argument("--json", action="store_true", help="print one JSON object as the last line")

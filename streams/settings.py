@@ -38,7 +38,8 @@ OTHER_NAMES = {
 
 @dataclass(frozen=True)
 class Settings:
-    bootstrap_servers: str | None = None  # None: start an embedded broker
+    bootstrap_servers: str | None = None  # None: an error, unless embedded_broker
+    embedded_broker: bool = False  # no broker given: start a throwaway embedded one (--embedded)
     # Kafka security (streams/kafka/security.py). The password only from the environment
     # (STREAMSCORE_SASL_PASSWORD) or a file; it is left out of repr and logs.
     security_protocol: SecurityProtocol = "PLAINTEXT"

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -89,3 +90,38 @@ def test_bench_refuses_a_count_below_one(option):
     assert (
         proc.returncode == 2 and f"argument {option}: '0' is not a whole number of at least 1" in proc.stderr
     )
+
+
+NO_BROKER_COMMANDS = {
+    "produce": ["produce", "-"],
+    "tail": ["tail", "--timeout", "5"],
+    "worker": ["worker"],
+    "replay": ["replay", "{rows}"],
+    "rescore": ["rescore", "--from-offset", "0"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(NO_BROKER_COMMANDS))
+def test_without_a_broker_a_command_says_how_to_give_one_and_sends_nothing(command, tmp_path):
+    """No command but demo and broker starts a broker unasked: data sent to a throwaway broker is lost."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"id": "1", "text": "my card was declined"}\n')
+    args = [a.format(rows=rows) for a in NO_BROKER_COMMANDS[command]]
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    env["STREAMSCORE_REGISTRY"] = str(tmp_path / "empty-registry")
+    began = time.monotonic()
+    proc = cli(*args, check=False, env=env, stdin='{"text": "my card was declined"}\n', timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"streamscore {command}: error: no Kafka broker given"), proc.stderr[-2000:]
+    assert "KAFKA_BOOTSTRAP_SERVERS" in lines[-1] and "--embedded" in lines[-1]
+    assert "Traceback" not in proc.stderr and "started an embedded broker" not in proc.stderr
+    assert time.monotonic() - began < 30, "it fails at once, before loading a model or waiting"
+
+
+@pytest.mark.integration
+def test_produce_to_an_embedded_broker_only_when_asked_and_says_it_keeps_nothing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    proc = cli("produce", "-", "--embedded", env=env, stdin='{"text": "my card was declined"}\n', timeout=120)
+    assert "started an embedded broker on 127.0.0.1:" in proc.stderr and "keeps nothing" in proc.stderr
+    assert "sent 1 messages" in proc.stdout + proc.stderr

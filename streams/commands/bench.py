@@ -520,7 +520,7 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
             say(f"[{backend}] our embedder as the worker runs it: {encoders[backend]:.0f} texts/s")
     with (
         tempfile.TemporaryDirectory() as tmp,
-        bootstrap_or_embedded(settings.bootstrap_servers, log=say) as bootstrap,
+        bootstrap_or_embedded(settings.bootstrap_servers, settings.embedded_broker, log=say) as bootstrap,
     ):
         say(
             f"{opts.repeats} turns of {len(texts)} messages: raw encoder (batch {settings.embed_batch_size}), "

@@ -159,8 +159,8 @@ def run_demo(
     version = ensure_model(settings)
     stream = demo_stream(DEMO_DATA, n_in, n_drift, drift_share, n_after=n_after)
     stream_file = write_stream(stream, Path(settings.registry) / "demo" / "demo-stream.jsonl")
-    with bootstrap_or_embedded(
-        settings.bootstrap_servers, log=lambda m: print(f"[demo] {m}", flush=True)
+    with bootstrap_or_embedded(  # the demo is self-contained: its own broker unless given one
+        settings.bootstrap_servers, embedded=True, log=lambda m: print(f"[demo] {m}", flush=True)
     ) as bootstrap:
         asyncio.run(ensure_topics(bootstrap, topic_plan(settings), configs=topic_configs(settings)))
         log_path = Path(settings.registry) / "demo-worker.log"

@@ -141,16 +141,36 @@ class EmbeddedBroker:
         self.stop()
 
 
+class NoBrokerError(RuntimeError):
+    """A command that needs Kafka was given none; the message says how to give one."""
+
+
+NO_BROKER = (
+    "no Kafka broker given: set --bootstrap-servers or KAFKA_BOOTSTRAP_SERVERS (host:port), or start "
+    "one with `streamscore broker` and export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092, or pass "
+    "--embedded for a throwaway in-memory broker that lives only as long as this command"
+)
+
+
+def require_broker(bootstrap_servers: str | None, embedded: bool) -> None:
+    """Fail at once, before loading a model, when no broker is given and none may be started."""
+    if not bootstrap_servers and not embedded:
+        raise NoBrokerError(NO_BROKER)
+
+
 @contextlib.contextmanager
-def bootstrap_or_embedded(bootstrap_servers: str | None, log=None) -> Iterator[str]:
-    """Yield ``bootstrap_servers``, or start an embedded broker for the block when it is unset."""
+def bootstrap_or_embedded(bootstrap_servers: str | None, embedded: bool = False, log=None) -> Iterator[str]:
+    """Yield ``bootstrap_servers``; without them, start an embedded broker for the block when
+    ``embedded`` is asked, else raise :class:`NoBrokerError`. Data sent to a broker nobody else
+    reads is data lost, so no command starts one unasked (``demo`` asks)."""
     if bootstrap_servers:
         yield bootstrap_servers
         return
+    require_broker(bootstrap_servers, embedded)
     say = log or (lambda msg: print(msg, file=sys.stderr))
     with EmbeddedBroker() as broker:
         say(
-            f"no --bootstrap-servers / KAFKA_BOOTSTRAP_SERVERS given: started an embedded broker "
-            f"on {broker.bootstrap_servers} (memory only; it stops with this command)"
+            f"started an embedded broker on {broker.bootstrap_servers}: it keeps nothing (memory "
+            "only) and stops with this command"
         )
         yield broker.bootstrap_servers

@@ -21,7 +21,7 @@ import sys
 from typing import Any
 
 from models.embedder import cpu_cores
-from streams.kafka.broker import bootstrap_or_embedded
+from streams.kafka.broker import bootstrap_or_embedded, require_broker
 from streams.settings import Settings
 from streams.worker.run import run_worker
 
@@ -37,6 +37,7 @@ def run_processes(settings: Settings) -> int:
     A worker process that exits on its own stops the others and its exit code becomes this
     command's, so a supervisor (systemd, Kubernetes, compose) restarts the whole set; what the
     failed worker had not confirmed is scored again (at-least-once)."""
+    require_broker(settings.bootstrap_servers, settings.embedded_broker)
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     n = settings.processes or max(1, cpu_cores())
     if n == 1:
@@ -48,7 +49,7 @@ def run_processes(settings: Settings) -> int:
         )
     spawn = multiprocessing.get_context("spawn")  # no fork: torch and Faust hold threads
     groups = core_groups(cores, n)
-    with bootstrap_or_embedded(settings.bootstrap_servers) as bootstrap:
+    with bootstrap_or_embedded(settings.bootstrap_servers, settings.embedded_broker) as bootstrap:
         children = []
         for i, group in enumerate(groups):
             port = settings.metrics_port + i if settings.metrics_port else 0

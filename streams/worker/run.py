@@ -15,7 +15,7 @@ from models.embedder import DEFAULT_MODEL, Embedder
 from models.registry import Registry
 from models.scoring import Scorer
 from streams.kafka.access import check_access
-from streams.kafka.broker import bootstrap_or_embedded
+from streams.kafka.broker import bootstrap_or_embedded, require_broker
 from streams.kafka.guarantees import check_guarantee
 from streams.kafka.security import client_options
 from streams.kafka.topics import ensure_topics, topic_configs, topic_plan
@@ -60,12 +60,13 @@ GIL_SWITCH_S = 0.0001
 
 def run_worker(settings: Settings) -> int:
     sys.setswitchinterval(GIL_SWITCH_S)
+    require_broker(settings.bootstrap_servers, settings.embedded_broker)
     scorer = load_scorer(settings)  # fail before touching Kafka when there is no usable model
     metrics = WorkerMetrics.create()
     server = None
     if settings.metrics_port:
         server = MetricsServer(metrics, settings.metrics_host, settings.metrics_port).start()
-    with bootstrap_or_embedded(settings.bootstrap_servers) as bootstrap:
+    with bootstrap_or_embedded(settings.bootstrap_servers, settings.embedded_broker) as bootstrap:
         # Before anything is consumed: a guarantee that cannot hold must stop the worker here.
         security = client_options(settings)
         prefix = transactional_prefix(settings.group_id)
