@@ -9,13 +9,13 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from models.artifact import ArtifactError
 from models.backends import BACKENDS
 from models.ood import KEEP_IN_DIST
 from streams.kafka.security import REFUSED_LOGINS, client_options, failure_message
-from streams.settings import Settings
+from streams.settings import LogLevel, Settings
 from training.fit import TrainConfig
 
 
@@ -360,7 +360,9 @@ def _count(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamscore", description="Streaming text scoring on Kafka.")
-    p.add_argument("--log-level", dest="log_level", default=None, help="debug, info, warning (default info)")
+    levels = list(get_args(LogLevel))
+    log_help = f"{', '.join(levels)} (default info)"
+    p.add_argument("--log-level", dest="log_level", default=None, choices=levels, help=log_help)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp: argparse.ArgumentParser, kafka: bool = False, as_json: bool = False) -> None:
@@ -690,34 +692,46 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n-after", type=int, default=1_200, help="in-distribution messages after the drift")
     sp.add_argument("--rate", type=float, default=150.0, help="messages per second")
     sp.set_defaults(func=cmd_demo)
+    for sp in sub.choices.values():  # global flags work after the command too
+        sp.add_argument(
+            "--log-level", dest="log_level", default=argparse.SUPPRESS, choices=levels, help=log_help
+        )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "registry", False) is None:
-        # Every command sees the same registry: --registry, else STREAMSCORE_REGISTRY, else the default.
-        args.registry = Settings.from_env().registry
-    logging.basicConfig(
-        level=(args.log_level or "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("aiokafka").addHandler(REFUSED_LOGINS)  # a refused login, named in errors
-    if not args.log_level:
-        # aiokafka and sentence-transformers narrate every connection and load at INFO.
-        for noisy in ("aiokafka", "sentence_transformers", "kafka"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
+        if getattr(args, "registry", False) is None:
+            # Every command sees the same registry: --registry, else STREAMSCORE_REGISTRY, else the default.
+            args.registry = Settings.from_env().registry
+        _set_up_logging(args.log_level)
         return int(args.func(args) or 0)
     except Exception as exc:
         # Kafka clients say little of why they could not connect or log in (aiokafka's log
-        # line above has the cause); say what to check.
+        # line has the cause); say what to check. Bad settings are ValueErrors that name the
+        # setting, the value and what is allowed.
         said = failure_message(exc, _security_settings())
         if said is None and not isinstance(
             exc, ArtifactError | ValueError | RuntimeError | FileNotFoundError
         ):
             raise
-        print(f"streamscore {args.command}: error: {said or exc}", file=sys.stderr)
+        message = said or str(exc)
+        if getattr(args, "json", False):  # the last line of stdout stays one JSON object
+            print(json.dumps({"error": message, "command": args.command}))
+        print(f"streamscore {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _set_up_logging(level: str | None) -> None:
+    logging.basicConfig(
+        level=(level or "info").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("aiokafka").addHandler(REFUSED_LOGINS)  # a refused login, named in errors
+    if not level:
+        # aiokafka and sentence-transformers narrate every connection and load at INFO.
+        for noisy in ("aiokafka", "sentence_transformers", "kafka"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _security_settings() -> Settings:

@@ -125,3 +125,40 @@ def test_produce_to_an_embedded_broker_only_when_asked_and_says_it_keeps_nothing
     proc = cli("produce", "-", "--embedded", env=env, stdin='{"text": "my card was declined"}\n', timeout=120)
     assert "started an embedded broker on 127.0.0.1:" in proc.stderr and "keeps nothing" in proc.stderr
     assert "sent 1 messages" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "says"),
+    [
+        (
+            {"STREAMSCORE_SECURITY_PROTOCOL": "TLS"},
+            ["tail", "--bootstrap-servers", "127.0.0.1:1"],
+            "security_protocol must be one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL, not 'TLS'",
+        ),
+        (
+            {"STREAMSCORE_BATCH_SIZE": "abc"},
+            ["worker", "--bootstrap-servers", "127.0.0.1:1"],
+            "STREAMSCORE_BATCH_SIZE='abc'",
+        ),
+        ({}, ["--log-level", "loud", "models"], "argument --log-level: invalid choice: 'loud'"),
+        ({}, ["models", "--log-level", "loud"], "argument --log-level: invalid choice: 'loud'"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it_and_exit_code_2(env, args, says, tmp_path):
+    proc = cli(
+        *args, check=False, env={**os.environ, "STREAMSCORE_REGISTRY": str(tmp_path), **env}, timeout=60
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_global_flags_work_after_the_command_and_a_json_error_is_json(tmp_path):
+    listed = cli("models", "list", "--log-level", "debug", "--registry", str(tmp_path), timeout=60)
+    assert "no models in" in listed.stdout + listed.stderr
+    env = {**os.environ, "STREAMSCORE_BATCH_SIZE": "abc"}
+    proc = cli(
+        "rescore", "--from-offset", "0", "--bootstrap-servers", "127.0.0.1:1", "--json", check=False, env=env
+    )
+    assert proc.returncode == 2
+    error = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert error == {"error": "STREAMSCORE_BATCH_SIZE='abc' is not a valid int", "command": "rescore"}
