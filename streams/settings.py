@@ -75,6 +75,8 @@ class Settings:
     drift_quiet: int = 1_000  # messages without an alarm that end a drift episode
     drift_cooldown: int = 500  # messages after an episode ends before the next may start
     partitions: int = 4  # for topics the worker creates
+    replication_factor: int = 1  # for topics streamscore creates; 3 on a production cluster
+    min_insync_replicas: int = 0  # for topics streamscore creates; 0: the broker's default
     group_id: str = "streamscore"
     # A worker that stops heartbeating loses its partitions after this long; the embedded broker
     # also waits half of it for members to join a new group (tests run with 10 s).
@@ -126,6 +128,11 @@ class Settings:
             (self.embed_cache_size >= 0, "embed_cache_size must be 0 (off) or more"),
             (self.embed_cache_ttl_s >= 1, "embed_cache_ttl_s must be at least 1"),
             (self.partitions >= 1, "partitions must be at least 1"),
+            (self.replication_factor >= 1, "replication_factor must be at least 1"),
+            (
+                0 <= self.min_insync_replicas <= self.replication_factor,
+                "min_insync_replicas must be between 0 (the broker's default) and replication_factor",
+            ),
         ]
         problems = [message for ok, message in rules if not ok]
         hints = get_type_hints(Settings)

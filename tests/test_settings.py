@@ -84,3 +84,16 @@ def test_choices_come_from_the_typed_fields():
         Settings.from_env({}, processing_guarantee="twice")
     with pytest.raises(ValueError, match="security_protocol must be one of PLAINTEXT, SSL, SASL_PLAINTEXT"):
         Settings.from_env({"STREAMSCORE_SECURITY_PROTOCOL": "TLS"})
+
+
+def test_replication_settings_are_checked():
+    assert (
+        Settings.from_env(
+            {"STREAMSCORE_REPLICATION_FACTOR": "3", "STREAMSCORE_MIN_INSYNC_REPLICAS": "2"}
+        ).min_insync_replicas
+        == 2
+    )
+    with pytest.raises(ValueError, match="min_insync_replicas must be between 0"):
+        Settings.from_env({"STREAMSCORE_MIN_INSYNC_REPLICAS": "2"})
+    with pytest.raises(ValueError, match="replication_factor must be at least 1"):
+        Settings.from_env({"STREAMSCORE_REPLICATION_FACTOR": "0"})

@@ -162,7 +162,10 @@ def run_demo(
     with bootstrap_or_embedded(  # the demo is self-contained: its own broker unless given one
         settings.bootstrap_servers, embedded=True, log=lambda m: print(f"[demo] {m}", flush=True)
     ) as bootstrap:
-        asyncio.run(ensure_topics(bootstrap, topic_plan(settings), configs=topic_configs(settings)))
+        plan, configs = topic_plan(settings), topic_configs(settings)
+        asyncio.run(
+            ensure_topics(bootstrap, plan, configs=configs, replication_factor=settings.replication_factor)
+        )
         log_path = Path(settings.registry) / "demo-worker.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **settings.replace(bootstrap_servers=bootstrap).to_env()}

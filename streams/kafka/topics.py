@@ -5,8 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from aiokafka import errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, TopicAuthorizationFailedError
+from aiokafka.errors import (
+    InvalidReplicationFactorError,
+    KafkaConnectionError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+)
 
 from streams.kafka.access import AccessError
 from streams.kafka.security import REFUSED_LOGINS, unreachable
@@ -27,8 +33,22 @@ def topic_plan(settings: Settings) -> dict[str, int]:
 
 def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     """Topic configs beyond the broker's defaults: the drift state is a snapshot under one key,
-    so compaction keeps the latest and lets the rest go (docker-compose.yml creates it the same)."""
-    return {settings.drift_state_topic: {"cleanup.policy": "compact"}}
+    so compaction keeps the latest and lets the rest go (docker-compose.yml creates it the same);
+    ``min_insync_replicas``, when set, on every topic."""
+    configs: dict[str, dict[str, str]] = {settings.drift_state_topic: {"cleanup.policy": "compact"}}
+    if settings.min_insync_replicas:
+        for name in topic_plan(settings):
+            configs.setdefault(name, {})["min.insync.replicas"] = str(settings.min_insync_replicas)
+    return configs
+
+
+def raise_topic_errors(response: Any) -> None:
+    """aiokafka's ``create_topics`` returns the broker's per-topic errors instead of raising them."""
+    for entry in response.topic_errors:
+        topic, code = entry[0], entry[1]
+        if code:
+            message = entry[2] if len(entry) > 2 and entry[2] else ""
+            raise errors.for_code(code)(f"{topic}: {message}".rstrip(": "))
 
 
 async def ensure_topics(
@@ -37,9 +57,11 @@ async def ensure_topics(
     options: dict[str, Any] | None = None,
     timeout_s: float = 30.0,
     configs: dict[str, dict[str, str]] | None = None,
+    replication_factor: int = 1,
 ) -> None:
-    """Create the topics of ``plan`` that do not exist yet, with their ``configs``; leave existing
-    ones alone. ``options``: security options (streams/kafka/security.py)."""
+    """Create the topics of ``plan`` that do not exist yet, with their ``configs`` and
+    ``replication_factor``; leave existing ones alone. ``options``: security options
+    (streams/kafka/security.py)."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000, **(options or {})
     )
@@ -57,15 +79,22 @@ async def ensure_topics(
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(name, n, 1, topic_configs=(configs or {}).get(name, {}))
+            NewTopic(name, n, replication_factor, topic_configs=(configs or {}).get(name, {}))
             for name, n in plan.items()
             if name not in existing
         ]
         if missing:
             try:
-                await admin.create_topics(missing)
+                raise_topic_errors(await admin.create_topics(missing))
             except TopicAlreadyExistsError:
                 pass  # another worker created it between our list and create
+            except InvalidReplicationFactorError:
+                brokers = len((await admin.describe_cluster())["brokers"])
+                raise ValueError(
+                    f"replication_factor={replication_factor} but the cluster at {bootstrap_servers} has "
+                    f"{brokers} broker(s): set STREAMSCORE_REPLICATION_FACTOR "
+                    f"to at most {brokers}"
+                ) from None
             except TopicAuthorizationFailedError:
                 names = ", ".join(f"'{t.name}'" for t in missing)
                 raise AccessError(

@@ -72,7 +72,11 @@ def run_worker(settings: Settings) -> int:
         prefix = transactional_prefix(settings.group_id)
         asyncio.run(check_guarantee(settings.processing_guarantee, bootstrap, security, prefix))
         plan, configs = topic_plan(settings), topic_configs(settings)
-        asyncio.run(ensure_topics(bootstrap, plan, security, settings.connect_timeout_s, configs))
+        asyncio.run(
+            ensure_topics(
+                bootstrap, plan, security, settings.connect_timeout_s, configs, settings.replication_factor
+            )
+        )
         asyncio.run(check_access(bootstrap, settings, security))  # ACLs: one clear line, not a late failure
         asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed the last one
         # A pinned --model never changes; otherwise follow the registry's CURRENT pointer.
