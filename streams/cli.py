@@ -358,8 +358,18 @@ def _count(text: str) -> int:
     return value
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streamscore")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamscore", description="Streaming text scoring on Kafka.")
+    p.add_argument("--version", action="version", version=f"streamscore {_version()}")
     levels = list(get_args(LogLevel))
     log_help = f"{', '.join(levels)} (default info)"
     p.add_argument("--log-level", dest="log_level", default=None, choices=levels, help=log_help)

@@ -162,3 +162,9 @@ def test_global_flags_work_after_the_command_and_a_json_error_is_json(tmp_path):
     assert proc.returncode == 2
     error = json.loads(proc.stdout.strip().splitlines()[-1])
     assert error == {"error": "STREAMSCORE_BATCH_SIZE='abc' is not a valid int", "command": "rescore"}
+
+
+def test_version_is_the_installed_package_version():
+    from importlib.metadata import version
+
+    assert cli("--version", timeout=60).stdout.strip() == f"streamscore {version('streamscore')}"
