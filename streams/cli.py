@@ -40,21 +40,25 @@ def cmd_broker(args: argparse.Namespace) -> int:
     from streams.kafka.apache import USERS, ApacheKafka
     from streams.kafka.broker import EmbeddedBroker
 
-    broker: EmbeddedBroker | ApacheKafka
-    if args.kafka_home:
-        broker = ApacheKafka(Path(args.kafka_home), port=args.port).start()
-        users = ", ".join(f"{u}/{p}" for u, p in USERS.items())
-        print(
-            f"Apache Kafka from {args.kafka_home} (single node, data in {broker.run_dir}, removed at "
-            f"exit) on {broker.bootstrap_servers}; SASL_PLAINTEXT (PLAIN, SCRAM) on "
-            f"{broker.sasl_bootstrap_servers}, users {users}",
-            flush=True,
-        )
-    else:
-        broker = EmbeddedBroker(port=args.port).start(quiet=not args.verbose)
-        print(f"embedded Kafka broker (Tansu, memory only) on {broker.bootstrap_servers}", flush=True)
-    print(f"  export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}\nCtrl-C stops it.", flush=True)
-    try:
+    broker: EmbeddedBroker | ApacheKafka = (
+        ApacheKafka(Path(args.kafka_home), port=args.port)
+        if args.kafka_home
+        else EmbeddedBroker(port=args.port)
+    )
+    try:  # Ctrl-C at any point, even while it starts, stops the broker and exits cleanly
+        if isinstance(broker, ApacheKafka):
+            broker.start()
+            users = ", ".join(f"{u}/{p}" for u, p in USERS.items())
+            print(
+                f"Apache Kafka from {args.kafka_home} (single node, data in {broker.run_dir}, removed "
+                f"at exit) on {broker.bootstrap_servers}; SASL_PLAINTEXT (PLAIN, SCRAM) on "
+                f"{broker.sasl_bootstrap_servers}, users {users}",
+                flush=True,
+            )
+        else:
+            broker.start(quiet=not args.verbose)
+            print(f"embedded Kafka broker (Tansu, memory only) on {broker.bootstrap_servers}", flush=True)
+        print(f"  export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}\nCtrl-C stops it.", flush=True)
         assert broker.process is not None
         return broker.process.wait()
     except KeyboardInterrupt:

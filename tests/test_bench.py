@@ -81,7 +81,10 @@ def test_bench_reports_every_figure(kafka, trained_registry):
     naive = out["naive_runs_per_s"]
     assert len(naive) == 2 and out["naive_msgs_per_s"] == max(naive), out
     for t, ratio in enumerate(out["ratios_by_turn"]["e2e_over_naive"]):
-        assert ratio == pytest.approx(runs[t] / naive[t], rel=2e-3), out  # rates rounded to 0.1
+        # The printed rates are rounded to 0.1: on a loaded machine the naive consumer runs at
+        # a few messages per second, where that rounding alone moves the ratio by 0.5% or more.
+        rounding = 0.05 / naive[t] + 0.05 / runs[t]
+        assert ratio == pytest.approx(runs[t] / naive[t], rel=rounding + 1e-3), out
     for name in ("e2e_over_raw", "e2e_over_naive"):
         assert out["ratios"][name] == pytest.approx(statistics.median(out["ratios_by_turn"][name]), abs=1e-3)
     assert out["encoder_threads"] >= 1
