@@ -64,6 +64,8 @@ def test_streamscore_broker_takes_its_broker_and_port_with_it(how, kind):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Ctrl-C as at a terminal: a test run in the background inherits SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert wait_until(lambda: port_open("127.0.0.1", port), 90), "the broker did not start"

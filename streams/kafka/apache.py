@@ -265,6 +265,9 @@ class ApacheKafka:
                 *acl,
                 f"log.dirs={self.run_dir}/data",
                 *BROKER_DEFAULTS,
+                # One JVM is broker and controller: a test that pauses it for 30 s must not come
+                # back to a controller that has fenced its own broker meanwhile (default 9 s).
+                "broker.session.timeout.ms=60000",
                 "",
             ]
         )

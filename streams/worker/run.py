@@ -14,7 +14,7 @@ import faust
 from models.embedder import DEFAULT_MODEL, Embedder
 from models.registry import Registry
 from models.scoring import Scorer
-from streams.kafka.access import check_access
+from streams.kafka.access import AccessError, check_access
 from streams.kafka.broker import bootstrap_or_embedded, require_broker
 from streams.kafka.guarantees import check_guarantee
 from streams.kafka.security import client_options
@@ -72,11 +72,22 @@ def run_worker(settings: Settings) -> int:
         prefix = transactional_prefix(settings.group_id)
         asyncio.run(check_guarantee(settings.processing_guarantee, bootstrap, security, prefix))
         plan, configs = topic_plan(settings), topic_configs(settings)
-        asyncio.run(
-            ensure_topics(
-                bootstrap, plan, security, settings.connect_timeout_s, configs, settings.replication_factor
+        try:  # waits up to connect_timeout_s for a broker that does not answer yet
+            asyncio.run(
+                ensure_topics(
+                    bootstrap,
+                    plan,
+                    security,
+                    settings.connect_timeout_s,
+                    configs,
+                    settings.replication_factor,
+                )
             )
-        )
+        except AccessError:
+            # A topic the principal may not see looks missing, and creating it is refused: the
+            # ACL check below names what exactly is missing, when it can tell.
+            asyncio.run(check_access(bootstrap, settings, security))
+            raise
         asyncio.run(check_access(bootstrap, settings, security))  # ACLs: one clear line, not a late failure
         asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed the last one
         # A pinned --model never changes; otherwise follow the registry's CURRENT pointer.
