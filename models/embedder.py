@@ -78,6 +78,31 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+# Notices the libraries print at every model load that say nothing to our users: a property
+# sentence-transformers itself still reads, and a config field transformers does not know.
+LIBRARY_NOTICES = {
+    "sentence_transformers.base.model": "._target_device` has been deprecated",
+    "transformers.modeling_utils": "was set in the config but it is unrecognized",
+}
+
+
+def _drop(words: str) -> Any:
+    return lambda record: words not in record.getMessage()
+
+
+_QUIETED: set[str] = set()
+
+
+def quiet_library_notices() -> None:
+    """Filter :data:`LIBRARY_NOTICES` out of their loggers (once; other messages pass)."""
+    import logging
+
+    for name, words in LIBRARY_NOTICES.items():
+        if name not in _QUIETED:
+            logging.getLogger(name).addFilter(_drop(words))
+            _QUIETED.add(name)
+
+
 @dataclass
 class Embedder:
     """A sentence-transformers model that returns L2-normalised float32 embeddings."""
@@ -140,6 +165,7 @@ class Embedder:
         # silent download would make a run depend on the network.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        quiet_library_notices()
         from sentence_transformers import SentenceTransformer
 
         from models.backends import BACKENDS

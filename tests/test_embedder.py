@@ -192,3 +192,23 @@ def test_a_model_that_traces_wrong_is_encoded_eagerly(caplog):
     assert "differs from the eager one" in caplog.text
     assert trace_encoder(object()) is None
     assert "could not trace the encoder" in caplog.text
+
+
+def test_loading_a_model_prints_no_library_notices_but_keeps_other_messages(trained_registry):
+    """torch's trace of the encoder touches properties that make sentence-transformers and
+    transformers print deprecation notices at every load; a user of the worker sees none."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = (
+        "import logging; logging.basicConfig(level=logging.INFO)\n"
+        "from streams.settings import Settings\n"
+        "from streams.worker.run import load_scorer\n"
+        f"load_scorer(Settings.from_env({{'STREAMSCORE_REGISTRY': {str(trained_registry)!r}}}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Loading SentenceTransformer model" in proc.stderr, proc.stderr[-2000:]  # the rest still shows
+    assert "_target_device" not in proc.stderr and "loss_type" not in proc.stderr, proc.stderr[-2000:]
