@@ -9,7 +9,6 @@ tests/test_reliability.py checks that the worker refuses exactly_once there.
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 
@@ -17,7 +16,16 @@ import pytest
 
 from tests.conftest import stop_worker
 from tests.kafka_helpers import send_raw
-from tests.test_reliability import health, outcome, report, start, stream, wait_scored
+from tests.test_reliability import (
+    health,
+    kill_9_then_restart,
+    outcome,
+    report,
+    start,
+    stream,
+    two_workers_one_killed,
+    wait_scored,
+)
 
 pytestmark = pytest.mark.integration
 EXACTLY_ONCE = {"processing_guarantee": "exactly_once"}
@@ -30,38 +38,16 @@ def needs_transactions(transactions: bool) -> None:
 
 
 def test_kill_9_mid_stream_then_restart_repeats_nothing(kafka, trained_registry, tmp_path):
-    worker, _ = start(kafka, trained_registry, tmp_path, **EXACTLY_ONCE)
-    messages, good, bad = stream(20_000, "eos9")
-    send_raw(kafka, worker.topics["input"], messages)
-    wait_scored(kafka, worker.topics["scored"], "eos9-", 5_000)
-    os.kill(worker.process.pid, signal.SIGKILL)
-    worker.process.wait()
-    again, _ = start(kafka, trained_registry, tmp_path, tag=worker.tag, **EXACTLY_ONCE)
-    try:
-        result = outcome(kafka, worker.topics, "eos9", good, bad)
-    finally:
-        stop_worker(again)
-    report("exactly_once_kill_9_then_restart", sent=len(messages), **result)
+    sent, result = kill_9_then_restart(kafka, trained_registry, tmp_path, "eos9", **EXACTLY_ONCE)
+    report("exactly_once_kill_9_then_restart", sent=sent, **result)
     assert result == {"lost": 0, "duplicated": 0, "wrong_topic": 0}
 
 
 def test_two_workers_one_killed_the_other_repeats_nothing(kafka, trained_registry, tmp_path):
-    first, _ = start(kafka, trained_registry, tmp_path, **EXACTLY_ONCE)
-    second, second_url = start(kafka, trained_registry, tmp_path, tag=first.tag, **EXACTLY_ONCE)
-    try:
-        deadline = time.monotonic() + 120
-        while len(health(second_url).get("partitions", [])) == 3 and time.monotonic() < deadline:
-            time.sleep(1)  # until the group has split the partitions between the two
-        messages, good, bad = stream(8_000, "eos2")
-        send_raw(kafka, first.topics["input"], messages)
-        wait_scored(kafka, first.topics["scored"], "eos2-", 1_500)
-        os.kill(first.process.pid, signal.SIGKILL)
-        first.process.wait()
-        result = outcome(kafka, first.topics, "eos2", good, bad)
-        partitions = health(second_url).get("partitions")
-    finally:
-        stop_worker(second)
-    report("exactly_once_two_workers_one_killed", sent=len(messages), **result)
+    sent, result, partitions = two_workers_one_killed(
+        kafka, trained_registry, tmp_path, "eos2", **EXACTLY_ONCE
+    )
+    report("exactly_once_two_workers_one_killed", sent=sent, **result)
     assert result == {"lost": 0, "duplicated": 0, "wrong_topic": 0}
     assert partitions == [0, 1, 2], "the survivor should hold every partition"
 

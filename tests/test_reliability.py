@@ -163,41 +163,56 @@ def test_sigterm_finishes_in_flight_work_and_a_restart_repeats_nothing(kafka, tr
     assert took < 30, f"shutdown took {took:.0f} s"
 
 
-def test_kill_9_mid_stream_then_restart_loses_nothing(kafka, trained_registry, tmp_path):
-    worker, _ = start(kafka, trained_registry, tmp_path)
-    messages, good, bad = stream(20_000, "k9")
+def kill_9_then_restart(
+    kafka: str, registry: Path, log_dir: Path, prefix: str, **extra: str
+) -> tuple[int, dict]:
+    """kill -9 a worker after 5,000 of 20,000 are scored, restart it: (sent, outcome)."""
+    worker, _ = start(kafka, registry, log_dir, **extra)
+    messages, good, bad = stream(20_000, prefix)
     send_raw(kafka, worker.topics["input"], messages)
-    wait_scored(kafka, worker.topics["scored"], "k9-", 5_000)
+    wait_scored(kafka, worker.topics["scored"], f"{prefix}-", 5_000)
     os.kill(worker.process.pid, signal.SIGKILL)
     worker.process.wait()
-    again, _ = start(kafka, trained_registry, tmp_path, tag=worker.tag)
+    again, _ = start(kafka, registry, log_dir, tag=worker.tag, **extra)
     try:
-        result = outcome(kafka, worker.topics, "k9", good, bad)
+        return len(messages), outcome(kafka, worker.topics, prefix, good, bad)
     finally:
         stop_worker(again)
-    report("kill_9_then_restart", sent=len(messages), **result)
+
+
+def two_workers_one_killed(
+    kafka: str, registry: Path, log_dir: Path, prefix: str, **extra: str
+) -> tuple[int, dict, list[int] | None]:
+    """Two workers split the partitions; kill -9 one after 1,500 of 8,000 are scored:
+    (sent, outcome, the survivor's partitions)."""
+    first, _ = start(kafka, registry, log_dir, **extra)
+    second, second_url = start(kafka, registry, log_dir, tag=first.tag, **extra)
+    try:
+        deadline = time.monotonic() + 120
+        while len(health(second_url).get("partitions", [])) == 3 and time.monotonic() < deadline:
+            time.sleep(1)  # until the group has split the partitions between the two
+        messages, good, bad = stream(8_000, prefix)
+        send_raw(kafka, first.topics["input"], messages)
+        wait_scored(kafka, first.topics["scored"], f"{prefix}-", 1_500)
+        os.kill(first.process.pid, signal.SIGKILL)
+        first.process.wait()
+        result = outcome(kafka, first.topics, prefix, good, bad)
+        return len(messages), result, health(second_url).get("partitions")
+    finally:
+        stop_worker(second)
+
+
+def test_kill_9_mid_stream_then_restart_loses_nothing(kafka, trained_registry, tmp_path):
+    sent, result = kill_9_then_restart(kafka, trained_registry, tmp_path, "k9")
+    report("kill_9_then_restart", sent=sent, **result)
     assert result["lost"] == 0 and result["wrong_topic"] == 0
     # At-least-once: what was in flight at the kill may come out twice, never more than that.
     assert result["duplicated"] <= 2_000
 
 
 def test_two_workers_one_killed_the_other_takes_over(kafka, trained_registry, tmp_path):
-    first, _ = start(kafka, trained_registry, tmp_path)
-    second, second_url = start(kafka, trained_registry, tmp_path, tag=first.tag)
-    try:
-        deadline = time.monotonic() + 120
-        while len(health(second_url).get("partitions", [])) == 3 and time.monotonic() < deadline:
-            time.sleep(1)  # until the group has split the partitions between the two
-        messages, good, bad = stream(8_000, "two")
-        send_raw(kafka, first.topics["input"], messages)
-        wait_scored(kafka, first.topics["scored"], "two-", 1_500)
-        os.kill(first.process.pid, signal.SIGKILL)
-        first.process.wait()
-        result = outcome(kafka, first.topics, "two", good, bad)
-        partitions = health(second_url).get("partitions")
-    finally:
-        stop_worker(second)
-    report("two_workers_one_killed", sent=len(messages), **result)
+    sent, result, partitions = two_workers_one_killed(kafka, trained_registry, tmp_path, "two")
+    report("two_workers_one_killed", sent=sent, **result)
     assert result["lost"] == 0 and result["wrong_topic"] == 0
     assert result["duplicated"] <= 2_000
     assert partitions == [0, 1, 2], "the survivor should hold every partition"
