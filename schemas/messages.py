@@ -15,9 +15,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+from schemas.contract import dead_letter_reasons, ts_rules
 
 MAX_TEXT_CHARS = 10_000  # default limits of an input message; Settings can change them
 MAX_MESSAGE_BYTES = 1_000_000
@@ -48,21 +51,12 @@ class InputText:
     timestamp_ms: int | None = None  # the Kafka record timestamp
 
 
-DLQ_REASONS = (
-    "empty_message",
-    "message_too_large",
-    "invalid_utf8",
-    "invalid_json",
-    "not_an_object",
-    "missing_text",
-    "wrong_type",
-    "empty_text",
-    "text_too_long",
-    "missing_ts",
-    "scoring_failed",
-)
+DLQ_REASONS = dead_letter_reasons()
 """Every ``reason`` a dead letter can carry: part of the contract (metrics label by them and
-create a zero series for each up front)."""
+create a zero series for each up front); the list lives in ``json/texts.dlq.schema.json``."""
+
+TS_PATTERN, TS_MS_MIN, TS_MS_END = ts_rules()
+_TS_TEXT = re.compile(TS_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -73,18 +67,31 @@ class Rejection:
     detail: str
 
 
-def _ts_ok(ts: Any) -> bool:
-    if isinstance(ts, bool):
-        return False
-    if isinstance(ts, (int, float)):
-        return ts >= 0
+def ts_problem(ts: Any) -> str | None:
+    """Why ``ts`` is not a contract time (ISO-8601 text or epoch milliseconds), or None.
+
+    Epoch seconds and microseconds are refused, not guessed: their ranges do not overlap.
+
+    >>> ts_problem(1795430000000), ts_problem("2026-11-23T10:00:00Z")
+    (None, None)
+    >>> ts_problem(1795430000)
+    "'ts' 1795430000 looks like epoch seconds: send epoch milliseconds (x1000) or ISO-8601"
+    """
+    if isinstance(ts, bool) or not isinstance(ts, (int, float, str)):
+        return f"'ts' must be ISO-8601 text or epoch milliseconds, got {type(ts).__name__}"
     if isinstance(ts, str):
-        try:
-            datetime.fromisoformat(ts.replace("Z", "+00:00"))
-        except ValueError:
-            return False
-        return True
-    return False
+        if _TS_TEXT.match(ts):
+            try:
+                datetime.fromisoformat(ts.replace("Z", "+00:00"))
+                return None
+            except ValueError:
+                pass
+        return f"'ts' must be ISO-8601 (2026-11-23T10:00:00Z) or epoch milliseconds, got {ts!r:.50}"
+    if TS_MS_MIN <= ts < TS_MS_END:
+        return None
+    unit = "seconds" if ts < TS_MS_MIN else "microseconds or nanoseconds"
+    fix = "x1000" if ts < TS_MS_MIN else "divide"
+    return f"'ts' {ts!r:.30} looks like epoch {unit}: send epoch milliseconds ({fix}) or ISO-8601"
 
 
 def _has_lone_surrogate(obj: Any) -> bool:
@@ -156,8 +163,8 @@ def _input_text(
     if source is not None and not isinstance(source, str):
         return Rejection("wrong_type", f"'source' must be a string, got {type(source).__name__}")
     ts = obj.get("ts")
-    if ts is not None and not _ts_ok(ts):
-        return Rejection("wrong_type", f"'ts' must be ISO-8601 or epoch milliseconds, got {ts!r:.50}")
+    if ts is not None and (problem := ts_problem(ts)) is not None:
+        return Rejection("wrong_type", problem)
     meta = obj.get("meta")
     if meta is None:
         meta = {}

@@ -1,4 +1,4 @@
-"""Plain aiokafka helpers for tests: send raw bytes, read a topic back until a count or timeout."""
+"""Plain aiokafka helpers for tests: send raw bytes, read a topic back (checked against its schema)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from schemas.contract import schema_role, validate
 from streams.kafka.client import wait_for_partitions
+
+# What workers write is checked against its topic's JSON Schema wherever a test reads it back.
+# The input topic is not: tests write bad input there on purpose.
+OUTPUT_ROLES = {"texts.scored", "texts.dlq", "drift.signals", "drift.alerts"}
 
 
 async def _send(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes | None]]) -> None:
@@ -39,6 +44,8 @@ async def _collect(
     )
     await consumer.start()
     out: list[dict] = []
+    role = schema_role(topic)
+    role = role if role in OUTPUT_ROLES else None
     try:
         deadline = time.monotonic() + timeout_s
         try:
@@ -54,6 +61,8 @@ async def _collect(
             for recs in batch.values():
                 for r in recs:
                     v = json.loads(r.value)
+                    if role is not None:
+                        validate(role, v)
                     if match(v):
                         out.append(_with_kafka_fields(v, r) if records else v)
             if len(out) >= expected:
