@@ -88,6 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         force=args.force,
         promote=not args.no_promote,
         quiet=args.json,
+        columns=_columns(args),
     )
     _emit(result.as_json(), args.json) if args.json else _print_train(result.as_json())
     return 0
@@ -101,16 +102,49 @@ def _print_train(res: dict[str, Any]) -> None:
     print(res["decision"])
 
 
+def _columns(args: argparse.Namespace) -> Any:
+    from training.data import Columns
+
+    return Columns.parse(args.field, text=args.text_field, label=args.label_field, split=args.split_field)
+
+
+def _column_options(sp: argparse.ArgumentParser) -> None:
+    """Where a labelled file keeps its text, label and split, for train and evaluate."""
+    sp.add_argument("--text-field", default=None, metavar="COLUMN", help="column of the text (default: text)")
+    sp.add_argument(
+        "--label-field", default=None, metavar="COLUMN", help="column of the label (default: label)"
+    )
+    sp.add_argument(
+        "--split-field",
+        default=None,
+        metavar="COLUMN",
+        help="column of train/val/test (default: split; without one a stratified 80/10/10 split is made)",
+    )
+    sp.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="the same as the three above, as replay takes it: --field text=body; repeatable",
+    )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from models.embedder import Embedder
     from models.registry import Registry
-    from training.data import load_rows
+    from training.data import read_labelled
     from training.evaluate import evaluate_rows
 
     artifact = Registry(args.registry).load(args.model)
-    rows = [r for r in load_rows(args.data) if args.split in (None, "any") or r.split == args.split]
+    labelled = read_labelled(args.data, _columns(args))
+    if labelled.split_made:
+        print(labelled.split_made, file=sys.stderr)
+    rows = [r for r in labelled.rows if args.split in (None, "any") or r.split == args.split]
     if not rows:
-        raise ValueError(f"{args.data} has no rows with split {args.split!r}")
+        have = sorted({r.split for r in labelled.rows})
+        raise ValueError(
+            f"{args.data} has no rows with split {args.split!r} (it has: {', '.join(have)}); pass --split any for all"
+        )
     embedder = Embedder.load(artifact.embedder_name, args.device or "auto", backend=args.backend)
     t = time.perf_counter()
     metrics = evaluate_rows(
@@ -118,6 +152,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     metrics["seconds"] = round(time.perf_counter() - t, 2)
     metrics["split"] = args.split
+    metrics["split_made"] = labelled.split_made
     metrics["backend"] = args.backend
     _emit(metrics, args.json)
     return 0
@@ -414,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("train", help="fit a model on labelled texts and register it")
     common(sp, as_json=True)
-    sp.add_argument("--data", required=True, help="JSONL or CSV with text, label, split")
+    sp.add_argument("--data", required=True, help="labelled texts: JSONL, CSV, TSV or Parquet (.gz too)")
+    _column_options(sp)
     sp.add_argument("--ood-label", default="oos", help="label of out-of-distribution rows (never trained on)")
     sp.add_argument("--embedder", default="sentence-transformers/all-MiniLM-L6-v2")
     sp.add_argument(
@@ -447,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("evaluate", help="metrics of a model on labelled texts")
     common(sp, as_json=True)
     sp.add_argument("--model", default=None, help="version or artifact folder (default CURRENT)")
-    sp.add_argument("--data", required=True)
+    sp.add_argument("--data", required=True, help="labelled texts: JSONL, CSV, TSV or Parquet (.gz too)")
+    _column_options(sp)
     sp.add_argument("--split", default="test", help="rows of this split ('any' for all)")
     sp.add_argument("--backend", default="torch", choices=BACKENDS, help="embedder runtime")
     sp.add_argument("--ood-label", default="oos")
@@ -723,8 +760,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except Exception as exc:
         # Kafka clients say little of why they could not connect or log in (aiokafka's log
-        # line has the cause); say what to check. Bad settings are ValueErrors that name the
-        # setting, the value and what is allowed.
+        # line has the cause); say what to check. Bad settings and arguments are ValueErrors that
+        # name the setting, the value and what is allowed.
         said = failure_message(exc, _security_settings())
         if said is None and not isinstance(
             exc, ArtifactError | ValueError | RuntimeError | FileNotFoundError
@@ -734,7 +771,20 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "json", False):  # the last line of stdout stays one JSON object
             print(json.dumps({"error": message, "command": args.command}))
         print(f"streamscore {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return exit_code(exc, said)
+
+
+USAGE, FAILURE = 2, 1
+
+
+def exit_code(exc: Exception, said: str | None = None) -> int:
+    """2 when what was asked cannot work as asked (a setting, an argument, an input file: fix the
+    command), 1 when it failed while running (a broker, a login, an ACL, a model on disk).
+
+    >>> exit_code(ValueError("--to must be later than --from")), exit_code(RuntimeError("refused"))
+    (2, 1)
+    """
+    return USAGE if isinstance(exc, ValueError) and said is None else FAILURE
 
 
 def _set_up_logging(level: str | None) -> None:

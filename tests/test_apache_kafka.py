@@ -99,7 +99,7 @@ def test_a_wrong_password_is_refused_in_one_clear_line(apache_kafka, trained_reg
     env["STREAMSCORE_REGISTRY"] = str(trained_registry)
     proc = streamscore(env, *command, stdin='{"id": "1", "text": "hello"}\n')
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 2, out[-2000:]
+    assert proc.returncode == 1, out[-2000:]
     assert f"the broker refused the SCRAM-SHA-512 login of user '{USER}'" in proc.stderr, out[-2000:]
     assert "Traceback" not in out and USERS[USER] not in out
 
@@ -285,7 +285,7 @@ def test_a_worker_without_an_acl_it_needs_says_which_in_one_line(
     w = start_worker(acl_kafka.sasl_bootstrap_servers, trained_registry, tmp_path, tag=tag, metrics_port="0")
     code = w.process.wait(timeout=120)
     log = w.log()
-    assert code == 2, log[-3000:]
+    assert code == 1, log[-3000:]
     errors = [line for line in log.splitlines() if "error:" in line]
     assert len(errors) == 1 and "Traceback" not in log, log[-3000:]
     says = f"WRITE on topic '{topics['scored']}'" if lacking == "scored" else f"READ on group '{group}'"

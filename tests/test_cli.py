@@ -47,7 +47,7 @@ def test_promoting_a_broken_version_is_refused(trained_registry, tmp_path):
     shutil.copytree(root / "models" / v1, root / "models" / "v0005")
     (root / "models" / "v0005" / "ood.npz").unlink()
     proc = cli("models", "promote", "v0005", "--registry", str(root), check=False)
-    assert proc.returncode == 2 and "ood.npz" in proc.stderr and "missing" in proc.stderr
+    assert proc.returncode == 1 and "ood.npz" in proc.stderr and "missing" in proc.stderr
     assert (root / "models" / "CURRENT").read_text().strip() == v1
 
 
@@ -60,7 +60,7 @@ def test_no_model_says_how_to_train(tmp_path):
         str(ROOT / "datasets/clinc150/clinc150_full.jsonl"),
         check=False,
     )
-    assert proc.returncode == 2 and "streamscore train" in proc.stderr
+    assert proc.returncode == 1 and "streamscore train" in proc.stderr
 
 
 def test_registry_defaults_to_the_environment_then_artifacts(tmp_path):

@@ -2,7 +2,7 @@
 
 ``read_records`` is shared by training and replay: it yields every record with its line (or
 row) number and reports a line that is not a record instead of raising, so a caller can name
-the line. ``load_rows`` reads ``text``, ``label`` and ``split`` for training.
+the line. ``read_labelled`` reads the text, label and split columns (``Columns``) for training.
 
 >>> import tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "d.jsonl")
@@ -76,6 +76,8 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any] | BadRe
     """``(line, record)`` for every record of ``path``: the line number for JSONL and CSV (where a
     CSV record starts), the 1-based row number for Parquet. Blank JSONL lines are skipped."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory: give one data file (JSONL, CSV, TSV or Parquet)")
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
     fmt = file_format(path)
@@ -130,23 +132,115 @@ def count_records(path: str | Path) -> int:
     return sum(1 for _ in read_records(path))
 
 
-def load_rows(path: str | Path, text_field: str = "text", label_field: str = "label") -> list[Row]:
-    """Read labelled rows; a row without text or label is an error that names its line."""
-    path = Path(path)
-    rows = []
+@dataclass(frozen=True)
+class Columns:
+    """Which column of a labelled file holds the text, the label and the split.
+
+    >>> Columns.parse(["text=body", "label=category"])
+    Columns(text='body', label='category', split='split')
+    """
+
+    text: str = "text"
+    label: str = "label"
+    split: str = "split"
+
+    @classmethod
+    def parse(cls, specs: list[str], **named: str | None) -> Columns:
+        """From ``--field FIELD=COLUMN`` specs and ``--text-field`` style options (None: unset)."""
+        changes = {k: v for k, v in named.items() if v}
+        for spec in specs:
+            name, sep, column = spec.partition("=")
+            if not sep or name not in ("text", "label", "split") or not column:
+                raise ValueError(f"--field {spec!r}: expected FIELD=COLUMN, FIELD one of text, label, split")
+            changes[name] = column
+        return cls(**changes)
+
+
+SPLIT_NAMES = ("train", "val", "test")
+MADE_SPLIT = (0.8, 0.1, 0.1)  # train, val, test shares of each label when a file has no split
+MADE_SPLIT_SEED = 0  # fixed, so that train and evaluate make the same split of the same file
+
+
+@dataclass
+class Labelled:
+    """A labelled file's rows and, when the file had no split, how one was made."""
+
+    rows: list[Row]
+    split_made: str | None = None
+
+
+def read_labelled(path: str | Path, columns: Columns | None = None) -> Labelled:
+    """Read labelled rows; a missing column or an unusable row is an error that names it.
+
+    A file without a split column (or with no ``train``/``val``/``test`` in it) gets a stratified
+    80/10/10 split, the same one every time, so ``evaluate --split test`` sees rows that
+    ``train`` did not fit on.
+    """
+    path, cols = Path(path), columns or Columns()
+    rows: list[Row] = []
     for lineno, rec in read_records(path):
         if isinstance(rec, BadRecord):
             raise DataError(f"{path}:{lineno}: {rec.detail}")
-        text, label = rec.get(text_field), rec.get(label_field)
+        if not rows:
+            _check_columns(path, rec, cols)
+        text, label = rec.get(cols.text), rec.get(cols.label)
         if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{path}:{lineno}: no '{text_field}' text")
+            raise DataError(f"{path}:{lineno}: no '{cols.text}' text")
         if label is None or label == "":
-            raise DataError(f"{path}:{lineno}: no '{label_field}'")
-        split = rec.get("split") or "all"
+            raise DataError(f"{path}:{lineno}: no '{cols.label}'")
+        split = rec.get(cols.split) or "all"
         rows.append(Row(text=text, label=str(label), split=str(split)))
     if not rows:
         raise DataError(f"{path} holds no rows")
-    return rows
+    if any(r.split in SPLIT_NAMES for r in rows):
+        return Labelled(rows)
+    made = stratified_split(rows)
+    counts = {name: sum(r.split == name for r in made) for name in SPLIT_NAMES}
+    note = (
+        f"{path.name} has no '{cols.split}' column with train/val/test: made a stratified split by "
+        f"'{cols.label}' ({counts['train']} train, {counts['val']} val, {counts['test']} test; the "
+        "same on every run)"
+    )
+    return Labelled(made, note)
+
+
+def load_rows(path: str | Path, columns: Columns | None = None) -> list[Row]:
+    """The rows of :func:`read_labelled`."""
+    return read_labelled(path, columns).rows
+
+
+def _check_columns(path: Path, rec: dict[str, Any], cols: Columns) -> None:
+    missing = [c for c in (cols.text, cols.label) if c not in rec]
+    if missing:
+        found = ", ".join(repr(k) for k in rec) or "none"
+        field = "text" if cols.text in missing else "label"
+        raise DataError(
+            f"{path} has no column {missing[0]!r} (its columns: {found}); "
+            f"name yours with --field {field}=COLUMN"
+        )
+
+
+def stratified_split(rows: list[Row]) -> list[Row]:
+    """``rows`` with a split each: per label 80% train, 10% val, 10% test (a label of fewer than
+    5 rows trains only), in a seeded order.
+
+    >>> from collections import Counter
+    >>> rows = [Row(f"t{i}", "ab"[i % 2], "all") for i in range(40)]
+    >>> sorted(Counter(r.split for r in stratified_split(rows)).items())
+    [('test', 4), ('train', 32), ('val', 4)]
+    """
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_label[r.label].append(i)
+    split_of: dict[int, str] = {}
+    rng = random.Random(MADE_SPLIT_SEED)
+    for label in sorted(by_label):
+        idx = by_label[label][:]
+        rng.shuffle(idx)
+        n_held = max(1, round(len(idx) * MADE_SPLIT[1])) if len(idx) >= 5 else 0
+        for k, i in enumerate(idx):
+            split_of[i] = "val" if k < n_held else "test" if k < 2 * n_held else "train"
+    return [Row(r.text, r.label, split_of[i]) for i, r in enumerate(rows)]
 
 
 @dataclass

@@ -19,7 +19,7 @@ from models.embedder import DEFAULT_MODEL, Embedder, resolve_model_path
 from models.head import LinearHead
 from models.ood import KEEP_IN_DIST, OODScorer, ood_threshold
 from models.registry import Registry
-from training.data import load_rows, training_splits
+from training.data import Columns, read_labelled, training_splits
 from training.evaluate import evaluate_embeddings
 from training.finetune import FinetuneConfig, finetune_encoder
 
@@ -129,13 +129,17 @@ def train(
     promote: bool = True,
     quiet: bool = False,
     embedder: Embedder | None = None,
+    columns: Columns | None = None,
 ) -> TrainResult:
     import time
 
     cfg = config or TrainConfig()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    rows = load_rows(data)
+    labelled = read_labelled(data, columns)
+    rows = labelled.rows
+    if labelled.split_made:
+        _say(labelled.split_made, quiet)
     splits = training_splits(rows, cfg.ood_label, cfg.val_fraction, cfg.seed)
     if len({r.label for r in splits.train}) < 2:
         raise ValueError(f"{data}: training needs at least two labels among its train rows")
@@ -204,6 +208,8 @@ def train(
             "rows_val": n_va,
             "rows_val_ood": len(splits.val_ood),
             "val_source": splits.val_source,
+            "split_made": labelled.split_made,
+            "columns": asdict(columns or Columns()),
             "ood_label": cfg.ood_label,
             "seed": cfg.seed,
         },

@@ -141,8 +141,9 @@ class EmbeddedBroker:
         self.stop()
 
 
-class NoBrokerError(RuntimeError):
-    """A command that needs Kafka was given none; the message says how to give one."""
+class NoBrokerError(ValueError):
+    """A command that needs Kafka was given none (a usage error, exit 2); the message says how
+    to give one."""
 
 
 NO_BROKER = (
