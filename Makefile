@@ -19,10 +19,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/streamscore demo
 
-# Servers the tests run for real: Prometheus (observability), Redis (the shared embedding
+# Servers the tests run for real: Prometheus and Alertmanager (observability), Redis (the shared embedding
 # cache), stunnel (a TLS listener in front of the broker) and openssl (its test certificates).
 # Missing Debian packages are installed with one apt-get update.
-SERVERS := prometheus:prometheus redis-server:redis-server stunnel4:stunnel4 openssl:openssl
+SERVERS := prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager redis-server:redis-server stunnel4:stunnel4 openssl:openssl
 # Apache Kafka from KAFKA_HOME (README: Brokers) runs on Java 17 or newer.
 ifneq ($(KAFKA_HOME),)
 SERVERS += java:default-jre-headless

@@ -2,9 +2,11 @@
 
 Grafana is not installable here, so the proof goes through what Grafana would ask: every query
 of every panel, annotation and alert rule is run through Prometheus' HTTP API over a stream with
-a drift phase and a model promotion, and must return data; the Grafana alert rules, turned into
-Prometheus rules, must fire the drift alert during the drift phase. The compose file, Prometheus
-config and Grafana provisioning are checked to refer to each other correctly.
+a drift phase and a model promotion, and must return data. The Prometheus alert rules
+(deploy/prometheus/alerts.yml, checked and unit-tested with promtool) must hold exactly when the
+Grafana rules' conditions do, and the drift alert must reach a webhook through a real Alertmanager,
+firing and then resolved. The compose file, Prometheus and Alertmanager config and Grafana
+provisioning are checked to refer to each other correctly.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import os
 import random
 import re
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,7 @@ from training.fit import TrainConfig, train
 DEPLOY = ROOT / "deploy"
 DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 ALERT_RULES = DEPLOY / "grafana" / "provisioning" / "alerting" / "streamscore-alerts.yml"
+PROMETHEUS_RULES = DEPLOY / "prometheus" / "alerts.yml"
 RATE_INTERVAL = "15s"  # what Grafana's $__rate_interval becomes with the test's 1 s scrapes
 
 
@@ -74,23 +79,38 @@ def rule_condition(rule: dict) -> str:
     return re.sub(r"\$([A-Z])", lambda m: f"({queries[m.group(1)]})", expr)
 
 
-def prometheus_rules() -> dict:
-    return {
-        "groups": [
-            {
-                "name": "streamscore",
-                "rules": [
-                    {
-                        "alert": r["uid"],
-                        "expr": rule_condition(r),
-                        "for": r.get("for", "0s"),
-                        "labels": r["labels"],
-                    }
-                    for r in grafana_rules()
-                ],
-            }
-        ]
-    }
+def alert_rules() -> list[dict]:
+    """The Prometheus alerting rules, each naming the Grafana rule it mirrors (``grafana_uid``)."""
+    return [r for g in yaml.safe_load(PROMETHEUS_RULES.read_text())["groups"] for r in g["rules"]]
+
+
+def test_prometheus_rules_pass_promtool_and_mirror_the_grafana_rules():
+    promtool = debian_server("promtool", "prometheus", "Prometheus' rule checker")
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(PROMETHEUS_RULES)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0 and "SUCCESS: 6 rules found" in checked.stdout, (
+        checked.stdout + checked.stderr
+    )
+    tested = subprocess.run(
+        [promtool, "test", "rules", "alerts.test.yml"],
+        cwd=PROMETHEUS_RULES.parent,
+        capture_output=True,
+        text=True,
+    )
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
+    by_uid = {r["labels"]["grafana_uid"]: r for r in alert_rules()}
+    assert set(by_uid) == {r["uid"] for r in grafana_rules()}
+    for g in grafana_rules():
+        mine = by_uid[g["uid"]]
+        assert (mine["for"], mine["labels"]["severity"]) == (g["for"], g["labels"]["severity"]), g["uid"]
+        assert mine["annotations"]["summary"] == g["annotations"]["summary"], g["uid"]
+    am = subprocess.run(
+        [debian_server("amtool", "prometheus-alertmanager", "Alertmanager's checker"), "check-config",
+         str(DEPLOY / "alertmanager" / "alertmanager.yml")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert am.returncode == 0, am.stdout + am.stderr
 
 
 # --- structure: everything refers to something that exists ------------------------------------
@@ -127,6 +147,12 @@ def test_compose_prometheus_and_grafana_files_refer_to_each_other():
     sd = job["dns_sd_configs"][0]
     assert sd["names"] == ["worker"] and sd["port"] == int(worker["environment"]["STREAMSCORE_METRICS_PORT"])
     assert any("prometheus.yml" in m for m in services["prometheus"]["volumes"])
+    mounted = dict(m.split(":")[:2] for m in services["prometheus"]["volumes"] if m.startswith("."))
+    assert mounted["./deploy/prometheus/alerts.yml"] in prom["rule_files"]
+    am_target = prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"][0]
+    assert am_target.split(":")[0] in services and services["alertmanager"]["ports"] == [
+        f"{am_target.split(':')[1]}:9093"
+    ]
     # Grafana: the provisioned datasource uid is the one every dashboard and rule uses.
     ds = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
     uid = ds["datasources"][0]["uid"]
@@ -167,6 +193,7 @@ def test_every_query_names_metrics_the_worker_exports():
     for family in m.registry.collect():  # families with labels but no samples yet count too
         exported |= {family.name + s for s in suffixes.get(family.type, [""])}
     queries = [q for _, q in panel_queries()] + [q for r in grafana_rules() for q in rule_queries(r).values()]
+    queries += [r["expr"] for r in alert_rules()]
     used = set()
     for q in queries:
         used |= {name for name in re.findall(r"\b(streamscore_\w+|process_\w+|up)\b(?=[{\[\s)]|$)", q)}
@@ -189,36 +216,46 @@ def two_model_registry(tmp_path_factory, small_data, embedder):
     return root, second.version
 
 
+def _serve(work: Path, name: str, args: list[str], port: int) -> subprocess.Popen:
+    """Start a Debian-packaged server and wait until its ``/-/ready`` answers."""
+    log = open(work / f"{name}.log", "w")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1)
+            return proc
+        except OSError:
+            assert proc.poll() is None, (work / f"{name}.log").read_text()
+            time.sleep(0.3)
+    raise AssertionError(f"{name} did not become ready in 60 s")
+
+
 class Prometheus:
-    def __init__(self, work: Path, target: str) -> None:
+    """A real Prometheus scraping ``target`` every second, with the repository's alert rules,
+    sending its alerts to ``alertmanager``."""
+
+    def __init__(self, work: Path, target: str, alertmanager: str) -> None:
         self.port = free_port()
-        (work / "rules.yml").write_text(yaml.safe_dump(prometheus_rules()))
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(work / "rules.yml")],
+            "rule_files": [str(PROMETHEUS_RULES)],
+            "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
             "scrape_configs": [{"job_name": "streamscore", "static_configs": [{"targets": [target]}]}],
         }
         (work / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.log = open(work / "prometheus.log", "w")
-        self.proc = subprocess.Popen(
+        self.proc = _serve(
+            work,
+            "prometheus",
             [
                 debian_server("prometheus", "prometheus", "the Prometheus server"),
                 f"--config.file={work / 'prometheus.yml'}",
                 f"--storage.tsdb.path={work / 'tsdb'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
+                "--rules.alert.resend-delay=1s",
             ],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
+            self.port,
         )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=1)
-                return
-            except OSError:
-                assert self.proc.poll() is None, (work / "prometheus.log").read_text()
-                time.sleep(0.3)
-        raise AssertionError("Prometheus did not become ready in 60 s")
 
     def api(self, path: str, **params: Any) -> Any:
         url = f"http://127.0.0.1:{self.port}/api/v1/{path}?{urllib.parse.urlencode(params)}"
@@ -231,7 +268,62 @@ class Prometheus:
 
     def stop(self) -> None:
         stop_process(self.proc, timeout_s=30)
-        self.log.close()
+
+
+class Alertmanager:
+    """A real Alertmanager routing every alert to a webhook this test serves; ``notices`` holds
+    what the webhook received, in order."""
+
+    def __init__(self, work: Path) -> None:
+        self.notices: list[dict] = []
+        notices = self.notices
+
+        class Hook(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                notices.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+        threading.Thread(target=self.hook.serve_forever, daemon=True).start()
+        config = yaml.safe_load((DEPLOY / "alertmanager" / "alertmanager.yml").read_text())
+        config["route"].update(group_wait="1s", group_interval="1s")  # the shipped file, sped up
+        config["route"]["routes"] = []
+        hook_url = f"http://127.0.0.1:{self.hook.server_address[1]}/streamscore"
+        config["receivers"][0]["webhook_configs"][0]["url"] = hook_url
+        (work / "alertmanager.yml").write_text(yaml.safe_dump(config))
+        self.port = free_port()
+        self.proc = _serve(
+            work,
+            "alertmanager",
+            [
+                debian_server("prometheus-alertmanager", "prometheus-alertmanager", "Alertmanager"),
+                f"--config.file={work / 'alertmanager.yml'}",
+                f"--storage.path={work / 'am-data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--cluster.listen-address=",
+            ],
+            self.port,
+        )
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def received(self, alertname: str, status: str) -> list[dict]:
+        return [
+            a
+            for n in self.notices
+            for a in n["alerts"]
+            if a["labels"]["alertname"] == alertname and a["status"] == status
+        ]
+
+    def stop(self) -> None:
+        stop_process(self.proc, timeout_s=30)
+        self.hook.shutdown()
 
 
 def _wait_for(predicate, timeout_s: float, what: str) -> None:
@@ -278,7 +370,8 @@ def test_dashboards_and_alert_rules_show_real_data_and_the_drift_alert_fires(
         drift_quiet="300",
         drift_cooldown="100",
     )
-    prom = Prometheus(tmp_path, f"127.0.0.1:{metrics_port}")
+    am = Alertmanager(tmp_path)
+    prom = Prometheus(tmp_path, f"127.0.0.1:{metrics_port}", am.address)
     started = time.time()
     try:
         health = f"http://127.0.0.1:{metrics_port}/healthz"
@@ -295,7 +388,7 @@ def test_dashboards_and_alert_rules_show_real_data_and_the_drift_alert_fires(
             kafka, w.topics["input"], [{"id": f"d{i}", "text": rng.choice(foreign)} for i in range(400)]
         )
         assert len(collect(kafka, w.topics["scored"], 1000, settle_s=0)) == 1000
-        firing = 'ALERTS{alertname="streamscore-drift-episode", alertstate="firing", detector="ood_cusum"}'
+        firing = 'ALERTS{alertname="StreamscoreDriftEpisode", alertstate="firing", detector="ood_cusum"}'
         _wait_for(lambda: bool(prom.api("query", query=firing)["result"]), 60, "the drift alert rule to fire")
         drift_end = time.time()
         # Phase 3: a new model is promoted, and the stream is back to normal.
@@ -316,8 +409,27 @@ def test_dashboards_and_alert_rules_show_real_data_and_the_drift_alert_fires(
         first_firing = min(float(t) for s in fired for t, _ in s["values"])
         assert drift_start <= first_firing <= drift_end + 1, (drift_start, first_firing, drift_end)
         # The OOD-rate rule's condition held during the drift phase (its `for` is longer than the test).
-        ood_rule = next(r for r in grafana_rules() if r["uid"] == "streamscore-ood-rate")
-        assert prom.query_range(rule_condition(ood_rule), drift_start, end), "OOD rate never above reference"
+        ood_rule = next(r for r in alert_rules() if r["alert"] == "StreamscoreOodRateHigh")
+        assert prom.query_range(ood_rule["expr"], drift_start, end), "OOD rate never above reference"
+        # Each Prometheus rule holds at exactly the moments its Grafana twin's condition does.
+        twins = {r["labels"]["grafana_uid"]: r["expr"] for r in alert_rules()}
+        for g in grafana_rules():
+            if g["uid"] == "streamscore-worker-down":
+                continue  # Grafana alerts on no data by its noDataState; Prometheus needs absent()
+            ours = {t for s in prom.query_range(twins[g["uid"]], started, end) for t, _ in s["values"]}
+            theirs = {t for s in prom.query_range(rule_condition(g), started, end) for t, _ in s["values"]}
+            assert ours == theirs, (g["uid"], len(ours), len(theirs))
+        # The drift alert reached the webhook through Alertmanager, firing, then resolved.
+        drift_alert = "StreamscoreDriftEpisode"
+        _wait_for(
+            lambda: am.received(drift_alert, "resolved"), 90, "the webhook to get the resolved drift alert"
+        )
+        fired_notice = am.received(drift_alert, "firing")[0]
+        resolved_notice = am.received(drift_alert, "resolved")[0]
+        assert fired_notice["labels"]["detector"] == "ood_cusum" == resolved_notice["labels"]["detector"]
+        assert "drift episode" in fired_notice["annotations"]["summary"]
+        order = [(a["labels"]["alertname"], a["status"]) for n in am.notices for a in n["alerts"]]
+        assert order.index((drift_alert, "firing")) < order.index((drift_alert, "resolved")), order
 
         report: dict[str, Any] = {}
         empty = []
@@ -354,6 +466,7 @@ def test_dashboards_and_alert_rules_show_real_data_and_the_drift_alert_fires(
         print(f"\npanel report: {report_path}")
     finally:
         prom.stop()
+        am.stop()
         stop_worker(w)
 
 
