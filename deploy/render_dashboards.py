@@ -53,7 +53,13 @@ def render(board_path: Path, report: dict, out: Path) -> None:
         ax.set_title(panel["title"], fontsize=9)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("seconds into the test run", fontsize=7)
-        if ax.lines:
+        steps = panel.get("fieldConfig", {}).get("defaults", {}).get("thresholds", {}).get("steps", [])
+        for step in steps:
+            if step.get("value") is not None:
+                ax.axhline(step["value"], color="red", linestyle="--", linewidth=0.8)
+        if len(ax.lines) > 6:  # many series: a legend beside the plot, not over it
+            ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(ax.lines) // 12)
+        elif ax.lines:
             ax.legend(fontsize=6, loc="upper left")
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")

@@ -288,6 +288,24 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_topics(args: argparse.Namespace) -> int:
+    from streams.commands.topics import create_missing, describe, table
+    from streams.kafka.broker import bootstrap_or_embedded
+
+    settings = _settings(args)
+    options = client_options(settings)
+    with bootstrap_or_embedded(settings.bootstrap_servers, settings.embedded_broker) as bootstrap:
+        if args.create:
+            asyncio.run(create_missing(bootstrap, settings, options))
+        states = asyncio.run(describe(bootstrap, settings, options))
+    if args.json:
+        _emit({"bootstrap_servers": bootstrap, "topics": [s.as_json() for s in states]}, True)
+    else:
+        print(table(states))
+    # Exit 1 when a topic is missing or not as the settings want, so a deploy script can check.
+    return 1 if any(s.problems for s in states) else 0
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     from streams.kafka.broker import bootstrap_or_embedded
     from streams.kafka.client import format_scored, read_topic
@@ -435,6 +453,20 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if as_json:
             sp.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    sp = sub.add_parser(
+        "topics",
+        help="show the topics streamscore uses, as the settings want them and as they are; --create makes them",
+        description="Example: streamscore topics --bootstrap-servers kafka:9092 --create "
+        "(with STREAMSCORE_REPLICATION_FACTOR=3 STREAMSCORE_MIN_INSYNC_REPLICAS=2 on a cluster). "
+        "Exit code 1 when a topic is missing or differs from the settings.",
+    )
+    common(sp, kafka=True, as_json=True)
+    sp.add_argument(
+        "--create", action="store_true", help="create the missing topics first (existing ones are left alone)"
+    )
+    sp.add_argument("--partitions", type=int, default=None, help="partitions of the input and scored topics")
+    sp.set_defaults(func=cmd_topics)
 
     sp = sub.add_parser("broker", help="run the embedded Kafka-compatible broker in the foreground")
     sp.add_argument("--port", type=int, default=9092)

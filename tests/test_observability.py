@@ -55,7 +55,11 @@ def panel_queries() -> list[tuple[str, str]]:
         for ann in board["annotations"]["list"]:
             if "expr" in ann:
                 out.append((f"{board['title']} / annotation {ann['name']}", ann["expr"]))
-    return [(where, expr.replace("$__rate_interval", RATE_INTERVAL)) for where, expr in out]
+    # What Grafana puts in for its variables: the test's scrape job and rate window.
+    return [
+        (where, expr.replace("$__rate_interval", RATE_INTERVAL).replace("$job", "streamscore"))
+        for where, expr in out
+    ]
 
 
 def grafana_rules() -> list[dict]:
@@ -153,7 +157,7 @@ def test_compose_prometheus_and_grafana_files_refer_to_each_other():
     assert am_target.split(":")[0] in services and services["alertmanager"]["ports"] == [
         f"{am_target.split(':')[1]}:9093"
     ]
-    # Grafana: the provisioned datasource uid is the one every dashboard and rule uses.
+    # Grafana: the provisioned datasource uid is the one every rule uses (dashboards choose theirs).
     ds = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
     uid = ds["datasources"][0]["uid"]
     assert ds["datasources"][0]["url"] == "http://prometheus:9090"
@@ -168,9 +172,23 @@ def test_compose_prometheus_and_grafana_files_refer_to_each_other():
         board_uids.add(board["uid"])
         ids = [p["id"] for p in board["panels"]]
         assert len(ids) == len(set(ids)), path
+        # Template variables, not a hard-coded data source and job: a user's Prometheus names them.
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert (
+            variables["datasource"]["type"] == "datasource"
+            and variables["datasource"]["query"] == "prometheus"
+        )
+        assert variables["job"]["current"]["value"] == job["job_name"]
         for p in board["panels"]:
-            assert p["datasource"]["uid"] == uid and p["targets"], (path.name, p["title"])
+            assert p["datasource"]["uid"] == "${datasource}" and p["targets"], (path.name, p["title"])
             assert {"x", "y", "w", "h"} <= set(p["gridPos"])
+            for t in p["targets"]:
+                assert t["datasource"]["uid"] == "${datasource}", (path.name, p["title"])
+                for metric, selector in re.findall(
+                    r"\b((?:streamscore|process)_\w+|up)(\{[^}]*\})?(?=[\s\[\)])", t["expr"]
+                ):
+                    assert 'job=~"$job"' in selector, (path.name, p["title"], metric)
+        assert all(p["gridPos"]["x"] + p["gridPos"]["w"] <= 24 for p in board["panels"]), path.name
     for rule in grafana_rules():
         for d in rule["data"]:
             assert d["datasourceUid"] in (uid, "__expr__"), rule["uid"]
@@ -199,6 +217,30 @@ def test_every_query_names_metrics_the_worker_exports():
         used |= {name for name in re.findall(r"\b(streamscore_\w+|process_\w+|up)\b(?=[{\[\s)]|$)", q)}
     missing = sorted(u for u in used if u not in exported)
     assert not missing, f"queries use metrics no worker exports: {missing}"
+
+
+def test_the_peak_ratio_shows_an_alarm_that_the_statistic_gauge_misses():
+    from types import SimpleNamespace
+
+    from schemas.drift import AlertWindow, DriftAlert
+
+    m = WorkerMetrics.create()
+    cusum = SimpleNamespace(name="ood_cusum", statistic=3.0, threshold=20.0)
+    window = AlertWindow(0, 9, None, None, 10)
+    alarm = DriftAlert(
+        "a", "ood_cusum", "ood_score", "drift", 24.0, 20.0, window, "v1", "r", 1e4, 1, "t", "m"
+    )
+    m.observe_drift([cusum], [], [], 10)
+    assert m.value("streamscore_drift_peak_ratio", {"detector": "ood_cusum"}) == 0.15
+    cusum.statistic = 0.0  # CUSUM restarts from zero at its alarm: the statistic gauge never shows 24
+    m.observe_drift([cusum], ["ood_cusum"], [alarm], 10)
+    assert m.value("streamscore_drift_statistic", {"detector": "ood_cusum"}) == 0.0
+    assert m.value("streamscore_drift_peak_ratio", {"detector": "ood_cusum"}) == 1.2
+    cusum.statistic = 10.0
+    m.observe_drift([cusum], ["ood_cusum"], [], 10)  # still open: the episode's peak stays
+    assert m.value("streamscore_drift_peak_ratio", {"detector": "ood_cusum"}) == 1.2
+    m.observe_drift([cusum], [], [], 10)  # closed: back to the current value
+    assert m.value("streamscore_drift_peak_ratio", {"detector": "ood_cusum"}) == 0.5
 
 
 # --- behaviour: a real worker, a real Prometheus -------------------------------------------------
@@ -459,6 +501,22 @@ def test_dashboards_and_alert_rules_show_real_data_and_the_drift_alert_fires(
             for s in report["streamscore · Drift & OOD / Drift state per detector / A"]["series"]
         }
         assert state["ood_cusum"] == 1.0, state
+        # Whenever a detector was in an episode, its peak panel stood at 1 or above (scrape-proof).
+        peaks = {
+            s["labels"]["detector"]: s
+            for s in report[
+                "streamscore · Drift & OOD / Drift detectors: statistic / threshold (episode peak) / A"
+            ]["series"]
+        }
+        states = report["streamscore · Drift & OOD / Drift state per detector / A"]["series"]
+        for s in states:
+            peak = dict(map(tuple, peaks[s["labels"]["detector"]]["values"]))
+            in_episode = [t for t, v in s["values"] if v == 1.0 and t in peak]
+            assert all(peak[t] >= 1.0 for t in in_episode), (
+                s["labels"],
+                [(t, peak[t]) for t in in_episode][:5],
+            )
+        assert peaks["ood_cusum"]["max"] >= 1.0
         counts = prom.api("query", query="streamscore_messages_in_total")["result"]
         assert float(counts[0]["value"][1]) == 1420
         report_path = Path(os.environ.get("STREAMSCORE_PANEL_REPORT", tmp_path / "panels.json"))

@@ -53,3 +53,30 @@ def test_a_replication_factor_above_the_cluster_size_is_one_clear_line(kafka, br
         return
     with pytest.raises(ValueError, match=r"replication_factor=3 but the cluster at .* has 1 broker\(s\)"):
         asyncio.run(ensure_topics(kafka, plan, replication_factor=3))
+
+
+def test_the_topics_command_shows_missing_topics_then_creates_them(kafka, broker_kind):
+    import json
+    import os
+
+    from tests.conftest import cli
+
+    tag = uuid.uuid4().hex[:6]
+    settings = _settings(tag, min_insync_replicas=1)
+    env = {**os.environ, **settings.to_env(), "KAFKA_BOOTSTRAP_SERVERS": kafka}
+    env.pop("STREAMSCORE_BOOTSTRAP_SERVERS", None)
+    before = cli("topics", check=False, env=env, timeout=120)
+    assert before.returncode == 1, before.stderr[-2000:]
+    assert before.stdout.count("missing: streamscore topics --create makes it") == 6, before.stdout
+
+    made = cli("topics", "--create", "--partitions", "3", "--json", check=False, env=env, timeout=120)
+    assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
+    topics = {t["role"]: t for t in json.loads(made.stdout.strip().splitlines()[-1])["topics"]}
+    assert {r: (t["partitions"], t["problems"]) for r, t in topics.items()} == {
+        "input": (3, []), "scored": (3, []), "dlq": (1, []), "signals": (1, []), "alerts": (1, []),
+        "drift_state": (1, []),
+    }  # fmt: skip
+    assert topics["drift_state"]["configs"]["cleanup.policy"] == "compact"
+
+    wider = cli("topics", "--partitions", "6", check=False, env=env, timeout=120)  # settings changed since
+    assert wider.returncode == 1 and "3 partitions, settings want 6" in wider.stdout, wider.stdout

@@ -241,7 +241,7 @@ def run_demo(
 SHOWN_METRICS = (
     "streamscore_messages_in_total",
     "streamscore_messages_scored_total",
-    "streamscore_ood_reference_rate",
+    "streamscore_ood_reference_ratio",
     'streamscore_drift_alerts_total{detector="ood_cusum",status="drift"}',
     'streamscore_messages_dead_lettered_total{reason="invalid_json"}',
 )

@@ -8,7 +8,7 @@ one, or the next free one above it, printed at start). The README lists every me
 >>> m = WorkerMetrics.create()
 >>> m.observe_batch(BatchStats(n_in=2, labels=["a", "b"], is_ood=[False, True],
 ...                            event_ms=[None, None], dead_reasons={}), 0.01, now_ms=0)
->>> m.value("streamscore_ood_rate")
+>>> m.value("streamscore_ood_ratio")
 0.5
 """
 
@@ -71,6 +71,7 @@ class WorkerMetrics:
     recent_ood: deque[bool] = field(default_factory=lambda: deque(maxlen=ROLLING))
     recent_labels: deque[str] = field(default_factory=lambda: deque(maxlen=ROLLING))
     prior: dict[str, float] = field(default_factory=dict)
+    peak: dict[str, float] = field(default_factory=dict)  # per detector: see observe_drift
     health: dict[str, Any] = field(default_factory=lambda: {"status": "starting"})
     cache_counts: Callable[[], Mapping[tuple[str, str], int]] = lambda: {}
     encoder_pool: Callable[[], Any] = lambda: None  # the serving embedder's EncodePool, if any
@@ -86,9 +87,11 @@ class WorkerMetrics:
             "scored": Counter(p + "messages_scored", "Messages scored and produced", registry=r),
             "dead": Counter(p + "messages_dead_lettered", "Messages sent to the DLQ", ["reason"], registry=r),
             "ood": Counter(p + "ood", "Scored messages flagged out-of-distribution", registry=r),
-            "ood_rate": Gauge(p + "ood_rate", f"OOD share of the last {ROLLING} scored messages", registry=r),
+            "ood_rate": Gauge(
+                p + "ood_ratio", f"OOD share of the last {ROLLING} scored messages", registry=r
+            ),
             "ood_ref": Gauge(
-                p + "ood_reference_rate",
+                p + "ood_reference_ratio",
                 "OOD share expected on training-distribution texts (1 - keep_in_dist)",
                 registry=r,
             ),
@@ -96,10 +99,13 @@ class WorkerMetrics:
                 p + "predicted_labels", "Scored messages by predicted label", ["label"], registry=r
             ),
             "prior": Gauge(
-                p + "label_prior", "Share of each label in the training reference", ["label"], registry=r
+                p + "label_prior_ratio",
+                "Share of each label in the training reference",
+                ["label"],
+                registry=r,
             ),
             "mix": Gauge(
-                p + "label_mix_distance",
+                p + "label_mix_distance_ratio",
                 f"Total variation distance between the last {ROLLING} predicted labels and the prior",
                 registry=r,
             ),
@@ -137,6 +143,13 @@ class WorkerMetrics:
             ),
             "drift_state": Gauge(
                 p + "drift_state", "1 while the detector is in a drift episode", ["detector"], registry=r
+            ),
+            "drift_peak": Gauge(
+                p + "drift_peak_ratio",
+                "Statistic over threshold: the highest of the open episode (1 or more: it alarmed), "
+                "else the current value; a scrape cannot miss an alarm",
+                ["detector"],
+                registry=r,
             ),
             "drift_alerts": Counter(
                 p + "drift_alerts", "Drift alerts sent", ["detector", "status"], registry=r
@@ -239,10 +252,22 @@ class WorkerMetrics:
     ) -> None:
         """After the drift agent handled ``signals`` signals: detector values, states, alerts."""
         self.m["signals"].inc(signals)
+        # A detector resets its statistic when it alarms, so a gauge of the statistic sampled
+        # every few seconds rarely shows it above the threshold; the alarm's own ratio is kept
+        # while its episode is open.
+        alarmed: dict[str, float] = {}
+        for a in alerts:
+            if a.status == "drift" and a.threshold > 0:
+                alarmed[a.detector] = max(alarmed.get(a.detector, 0.0), a.statistic / a.threshold)
         for d in detectors:
             self.m["drift_stat"].labels(d.name).set(float(d.statistic))
             self.m["drift_thr"].labels(d.name).set(float(d.threshold))
             self.m["drift_state"].labels(d.name).set(1 if d.name in open_episodes else 0)
+            now = float(d.statistic) / float(d.threshold) if d.threshold > 0 else 0.0
+            if d.name in open_episodes:
+                now = max(now, alarmed.get(d.name, 0.0), self.peak.get(d.name, 0.0))
+            self.peak[d.name] = now
+            self.m["drift_peak"].labels(d.name).set(now)
             for status in ("drift", "resolved"):  # present from the start, so increase() sees the first
                 self.m["drift_alerts"].labels(d.name, status)
         for a in alerts:

@@ -1,0 +1,112 @@
+"""``streamscore topics``: the topics streamscore uses, as the settings want them and as they are."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from streams.kafka.topics import ensure_topics, topic_configs, topic_plan
+from streams.settings import Settings
+
+ROLES = ("input", "scored", "dlq", "signals", "alerts", "drift_state")
+
+
+@dataclass
+class TopicState:
+    """One topic: what the settings ask for and what the cluster has (None: it does not exist)."""
+
+    name: str
+    role: str
+    want_partitions: int
+    want_replication: int
+    want_configs: dict[str, str]
+    partitions: int | None = None
+    replication: int | None = None
+    configs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def problems(self) -> list[str]:
+        """What differs from the settings, in words; empty when the topic is as wanted."""
+        if self.partitions is None:
+            return ["missing: streamscore topics --create makes it"]
+        out = []
+        if self.partitions < self.want_partitions:
+            out.append(f"{self.partitions} partitions, settings want {self.want_partitions}")
+        if self.replication is not None and self.replication < self.want_replication:
+            out.append(f"replication factor {self.replication}, settings want {self.want_replication}")
+        for key, value in self.want_configs.items():
+            if self.configs.get(key) != value:
+                out.append(f"{key}={self.configs.get(key)}, settings want {value}")
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "exists": self.partitions is not None, "problems": self.problems}
+
+
+def wanted(settings: Settings) -> list[TopicState]:
+    plan, configs = topic_plan(settings), topic_configs(settings)
+    names = [getattr(settings, f"{role}_topic") for role in ROLES]
+    return [
+        TopicState(name, role, plan[name], settings.replication_factor, configs.get(name, {}))
+        for role, name in zip(ROLES, names, strict=True)
+    ]
+
+
+async def describe(bootstrap: str, settings: Settings, options: dict[str, Any]) -> list[TopicState]:
+    """The topics of the settings as the cluster has them."""
+    states = wanted(settings)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000, **options)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        present = [s for s in states if s.name in existing]
+        if not present:
+            return states
+        for meta in await admin.describe_topics([s.name for s in present]):
+            state = next(s for s in present if s.name == meta["topic"])
+            parts = meta["partitions"]
+            state.partitions = len(parts)
+            state.replication = min((len(p["replicas"]) for p in parts), default=0)
+        resources = [ConfigResource(ConfigResourceType.TOPIC, s.name) for s in present]
+        for response in await admin.describe_configs(resources):
+            for resource in response.resources:
+                # (error_code, error_message, type, name, [(key, value, read_only, ...), ...])
+                state = next(s for s in present if s.name == resource[3])
+                state.configs = {entry[0]: entry[1] for entry in resource[4] if entry[1] is not None}
+        return states
+    finally:
+        await admin.close()
+
+
+async def create_missing(bootstrap: str, settings: Settings, options: dict[str, Any]) -> None:
+    await ensure_topics(
+        bootstrap,
+        topic_plan(settings),
+        options,
+        timeout_s=settings.connect_timeout_s,
+        configs=topic_configs(settings),
+        replication_factor=settings.replication_factor,
+    )
+
+
+def table(states: list[TopicState]) -> str:
+    """A plain table for a person: one line per topic, its problems last."""
+    rows = [("TOPIC", "ROLE", "PARTITIONS", "REPLICATION", "STATE")]
+    for s in states:
+        have = lambda v, want: f"{v if v is not None else '-'}/{want}"  # noqa: E731
+        rows.append(
+            (
+                s.name,
+                s.role,
+                have(s.partitions, s.want_partitions),
+                have(s.replication, s.want_replication),
+                "; ".join(s.problems) or "ok",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows
+    )
