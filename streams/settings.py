@@ -50,6 +50,9 @@ class Settings:
     ssl_cafile: Path | None = None  # None: the system's CAs
     ssl_certfile: Path | None = None  # client certificate (mutual TLS)
     ssl_keyfile: Path | None = None
+    # More Kafka client properties, as kcat's -X takes them: "client.id=scorer,request.timeout.ms=40000"
+    # (streams/kafka/security.py, CLIENT_PROPERTIES, says which; every client of a command gets them).
+    kafka_properties: str | None = None
     registry: Path = Path("artifacts")
     model: str | None = None  # version or artifact dir; None: the registry's CURRENT
     device: str = "auto"  # auto | cpu | cuda

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import pytest
@@ -80,3 +81,43 @@ def test_the_topics_command_shows_missing_topics_then_creates_them(kafka, broker
 
     wider = cli("topics", "--partitions", "6", check=False, env=env, timeout=120)  # settings changed since
     assert wider.returncode == 1 and "3 partitions, settings want 6" in wider.stdout, wider.stdout
+
+
+def test_extra_client_properties_reach_every_client(kafka, trained_registry, tmp_path, monkeypatch):
+    import os
+
+    from tests.conftest import cli, start_worker, stop_worker
+    from tests.kafka_helpers import collect
+
+    props = "client.id=scorer-props,request.timeout.ms=45000,metadata.max.age.ms=60000"
+    monkeypatch.setenv("STREAMSCORE_KAFKA_PROPERTIES", props)  # the worker inherits it
+    w = start_worker(kafka, trained_registry, tmp_path, metrics_port="0")
+    try:
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka}
+        cli(
+            "produce",
+            "--topic",
+            w.topics["input"],
+            "-",
+            env=env,
+            stdin='{"id": "p1", "text": "my card was declined"}\n',
+        )
+        assert [r["id"] for r in collect(kafka, w.topics["scored"], 1, timeout_s=120)] == ["p1"], w.log()[
+            -3000:
+        ]
+        tailed = cli(
+            "tail", "--topic", w.topics["scored"], "--from-beginning", "-n", "1", env=env, timeout=120
+        )
+        assert json.loads(tailed.stdout.splitlines()[0])["id"] == "p1"
+    finally:
+        stop_worker(w)
+    bad = cli(
+        "topics",
+        check=False,
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka, "STREAMSCORE_KAFKA_PROPERTIES": "linger.ms=5"},
+    )
+    assert (
+        bad.returncode == 2
+        and "'linger.ms' is not one streamscore passes on; allowed: client.id" in bad.stderr
+    )
+    assert "Traceback" not in bad.stderr

@@ -58,7 +58,7 @@ def wanted(settings: Settings) -> list[TopicState]:
 async def describe(bootstrap: str, settings: Settings, options: dict[str, Any]) -> list[TopicState]:
     """The topics of the settings as the cluster has them."""
     states = wanted(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000, **options)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **{"request_timeout_ms": 10_000, **options})
     await admin.start()
     try:
         existing = set(await admin.list_topics())

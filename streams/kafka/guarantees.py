@@ -62,8 +62,7 @@ async def transactions_refused(
         bootstrap_servers=bootstrap_servers,
         # Under the worker's own prefix, so ACLs on its transactional ids are checked too.
         transactional_id=f"{prefix}probe-{uuid.uuid4().hex[:12]}",
-        request_timeout_ms=10_000,
-        **(options or {}),
+        **{"request_timeout_ms": 10_000, **(options or {})},
     )
     try:
         await asyncio.wait_for(producer.start(), 20)

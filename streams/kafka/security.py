@@ -28,9 +28,69 @@ PROTOCOLS: tuple[str, ...] = get_args(SecurityProtocol)
 MECHANISMS: tuple[str, ...] = get_args(SaslMechanism)
 
 
+CLIENT_PROPERTIES = {
+    # Kafka's name -> (aiokafka's keyword, Faust's setting and its unit divisor, or None)
+    "client.id": ("client_id", ("broker_client_id", None)),
+    "request.timeout.ms": ("request_timeout_ms", ("broker_request_timeout", 1000)),
+    "metadata.max.age.ms": ("metadata_max_age_ms", None),
+    "connections.max.idle.ms": ("connections_max_idle_ms", None),
+    "retry.backoff.ms": ("retry_backoff_ms", None),
+    "sasl.kerberos.service.name": ("sasl_kerberos_service_name", None),
+    "sasl.kerberos.domain.name": ("sasl_kerberos_domain_name", None),
+}
+"""The Kafka client properties ``kafka_properties`` may set: those every client streamscore runs
+(producer, consumer, admin) takes. Security has settings of its own."""
+
+
+def kafka_properties(text: str | None) -> dict[str, str | int]:
+    """``kafka_properties`` as Kafka names and values; raise ValueError naming a bad one.
+
+    >>> kafka_properties("client.id=scorer-1, request.timeout.ms=40000")
+    {'client.id': 'scorer-1', 'request.timeout.ms': 40000}
+    >>> kafka_properties("linger.ms=5")
+    Traceback (most recent call last):
+    ...
+    ValueError: kafka_properties: 'linger.ms' is not one streamscore passes on; allowed: client.id, request.timeout.ms, metadata.max.age.ms, connections.max.idle.ms, retry.backoff.ms, sasl.kerberos.service.name, sasl.kerberos.domain.name
+    """
+    out: dict[str, str | int] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not key or not value:
+            raise ValueError(f"kafka_properties: {item.strip()!r} is not NAME=VALUE")
+        if key not in CLIENT_PROPERTIES:
+            allowed = ", ".join(CLIENT_PROPERTIES)
+            raise ValueError(
+                f"kafka_properties: {key!r} is not one streamscore passes on; allowed: {allowed}"
+            )
+        if key.endswith(".ms"):
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"kafka_properties: {key}={value!r} must be a whole number of milliseconds")
+            out[key] = int(value)
+        else:
+            out[key] = value
+    return out
+
+
+def faust_properties(settings: Settings) -> dict[str, Any]:
+    """``kafka_properties`` as Faust app settings (those Faust has a setting for)."""
+    out: dict[str, Any] = {}
+    for key, value in kafka_properties(settings.kafka_properties).items():
+        faust_name = CLIENT_PROPERTIES[key][1]
+        if faust_name is not None:
+            name, divisor = faust_name
+            out[name] = int(value) / divisor if divisor else value
+    return out
+
+
 def problems(settings: Settings) -> list[str]:
-    """What is wrong with the security settings, in words a user can act on."""
+    """What is wrong with the security and client settings, in words a user can act on."""
     out = []
+    try:
+        kafka_properties(settings.kafka_properties)
+    except ValueError as exc:
+        out.append(str(exc))
     if settings.security_protocol not in PROTOCOLS:
         out.append(
             f"security_protocol must be one of {', '.join(PROTOCOLS)}, not {settings.security_protocol!r}"
@@ -164,9 +224,10 @@ def ssl_context(settings: Settings) -> Any:
 
 def client_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for aiokafka's producer, consumer, admin and plain clients."""
+    extra = {CLIENT_PROPERTIES[k][0]: v for k, v in kafka_properties(settings.kafka_properties).items()}
     if settings.security_protocol == "PLAINTEXT":
-        return {}
-    opts: dict[str, Any] = {"security_protocol": settings.security_protocol}
+        return extra
+    opts: dict[str, Any] = {**extra, "security_protocol": settings.security_protocol}
     context = ssl_context(settings)
     if context is not None:
         opts["ssl_context"] = context

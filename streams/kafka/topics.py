@@ -63,7 +63,7 @@ async def ensure_topics(
     ``replication_factor``; leave existing ones alone. ``options``: security options
     (streams/kafka/security.py)."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000, **(options or {})
+        bootstrap_servers=bootstrap_servers, **{"request_timeout_ms": 10_000, **(options or {})}
     )
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:

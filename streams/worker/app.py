@@ -26,7 +26,7 @@ from schemas.messages import Origin
 from streams.kafka import internals
 from streams.kafka.delivery import deliver
 from streams.kafka.faust_transport import StreamApp
-from streams.kafka.security import client_options, faust_credentials
+from streams.kafka.security import client_options, faust_credentials, faust_properties
 from streams.kafka.transactions import PartitionTransactions
 from streams.settings import Settings
 from streams.worker.batch import BatchOutput, RawMessage, process_batch
@@ -148,6 +148,7 @@ def faust_app(
         # After a crash, everything confirmed since the last commit is scored again.
         broker_commit_interval=settings.commit_interval_s,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
+        **faust_properties(settings),
     )
 
 

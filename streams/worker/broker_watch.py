@@ -58,8 +58,7 @@ class BrokerWatch:
             if self._client is None:
                 self._client = AIOKafkaClient(
                     bootstrap_servers=self.bootstrap_servers,
-                    request_timeout_ms=int(self.timeout_s * 1000),
-                    **self.client_options,
+                    **{**self.client_options, "request_timeout_ms": int(self.timeout_s * 1000)},
                 )
                 await asyncio.wait_for(self._client.bootstrap(), self.timeout_s)
             await asyncio.wait_for(self._client.fetch_all_metadata(), self.timeout_s)
