@@ -430,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     levels = list(get_args(LogLevel))
     log_help = f"{', '.join(levels)} (default info)"
     p.add_argument("--log-level", dest="log_level", default=None, choices=levels, help=log_help)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
+    p.set_defaults(commands=sub.choices)
 
     def common(sp: argparse.ArgumentParser, kafka: bool = False, as_json: bool = False) -> None:
         sp.add_argument(
@@ -457,9 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser(
         "topics",
         help="show the topics streamscore uses, as the settings want them and as they are; --create makes them",
-        description="Example: streamscore topics --bootstrap-servers kafka:9092 --create "
-        "(with STREAMSCORE_REPLICATION_FACTOR=3 STREAMSCORE_MIN_INSYNC_REPLICAS=2 on a cluster). "
-        "Exit code 1 when a topic is missing or differs from the settings.",
+        description="On a cluster set STREAMSCORE_REPLICATION_FACTOR=3 STREAMSCORE_MIN_INSYNC_REPLICAS=2 "
+        "first. Exit code 1 when a topic is missing or differs from the settings.",
     )
     common(sp, kafka=True, as_json=True)
     sp.add_argument(
@@ -775,11 +775,83 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--n-after", type=int, default=1_200, help="in-distribution messages after the drift")
     sp.add_argument("--rate", type=float, default=150.0, help="messages per second")
     sp.set_defaults(func=cmd_demo)
-    for sp in sub.choices.values():  # global flags work after the command too
-        sp.add_argument(
+    for name, sp in sub.choices.items():
+        sp.add_argument(  # global flags work after the command too
             "--log-level", dest="log_level", default=argparse.SUPPRESS, choices=levels, help=log_help
         )
+        sp.epilog = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
+        sp.formatter_class = argparse.RawDescriptionHelpFormatter
     return p
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser: a flag without help of its own gets the shared one (FLAG_HELP)."""
+
+    flags: list[argparse.Action]
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if action.option_strings and not action.help and action.dest != "help":
+            action.help = FLAG_HELP[action.dest]
+        if action.option_strings:
+            self.__dict__.setdefault("flags", []).append(action)
+        return action
+
+
+# Help for flags several commands share, said once.
+FLAG_HELP = {
+    "port": "port to listen on",
+    "embedder": "sentence-transformers model to embed with (a name the installed wheels provide, or a folder)",
+    "seed": "seed of every random choice, so a run can be repeated",
+    "device": "auto (CUDA when there is one), cpu or cuda",
+    "ood_label": "label of the out-of-distribution rows (never trained on)",
+    "model": "model version (v0003) or artifact folder; default: the registry's CURRENT",
+    "batch_size": "messages per micro-batch",
+    "max_text_chars": "longer texts are dead-lettered (text_too_long)",
+    "input_topic": "topic of the texts to score",
+    "scored_topic": "topic the scored records go to",
+    "dlq_topic": "topic bad messages go to, with a reason",
+    "signals_topic": "topic of the drift signals (one partition)",
+    "alerts_topic": "topic of the drift alerts",
+    "drift_state_topic": "compacted topic of the detectors' state, so a restart resumes",
+    "partitions": "partitions of the topics streamscore creates",
+    "group_id": "Kafka consumer group of the workers",
+    "naive_messages": "messages for the one-at-a-time baseline",
+    "topic": "topic to write to (default: the input topic)",
+    "shift_split": "rows of --shift with this split ('any' for all)",
+}
+
+EXAMPLES = {
+    "topics": ["streamscore topics --bootstrap-servers localhost:9092 --create --partitions 6"],
+    "broker": ["streamscore broker", "streamscore broker --kafka-home ~/kafka_2.13-4.4.0 --port 39092"],
+    "train": [
+        "streamscore train --data datasets/clinc150/clinc150_full.jsonl",
+        "streamscore train --data tickets.csv --field text=body --field label=category --finetune-epochs 0",
+    ],
+    "evaluate": [
+        "streamscore evaluate --data datasets/clinc150/clinc150_full.jsonl --json",
+        "streamscore evaluate --data tickets.csv --text-field body --label-field category --split test",
+    ],
+    "worker": [
+        "streamscore worker --bootstrap-servers localhost:9092",
+        "STREAMSCORE_PROCESSING_GUARANTEE=exactly_once streamscore worker --bootstrap-servers kafka:9092",
+    ],
+    "bench": ["streamscore bench --bootstrap-servers localhost:9092 --json"],
+    "produce": [
+        'echo \'{"text": "my card was declined"}\' | streamscore produce - --bootstrap-servers localhost:9092',
+    ],
+    "replay": [
+        'streamscore replay reviews.csv --field text="Review Text" --rate 200 --bootstrap-servers localhost:9092',
+    ],
+    "rescore": ["streamscore rescore --from=-2h --bootstrap-servers localhost:9092"],
+    "tail": ["streamscore tail --pretty --from-beginning -n 20 --bootstrap-servers localhost:9092"],
+    "models": ["streamscore models", "streamscore models promote v0003", "streamscore models rollback"],
+    "drift-eval": [
+        "streamscore drift-eval --in datasets/clinc150/clinc150_full.jsonl "
+        "--shift datasets/clinc150/clinc150_full.jsonl --json"
+    ],
+    "demo": ["streamscore demo", "streamscore demo --n-drift 800 --drift-share 0.8"],
+}
 
 
 def main(argv: list[str] | None = None) -> int:

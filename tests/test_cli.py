@@ -168,3 +168,21 @@ def test_version_is_the_installed_package_version():
     from importlib.metadata import version
 
     assert cli("--version", timeout=60).stdout.strip() == f"streamscore {version('streamscore')}"
+
+
+def test_every_command_has_examples_that_parse_and_every_flag_has_help():
+    import shlex
+
+    from streams.cli import build_parser
+
+    parser = build_parser()
+    commands = parser.get_default("commands")
+    for name, sp in commands.items():
+        assert sp.epilog and sp.epilog.startswith("examples:"), name
+        assert all(a.help for a in sp.flags), name
+        for line in sp.epilog.splitlines()[1:]:
+            words = shlex.split(line.split("| ")[-1])
+            words = words[words.index("streamscore") + 1 :]
+            assert parser.parse_args(words).command == name, line
+    shown = cli("train", "--help", timeout=60).stdout
+    assert "examples:\n  streamscore train --data" in shown and "--field FIELD=COLUMN" in shown
