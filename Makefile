@@ -23,7 +23,7 @@ demo: $(STAMP)
 # cache), stunnel (a TLS listener in front of the broker) and openssl (its test certificates).
 # Missing Debian packages are installed with one apt-get update.
 SERVERS := prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager redis-server:redis-server stunnel4:stunnel4 openssl:openssl
-# Apache Kafka from KAFKA_HOME (README: Brokers) runs on Java 17 or newer.
+# Apache Kafka from KAFKA_HOME (docs/reliability.md, Brokers) runs on Java 17 or newer.
 ifneq ($(KAFKA_HOME),)
 SERVERS += java:default-jre-headless
 endif

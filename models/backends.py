@@ -1,4 +1,4 @@
-"""The embedder runtimes a user can choose (README, Performance), as one type.
+"""The embedder runtimes a user can choose (docs/performance.md), as one type.
 
 >>> BACKENDS
 ('torch', 'onnx', 'onnx-int8')

@@ -5,7 +5,7 @@ is padded to a multiple of :attr:`Embedder.pad_multiple` tokens (4 or 8: models/
 batched only with texts of the same padded length. Padding to the batch's longest text (the
 usual way) changes embeddings in the 7th decimal with the batch-mates, so a replay would not
 reproduce its scores; this way it does, bit for bit, and it pads less, so it is faster too
-(README, Replay). On a CPU every forward pass runs on one thread and holds at least
+(docs/replay.md). On a CPU every forward pass runs on one thread and holds at least
 ``MIN_FORWARD_TOKENS`` tokens, for the same reason: the matrix kernels round differently when
 they split the work between threads, or when a product has few rows. The cores are used by
 running forwards side by side, in the process's encode pool (models/encode_pool.py).
@@ -152,8 +152,8 @@ class Embedder:
 
         ``encoder_threads`` is how many forward passes run at once on a CPU, each on one thread of
         the process's encode pool (0: one per core; a GPU takes one at a time). On 2 cores two
-        single-threaded forwards ran 1.3-1.9x faster than one forward on two threads (README,
-        Performance), because intra-op threads wait for each other at every operator, and one
+        single-threaded forwards ran 1.3-1.9x faster than one forward on two threads
+        (docs/performance.md), because intra-op threads wait for each other at every operator, and one
         thread per forward keeps the vectors independent of the thread count.
 
         ``shared_cache_url`` (``redis://host:6379/0``) adds a Redis cache behind the in-process

@@ -12,7 +12,7 @@ each forward on one thread (so a vector does not depend on how many threads ther
   a forward of a few rows costs nearly as much as one of sixteen (it reads all the weights).
 - **Split when threads idle.** A thread that would otherwise run an encode's work alone while
   another thread waits leaves part of it to that thread, so a lightly loaded worker embeds a
-  batch on every core at once instead of one batch per core (README, Performance). It splits
+  batch on every core at once instead of one batch per core (docs/performance.md). It splits
   only when that saves more than the extra forward costs (``fixed_cost_tokens``).
 
 >>> import torch

@@ -6,7 +6,7 @@ cache folder, and quantised there for this CPU's instruction set; later loads re
 CPUs with VNNI and costs a little accuracy (``streamscore evaluate --backend onnx-int8``
 reports it); its activations are quantised with a scale taken from the whole batch, so a
 text's vector depends slightly on its batch-mates: scores are not bit-reproducible across
-replays with that backend (README, Replay).
+replays with that backend (docs/replay.md).
 """
 
 from __future__ import annotations

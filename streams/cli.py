@@ -534,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="processing_guarantee",
         choices=["at_least_once", "exactly_once"],
         default=None,
-        help="exactly_once needs a broker with transactions (README, Reliability)",
+        help="exactly_once needs a broker with transactions (docs/reliability.md)",
     )
     sp.add_argument(
         "--encoder-threads",
@@ -596,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="worker processes in one consumer group, each on its own CPU cores (0: one per core; "
-        "default 1). For machines where one worker's event loop is the limit (README, Performance)",
+        "default 1). For machines where one worker's event loop is the limit (docs/performance.md)",
     )
     sp.add_argument("--metrics-host", dest="metrics_host", default=None, help="default 127.0.0.1")
     sp.add_argument(
@@ -610,7 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser(
         "bench",
-        help="raw encoder vs. end-to-end worker vs. naive consumer, latency and memory (README: Performance)",
+        help="raw encoder vs. end-to-end worker vs. naive consumer, latency and memory (docs/performance.md)",
     )
     common(sp, kafka=True, as_json=True)
     sp.add_argument("--messages", type=_count, default=4_000, help="per end-to-end run")
@@ -663,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser(
         "replay",
         help="send the rows of a JSONL, CSV or Parquet file to the input topic (paced, resumable)",
-        description="Rows become input messages (README: Replay). Malformed rows are reported with "
+        description="Rows become input messages (docs/replay.md). Malformed rows are reported with "
         "their line numbers and not sent. Ctrl-C stops cleanly; --resume continues from there.",
     )
     common(sp, kafka=True, as_json=True)

@@ -57,7 +57,7 @@ class Settings:
     model: str | None = None  # version or artifact dir; None: the registry's CURRENT
     device: str = "auto"  # auto | cpu | cuda
     embed_batch_size: int = 64
-    backend: Backend = "torch"  # README: Performance
+    backend: Backend = "torch"  # docs/performance.md
     trace_encoder: bool = True  # torch on CPU: run it as TorchScript, same vectors (models/traced.py)
     encoder_threads: int = (
         0  # forward passes the encoder runs at once, a thread each; 0: one per core (GPU: 1)

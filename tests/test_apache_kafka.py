@@ -202,7 +202,7 @@ def grant(kafka: ApacheKafka, acls: list[tuple[int, str, int, str]]) -> None:
 
 
 def minimum_acls(topics: dict[str, str], group: str) -> list[tuple[int, str, int, str]]:
-    """README, Kafka ACLs: what a worker needs, exactly-once included, and nothing more."""
+    """docs/reliability.md, Kafka ACLs: what a worker needs, exactly-once included, and nothing more."""
     acls = [(TOPIC, topics["input"], LITERAL, "READ")]
     acls += [(TOPIC, topics[t], LITERAL, "WRITE") for t in ("scored", "dlq", "alerts")]
     acls += [(TOPIC, topics[t], LITERAL, op) for t in ("signals", "state") for op in ("READ", "WRITE")]

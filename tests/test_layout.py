@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = ("streams", "models", "schemas", "training")
+OURS = ("streamscore", "streams", "models", "schemas", "training")
 
 # folder → the project's packages its modules may import (besides their own folder)
 ALLOWED = {
@@ -15,6 +15,7 @@ ALLOWED = {
     "training": ("models", "schemas"),
     "streams/kafka": ("schemas", "streams.settings", "streams.kafka"),
     "streams/worker": ("models", "schemas", "streams.settings", "streams.kafka", "streams.worker"),
+    "streamscore": ("models", "schemas", "streams.worker.batch"),
 }
 
 
@@ -51,3 +52,15 @@ def test_nothing_but_the_cli_imports_the_commands():
         and any(name.startswith("streams.commands") for name in imports_of(path))
     }
     assert users <= {"streams/cli.py"}, users
+
+
+def test_nothing_of_ours_imports_the_public_api():
+    """``streamscore`` is for users; the product's own code must not lean on it (no cycles)."""
+    users = {
+        str(path.relative_to(ROOT))
+        for package in OURS
+        if package != "streamscore"
+        for path in (ROOT / package).rglob("*.py")
+        if any(name.split(".")[0] == "streamscore" for name in imports_of(path))
+    }
+    assert not users, users

@@ -536,3 +536,15 @@ def _healthy(url: str) -> bool:
         return json.loads(urllib.request.urlopen(url, timeout=2).read())["status"] == "ok"
     except OSError:
         return False
+
+
+def test_every_metric_the_worker_exports_is_in_the_documented_table():
+    m = WorkerMetrics.create()
+    m.observe_batch(BatchStats(1, ["a"], [False], [0.0], {"invalid_json": 1}), 0.01)
+    exported = {f.name for f in m.registry.collect() if f.name.startswith("streamscore_")}
+    table = (ROOT / "docs" / "observability.md").read_text()
+    documented = {
+        re.sub(r"_(total|info)$", "", name) for name in re.findall(r"^\| `(streamscore_\w+)`", table, re.M)
+    }
+    assert exported - documented == set(), "metrics missing from docs/observability.md"
+    assert documented - exported == set(), "docs/observability.md lists metrics no worker exports"

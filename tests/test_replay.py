@@ -141,7 +141,7 @@ def test_csv_gz_and_parquet_with_field_mapping(kafka, tmp_path):
 def _keeping_topic(kafka: str, topic: str | None = None) -> str:
     """A topic that keeps old records. Apache Kafka deletes records whose timestamps are older
     than the topic's retention (7 days by default) at its next retention check, so history
-    replayed with its own timestamps needs one (README, Brokers)."""
+    replayed with its own timestamps needs one (docs/reliability.md, Brokers)."""
     topic = topic or _topic()
     asyncio.run(ensure_topics(kafka, {topic: 1}, configs={topic: {"retention.ms": "-1"}}))
     return topic

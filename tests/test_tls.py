@@ -2,7 +2,7 @@
 for client certificates (mutual TLS), and clients it refuses are told what to check.
 
 On Apache Kafka (``KAFKA_HOME``) that is Kafka's own SSL listener (PEM keystore, client
-certificates required). Tansu 0.6 cannot serve TLS itself (README, Security), so on the embedded
+certificates required). Tansu 0.6 cannot serve TLS itself (docs/reliability.md), so on the embedded
 broker stunnel (Debian's ``stunnel4``, which ``make test`` installs) listens with TLS and forwards
 to the broker's plaintext port, and the broker advertises the TLS port: every byte the clients
 send crosses the TLS listener.

@@ -49,7 +49,7 @@ def test_a_replication_factor_above_the_cluster_size_is_one_clear_line(kafka, br
     settings = _settings(uuid.uuid4().hex[:6])
     plan = {settings.input_topic: 1}
     if broker_kind != "apache-kafka":
-        # Tansu keeps one copy whatever is asked and accepts it (README, Brokers).
+        # Tansu keeps one copy whatever is asked and accepts it (docs/reliability.md, Brokers).
         asyncio.run(ensure_topics(kafka, plan, replication_factor=3))
         return
     with pytest.raises(ValueError, match=r"replication_factor=3 but the cluster at .* has 1 broker\(s\)"):

@@ -44,7 +44,7 @@ def fit_head(
 
 @dataclass
 class TrainConfig:
-    """What ``train`` fits; defaults are the measured best (README, scoring quality)."""
+    """What ``train`` fits; defaults are the measured best (docs/models.md, Scoring quality)."""
 
     ood_label: str = "oos"
     embedder: str = DEFAULT_MODEL

@@ -81,7 +81,7 @@ from streams.worker.serving import batches_in_flight
 @dataclass(frozen=True)
 class BenchOptions:
     messages: int = 4_000  # per e2e repetition
-    repeats: int = 3  # turns of end-to-end runs (README: Performance)
+    repeats: int = 3  # turns of end-to-end runs (docs/performance.md)
     naive_messages: int = 800
     latency_seconds: float = 20.0  # per load level and window
     latency_windows: int = 3  # windows at 50% load, each through a new worker

@@ -231,7 +231,7 @@ def run_demo(
         f"  the same stream again:    streamscore replay {stream_file} --rate {rate:g}\n"
         f"  score it with a model:    streamscore rescore --from=-10m --model {version} --compare\n"
         f"  metrics: the worker served {metrics_url or '/metrics (see its log)'} while it ran; "
-        f"with Prometheus and Grafana: docker compose up (README: Observability)"
+        f"with Prometheus and Grafana: docker compose up (docs/observability.md)"
     )
     for line in metrics_lines:
         print(f"    {line}")

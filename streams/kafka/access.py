@@ -139,7 +139,7 @@ async def authorized_operations(
 
 
 def worker_needs(settings: Settings) -> dict[str, Need]:
-    """The topics a worker uses and what it does with each (README, Kafka ACLs)."""
+    """The topics a worker uses and what it does with each (docs/reliability.md, Kafka ACLs)."""
     read, write, both = frozenset({"READ"}), frozenset({"WRITE"}), frozenset({"READ", "WRITE"})
     return {
         settings.input_topic: Need("input", read),
@@ -183,5 +183,5 @@ async def check_access(bootstrap_servers: str, settings: Settings, options: dict
         raise AccessError(
             f"the broker's ACLs do not let {principal} do what the worker needs: {'; '.join(lacks)}. "
             f"Grant it, for example kafka-acls.sh --bootstrap-server {bootstrap_servers} --add "
-            f"--allow-principal {principal} {grant[0]} (README, Kafka ACLs lists every ACL the worker needs)"
+            f"--allow-principal {principal} {grant[0]} (docs/reliability.md, Kafka ACLs lists every ACL the worker needs)"
         )

@@ -70,7 +70,7 @@ async def transactions_refused(
     except TransactionalIdAuthorizationFailed:
         return (
             f"its ACLs refuse this principal the transactional ids '{prefix}*': grant WRITE and "
-            f"DESCRIBE on TransactionalId prefix '{prefix}' (README, Kafka ACLs)"
+            f"DESCRIBE on TransactionalId prefix '{prefix}' (docs/reliability.md, Kafka ACLs)"
         )
     except Exception as exc:
         return f"it refused to start a transactional producer ({type(exc).__name__}: {exc})"

@@ -100,7 +100,7 @@ async def ensure_topics(
                 raise AccessError(
                     f"the broker's ACLs refused to create {names}: the client's principal may not "
                     "see them (DESCRIBE) or create them (CREATE). Create them first and grant the "
-                    "ACLs in README, Kafka ACLs, or grant CREATE"
+                    "ACLs in docs/reliability.md, Kafka ACLs, or grant CREATE"
                 ) from None
     finally:
         await admin.close()

@@ -35,7 +35,7 @@ MAX_REQUEST_BYTES = 1_048_576  # as the at-least-once producer: a scored record 
 
 
 def transactional_prefix(group_id: str) -> str:
-    """What every transactional id of a worker group starts with (the ACL to grant, README)."""
+    """What every transactional id of a worker group starts with (the ACL to grant: docs/reliability.md, Kafka ACLs)."""
     return f"streamscore.{group_id}."
 
 

@@ -138,7 +138,7 @@ def faust_app(
         topic_partitions=settings.partitions,
         consumer_auto_offset_reset="earliest",
         # No leader election here: without it Faust creates no "<group>-__assignor-__leader" topic,
-        # which a worker under Kafka ACLs may not create (README, Kafka ACLs).
+        # which a worker under Kafka ACLs may not create (docs/reliability.md, Kafka ACLs).
         topic_disable_leader=True,
         producer_acks=-1,
         # A Kafka broker's default message.max.bytes: a scored record of an input just under

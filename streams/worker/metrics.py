@@ -3,7 +3,7 @@
 Conventions: base units (seconds), ``_total`` counters, labels only with few values (DLQ reason,
 detector, partition, the model's own labels). Each worker owns its :class:`WorkerMetrics` in a
 registry of its own; several workers on one host each take a port of their own (the configured
-one, or the next free one above it, printed at start). The README lists every metric.
+one, or the next free one above it, printed at start). docs/observability.md lists every metric.
 
 >>> m = WorkerMetrics.create()
 >>> m.observe_batch(BatchStats(n_in=2, labels=["a", "b"], is_ood=[False, True],
