@@ -222,7 +222,7 @@ def run_demo(
         f"{len(closed)} resolved; topic {settings.alerts_topic}"
     )
     print(
-        f"\n[demo] where to look next (this demo's broker stopped with it; README.md has the message formats):\n"
+        f"\n[demo] where to look next (this demo's broker stopped with it; docs/messages.md has the message formats):\n"
         f"  topics: {settings.input_topic} (input), {settings.scored_topic} (results), {settings.dlq_topic} "
         f"(bad input, with reasons), {settings.alerts_topic} (drift alerts), {settings.signals_topic}, "
         f"{settings.drift_state_topic}\n"
