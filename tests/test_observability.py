@@ -461,17 +461,24 @@ def test_dashboards_and_alert_rules_show_real_data_and_the_drift_alert_fires(
             ours = {t for s in prom.query_range(twins[g["uid"]], started, end) for t, _ in s["values"]}
             theirs = {t for s in prom.query_range(rule_condition(g), started, end) for t, _ in s["values"]}
             assert ours == theirs, (g["uid"], len(ours), len(theirs))
-        # The drift alert reached the webhook through Alertmanager, firing, then resolved.
-        drift_alert = "StreamscoreDriftEpisode"
-        _wait_for(
-            lambda: am.received(drift_alert, "resolved"), 90, "the webhook to get the resolved drift alert"
-        )
-        fired_notice = am.received(drift_alert, "firing")[0]
-        resolved_notice = am.received(drift_alert, "resolved")[0]
-        assert fired_notice["labels"]["detector"] == "ood_cusum" == resolved_notice["labels"]["detector"]
-        assert "drift episode" in fired_notice["annotations"]["summary"]
-        order = [(a["labels"]["alertname"], a["status"]) for n in am.notices for a in n["alerts"]]
-        assert order.index((drift_alert, "firing")) < order.index((drift_alert, "resolved")), order
+
+        # The drift alert reached the webhook through Alertmanager, firing, then resolved (each
+        # detector's episode is a notification group of its own).
+        def received(status: str) -> list[dict]:
+            return [
+                a
+                for a in am.received("StreamscoreDriftEpisode", status)
+                if a["labels"]["detector"] == "ood_cusum"
+            ]
+
+        _wait_for(lambda: received("resolved"), 90, "the webhook to get the resolved ood_cusum drift alert")
+        assert received("firing"), am.notices
+        assert "drift episode" in received("firing")[0]["annotations"]["summary"]
+        order = [
+            a["status"] for n in am.notices for a in n["alerts"]
+            if a["labels"]["alertname"] == "StreamscoreDriftEpisode" and a["labels"]["detector"] == "ood_cusum"
+        ]  # fmt: skip
+        assert order.index("firing") < order.index("resolved"), order
 
         report: dict[str, Any] = {}
         empty = []
