@@ -18,7 +18,12 @@ import numpy as np
 
 from models.head import LinearHead, rowwise_matmul, softmax
 
-STRATEGIES = ("energy", "msp", "mahalanobis", "relative_mahalanobis", "knn")
+SINGLE = ("energy", "msp", "mahalanobis", "relative_mahalanobis", "knn")
+# A logit score fused with a distance score: each z-scored on in-distribution validation texts,
+# then added. The logit score sees what the classes are; the distance sees how far a text lies
+# from every training text, which a new intent close to a known one does not escape as easily.
+FUSED = ("energy+knn", "msp+knn", "energy+mahalanobis", "msp+mahalanobis")
+STRATEGIES = SINGLE + FUSED
 KEEP_IN_DIST = 0.95  # share of in-distribution validation texts the OOD gate passes, by default
 
 
@@ -50,9 +55,15 @@ class OODScorer:
         *,
         shrinkage: float = 0.01,
         k: int = 5,
+        X_val: np.ndarray | None = None,
+        head: LinearHead | None = None,
     ) -> OODScorer:
+        """Fit on training rows ``X``, ``y``; a fused strategy also needs in-distribution
+        validation rows ``X_val`` and the ``head``, to put its two scores on one scale."""
         if strategy not in STRATEGIES:
-            raise ValueError(f"unknown OOD strategy {strategy!r}; choose one of {STRATEGIES}")
+            raise ValueError(f"unknown OOD strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+        if strategy in FUSED:
+            return cls._fit_fused(strategy, X, y, labels, shrinkage, k, X_val, head)
         X = np.asarray(X, dtype=np.float64)
         if strategy in ("energy", "msp"):
             return cls(strategy)
@@ -75,6 +86,31 @@ class OODScorer:
             arrays["global_precision"] = np.linalg.inv(cov0 + shrinkage * eye).astype(np.float32)
         return cls(strategy, arrays, {"shrinkage": shrinkage})
 
+    @classmethod
+    def _fit_fused(
+        cls,
+        strategy: str,
+        X: np.ndarray,
+        y: list[str],
+        labels: list[str],
+        shrinkage: float,
+        k: int,
+        X_val: np.ndarray | None,
+        head: LinearHead | None,
+    ) -> OODScorer:
+        if X_val is None or head is None or len(X_val) < 2:
+            raise ValueError(f"OOD strategy {strategy!r} needs in-distribution validation rows and the head")
+        arrays: dict[str, np.ndarray] = {}
+        params: dict[str, float] = {}
+        for i, part in enumerate(strategy.split("+")):
+            fitted = cls.fit(part, X, y, labels, shrinkage=shrinkage, k=k)
+            arrays |= fitted.arrays
+            params |= fitted.params
+            val = fitted.score(np.asarray(X_val, dtype=np.float32), head)
+            params[f"mean_{i}"] = float(val.mean())
+            params[f"std_{i}"] = float(val.std() or 1.0)
+        return cls(strategy, arrays, params)
+
     def score(self, X: np.ndarray, head: LinearHead, logits: np.ndarray | None = None) -> np.ndarray:
         """OOD score per row of ``X`` (unit-length embeddings); ``logits`` of ``head`` if known.
 
@@ -82,6 +118,13 @@ class OODScorer:
         with the whole training set goes through BLAS, whose rounding depends on the batch.
         """
         s = self.strategy
+        if s in FUSED:
+            logits = head.logits(X) if logits is None else logits
+            total = np.zeros(len(X))
+            for i, part in enumerate(s.split("+")):
+                one = OODScorer(part, self.arrays, self.params).score(X, head, logits)
+                total += (one - self.params[f"mean_{i}"]) / self.params[f"std_{i}"]
+            return total
         if s in ("energy", "msp"):
             logits = head.logits(X) if logits is None else logits
             return -_logsumexp(logits) if s == "energy" else 1.0 - softmax(logits).max(axis=1)

@@ -13,7 +13,7 @@ from typing import Any, get_args
 
 from models.artifact import ArtifactError
 from models.backends import BACKENDS
-from models.ood import KEEP_IN_DIST
+from models.ood import KEEP_IN_DIST, STRATEGIES
 from streams.kafka.security import REFUSED_LOGINS, client_options, failure_message
 from streams.settings import LogLevel, Settings
 from training.fit import TrainConfig
@@ -75,6 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         ood_label=args.ood_label,
         embedder=args.embedder,
         ood_strategy=args.ood_strategy,
+        withhold=tuple(x.strip() for x in (args.withhold or "").split(",") if x.strip()),
         head_c=args.head_c,
         finetune_epochs=args.finetune_epochs,
         keep_in_dist=args.keep,
@@ -147,8 +148,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     embedder = Embedder.load(artifact.embedder_name, args.device or "auto", backend=args.backend)
     t = time.perf_counter()
+    withheld = frozenset(artifact.manifest.get("training_data", {}).get("withheld", []))
     metrics = evaluate_rows(
-        artifact, embedder, rows, args.ood_label, progress=not args.json and sys.stderr.isatty()
+        artifact,
+        embedder,
+        rows,
+        args.ood_label,
+        progress=not args.json and sys.stderr.isatty(),
+        near_labels=withheld,
     )
     metrics["seconds"] = round(time.perf_counter() - t, 2)
     metrics["split"] = args.split
@@ -486,7 +493,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ood-label", default="oos", help="label of out-of-distribution rows (never trained on)")
     sp.add_argument("--embedder", default="sentence-transformers/all-MiniLM-L6-v2")
     sp.add_argument(
-        "--ood-strategy", default="energy", help="energy, msp, mahalanobis, relative_mahalanobis, knn"
+        "--ood-strategy",
+        default=TrainConfig.ood_strategy,
+        choices=STRATEGIES,
+        metavar="STRATEGY",
+        help=f"how far from the training data a text lies: {', '.join(STRATEGIES)} (docs/models.md)",
+    )
+    sp.add_argument(
+        "--withhold",
+        default=None,
+        metavar="LABEL,LABEL",
+        help="keep these labels out of training; evaluate then scores them as near-OOD (new, similar intents)",
     )
     sp.add_argument(
         "--head-c",

@@ -177,7 +177,9 @@ def test_every_ood_strategy_ranks_unrelated_text_higher(
 ):
     artifact = Registry(trained_registry).load()
     train_rows, X = train_embeddings
-    scorer = OODScorer.fit(strategy, X, [r.label for r in train_rows], artifact.head.labels)
+    scorer = OODScorer.fit(
+        strategy, X, [r.label for r in train_rows], artifact.head.labels, X_val=X[::7], head=artifact.head
+    )
     ins = scorer.score(embedder.encode([train_rows[0].text, train_rows[500].text]), artifact.head)
     out = scorer.score(
         embedder.encode(["the mitochondria is the powerhouse of the cell", "zxqv blorp"]), artifact.head

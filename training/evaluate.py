@@ -47,17 +47,29 @@ def evaluate_embeddings(
     labels: list[str],
     ood_label: str = "oos",
     scores: Scores | None = None,
+    near_labels: frozenset[str] | set[str] = frozenset(),
 ) -> dict[str, Any]:
-    """All metrics for rows already embedded (and scored, if ``scores`` is given); ``labels``
-    equal to ``ood_label`` are OOD rows."""
+    """All metrics for rows already embedded (and scored, if ``scores`` is given). Rows labelled
+    ``ood_label`` are far-OOD (``ood_*`` metrics); rows of ``near_labels``, labels withheld from
+    training, are near-OOD (``near_ood_*``): new intents that resemble the known ones."""
     scores = scores if scores is not None else score_embeddings(artifact, X)
     is_ood = np.array([label == ood_label for label in labels], dtype=bool)
-    in_idx = np.flatnonzero(~is_ood)
-    out: dict[str, Any] = {"n": len(labels), "n_in_scope": int(len(in_idx)), "n_ood": int(is_ood.sum())}
+    is_near = np.array([label in near_labels for label in labels], dtype=bool)
+    in_scope = ~is_ood & ~is_near
+    in_idx = np.flatnonzero(in_scope)
+    out: dict[str, Any] = {
+        "n": len(labels),
+        "n_in_scope": int(len(in_idx)),
+        "n_ood": int(is_ood.sum()),
+    }
     if len(in_idx):
         out.update(classification_metrics([labels[i] for i in in_idx], [scores.labels[i] for i in in_idx]))
     if is_ood.any() and len(in_idx):
-        out.update(ood_metrics(scores.ood_scores[~is_ood], scores.ood_scores[is_ood], scores.ood_threshold))
+        out.update(ood_metrics(scores.ood_scores[in_scope], scores.ood_scores[is_ood], scores.ood_threshold))
+    if is_near.any() and len(in_idx):
+        near = ood_metrics(scores.ood_scores[in_scope], scores.ood_scores[is_near], scores.ood_threshold)
+        out["n_near_ood"] = int(is_near.sum())
+        out.update({f"near_{k}": v for k, v in near.items() if k != "in_scope_pass_rate"})
     out["model_version"] = artifact.version
     return out
 
@@ -68,6 +80,7 @@ def evaluate_rows(
     rows: list[Row],
     ood_label: str = "oos",
     progress: bool = False,
+    near_labels: frozenset[str] | set[str] = frozenset(),
 ) -> dict[str, Any]:
     import time
 
@@ -77,7 +90,7 @@ def evaluate_rows(
     t = time.perf_counter()
     scores = score_embeddings(artifact, X)
     head_s = time.perf_counter() - t
-    out = evaluate_embeddings(artifact, X, [r.label for r in rows], ood_label, scores)
+    out = evaluate_embeddings(artifact, X, [r.label for r in rows], ood_label, scores, near_labels)
     # Cost per message: the encoder dominates; head + OOD is what a strategy adds.
     out["ms_per_text_encode"] = 1000 * encode_s / len(rows)
     out["ms_per_text_head_ood"] = 1000 * head_s / len(rows)

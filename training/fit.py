@@ -49,6 +49,9 @@ class TrainConfig:
     ood_label: str = "oos"
     embedder: str = DEFAULT_MODEL
     ood_strategy: str = "energy"
+    # Labels kept out of training and threshold setting, to be scored as near-OOD (evaluate
+    # reads them from the manifest): a check of how a new, similar intent is noticed.
+    withhold: tuple[str, ...] = ()
     head_c: float | None = None  # None: pick from HEAD_C_GRID by validation accuracy
     finetune_epochs: float = 2.0  # 0: keep the encoder frozen
     drift_ert: float = 10_000.0  # messages between false drift alarms, all detectors together
@@ -137,7 +140,10 @@ def train(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     labelled = read_labelled(data, columns)
-    rows = labelled.rows
+    unknown = sorted(set(cfg.withhold) - {r.label for r in labelled.rows})
+    if unknown:
+        raise ValueError(f"--withhold {', '.join(unknown)}: no such label in {data}")
+    rows = [r for r in labelled.rows if r.label not in cfg.withhold]
     if labelled.split_made:
         _say(labelled.split_made, quiet)
     splits = training_splits(rows, cfg.ood_label, cfg.val_fraction, cfg.seed)
@@ -171,7 +177,7 @@ def train(
 
     t = time.perf_counter()
     head, c_search = fit_head(X_tr, y_tr, X_va, [r.label for r in splits.val], cfg.head_c)
-    ood = OODScorer.fit(cfg.ood_strategy, X_tr, y_tr, head.labels)
+    ood = OODScorer.fit(cfg.ood_strategy, X_tr, y_tr, head.labels, X_val=X_va, head=head)
     timings["fit"] = time.perf_counter() - t
     val_ood_scores = ood.score(X_va, head)
     threshold = ood_threshold(val_ood_scores, cfg.keep_in_dist)
@@ -209,6 +215,7 @@ def train(
             "rows_val_ood": len(splits.val_ood),
             "val_source": splits.val_source,
             "split_made": labelled.split_made,
+            "withheld": sorted(cfg.withhold),
             "columns": asdict(columns or Columns()),
             "ood_label": cfg.ood_label,
             "seed": cfg.seed,
