@@ -114,15 +114,15 @@ class OODScorer:
     def score(self, X: np.ndarray, head: LinearHead, logits: np.ndarray | None = None) -> np.ndarray:
         """OOD score per row of ``X`` (unit-length embeddings); ``logits`` of ``head`` if known.
 
-        Every strategy but ``knn`` gives a row the same score in any batch; ``knn``'s product
-        with the whole training set goes through BLAS, whose rounding depends on the batch.
+        A row gets the same score in any batch (``knn``'s product with the whole training set
+        goes through BLAS in float64: its batch-dependent rounding is below 1e-12).
         """
         s = self.strategy
         if s in FUSED:
             logits = head.logits(X) if logits is None else logits
             total = np.zeros(len(X))
-            for i, part in enumerate(s.split("+")):
-                one = OODScorer(part, self.arrays, self.params).score(X, head, logits)
+            for i, part in enumerate(self._parts()):
+                one = part.score(X, head, logits)
                 total += (one - self.params[f"mean_{i}"]) / self.params[f"std_{i}"]
             return total
         if s in ("energy", "msp"):
@@ -130,7 +130,9 @@ class OODScorer:
             return -_logsumexp(logits) if s == "energy" else 1.0 - softmax(logits).max(axis=1)
         if s == "knn":
             k = int(self.params.get("k", 5))
-            sims = X @ self.arrays["reference"].astype(np.float32).T
+            # In float64, so that BLAS's batch-dependent rounding stays far below the 6 decimals a
+            # scored record keeps: a text scores the same live, replayed or rescored.
+            sims = np.asarray(X, dtype=np.float64) @ self._reference64().T
             kth = np.partition(sims, -k, axis=1)[:, -k]
             return 1.0 - kth
         d = self._min_class_distance(X)
@@ -138,6 +140,20 @@ class OODScorer:
             c = X - self.arrays["global_mean"]
             d = d - (rowwise_matmul(c, self.arrays["global_precision"]) * c).sum(axis=1)
         return d
+
+    def _reference64(self) -> np.ndarray:
+        """The kNN reference in float64, made once per scorer (the artifact keeps float16)."""
+        if "_ref64" not in self.__dict__:
+            self.__dict__["_ref64"] = self.arrays["reference"].astype(np.float64)
+        return self.__dict__["_ref64"]
+
+    def _parts(self) -> list[OODScorer]:
+        """A fused strategy's parts, made once, so that their caches last."""
+        if "_part_scorers" not in self.__dict__:
+            self.__dict__["_part_scorers"] = [
+                OODScorer(p, self.arrays, self.params) for p in self.strategy.split("+")
+            ]
+        return self.__dict__["_part_scorers"]
 
     def _min_class_distance(self, X: np.ndarray) -> np.ndarray:
         P, mu = self.arrays["precision"], self.arrays["means"]

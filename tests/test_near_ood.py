@@ -100,3 +100,14 @@ def test_an_unknown_withheld_label_is_a_usage_error(small_data, tmp_path):
     assert proc.returncode == 2 and "--withhold no_such_intent: no such label" in proc.stderr, proc.stderr[
         -1000:
     ]
+
+
+@pytest.mark.parametrize("strategy", ["knn", "msp+knn", "energy+knn"])
+def test_a_text_scores_the_same_alone_and_in_any_batch(strategy):
+    """Live, replayed and rescored records of one text must agree to the 6 decimals they keep."""
+    X, y = _blobs(n=400, dim=64)
+    head = LinearHead.fit(X[::2], y[::2], c=10.0)
+    ood = OODScorer.fit(strategy, X[::2], y[::2], head.labels, X_val=X[1::2], head=head)
+    batch = ood.score(X[1:201:2], head)
+    alone = np.array([ood.score(X[i : i + 1], head)[0] for i in range(1, 201, 2)])
+    assert np.abs(batch - alone).max() < 1e-9
