@@ -101,6 +101,7 @@ def test_bench_reports_every_figure(kafka, trained_registry):
         assert "needs 2 CPU cores" in scale["skipped"], scale
         return
     assert scale["one_worker_per_s"] > 0 and scale["two_workers_per_s"] > 0, scale
-    assert scale["speedup"] == round(scale["two_workers_per_s"] / scale["one_worker_per_s"], 2), scale
+    # The rates are printed rounded to 0.1/s, the speedup from the unrounded ones: 0.01 apart at most.
+    assert abs(scale["speedup"] - scale["two_workers_per_s"] / scale["one_worker_per_s"]) <= 0.01, scale
     assert len(scale["shares"]) == 2 and all(share > 0 for share in scale["shares"]), scale
     assert sum(scale["scored_by_worker"]) == scale["messages"] * scale["repeats"], scale
