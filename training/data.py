@@ -148,12 +148,22 @@ class Columns:
     def parse(cls, specs: list[str], **named: str | None) -> Columns:
         """From ``--field FIELD=COLUMN`` specs and ``--text-field`` style options (None: unset)."""
         changes = {k: v for k, v in named.items() if v}
-        for spec in specs:
-            name, sep, column = spec.partition("=")
-            if not sep or name not in ("text", "label", "split") or not column:
-                raise ValueError(f"--field {spec!r}: expected FIELD=COLUMN, FIELD one of text, label, split")
-            changes[name] = column
-        return cls(**changes)
+        return cls(**(changes | field_specs(specs, ("text", "label", "split"))))
+
+
+def field_specs(specs: list[str], fields: tuple[str, ...]) -> dict[str, str]:
+    """``--field FIELD=COLUMN`` specs as {field: column}; train, evaluate and replay share the form.
+
+    >>> field_specs(["text=Review Text"], ("id", "text"))
+    {'text': 'Review Text'}
+    """
+    out = {}
+    for spec in specs:
+        name, sep, column = spec.partition("=")
+        if not sep or name not in fields or not column:
+            raise ValueError(f"--field {spec!r}: expected FIELD=COLUMN, FIELD one of {', '.join(fields)}")
+        out[name] = column
+    return out
 
 
 SPLIT_NAMES = ("train", "val", "test")

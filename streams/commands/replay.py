@@ -40,7 +40,7 @@ from schemas.messages import (
 )
 from streams.kafka.security import unreachable
 from streams.settings import Settings
-from training.data import BadRecord, count_records, read_records
+from training.data import BadRecord, count_records, field_specs, read_records
 
 FIELDS = ("id", "text", "ts", "source", "meta")
 MAX_REPORTED = 100  # malformed lines listed one by one in the summary; all are counted
@@ -62,13 +62,7 @@ class FieldMap:
 
     @classmethod
     def parse(cls, specs: list[str]) -> FieldMap:
-        changes = {}
-        for spec in specs:
-            name, sep, column = spec.partition("=")
-            if not sep or name not in FIELDS or not column:
-                raise ValueError(f"--field {spec!r}: expected FIELD=COLUMN, FIELD one of {', '.join(FIELDS)}")
-            changes[name] = column
-        return cls(**changes)
+        return cls(**field_specs(specs, FIELDS))
 
 
 def _jsonable(value: Any) -> Any:
