@@ -441,8 +441,15 @@ def test_dashboards_and_alert_rules_show_real_data_and_the_drift_alert_fires(
         assert len(collect(kafka, w.topics["scored"], 1400, settle_s=0)) == 1400
         time.sleep(RATE_INTERVAL_S + 5)  # let the last scrapes and rate windows see the end
         # The "Model version changes" annotation samples every 15 s (a subquery): the swap must
-        # lie between two of its samples, which Apache Kafka's quick last phase did not always give.
-        time.sleep(max(0.0, promoted + 35 - time.time()))
+        # lie between two of its samples. Wait for Prometheus to have scraped the swap, then for
+        # one 15 s sample after it (a fixed wait after set_current was not always enough on Kafka).
+        loaded = "max(streamscore_model_loaded_timestamp_seconds)"
+        _wait_for(
+            lambda: any(float(r["value"][1]) >= promoted for r in prom.api("query", query=loaded)["result"]),
+            60,
+            "Prometheus to scrape the promoted model's load time",
+        )
+        time.sleep(max(0.0, promoted + 35 - time.time(), 20.0))
         end = time.time()
 
         # The drift rule fired during the drift phase, for the detector that watches OOD scores.
