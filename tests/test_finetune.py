@@ -69,3 +69,49 @@ def test_extra_or_pickle_files_in_encoder_are_refused(tiny, tmp_path, embedder):
     (tuned.path / "encoder" / "notes.txt").write_text("hello")
     with pytest.raises(ArtifactError, match="not in the manifest"):
         load_artifact(tuned.path)
+
+
+def test_finetuning_stops_when_validation_accuracy_stalls_and_keeps_the_best_weights(tiny, embedder):
+    import copy
+
+    from training.finetune import FinetuneConfig, finetune_encoder
+
+    rows = load_rows(tiny)
+    train_rows = [r for r in rows if r.split == "train" and r.label != "oos"]
+    val_rows = [r for r in rows if r.split == "val" and r.label != "oos"]
+    emb = copy.deepcopy(embedder)
+    full = emb.model.max_seq_length
+    # No check can gain a whole point of accuracy: the second check ends training.
+    cfg = FinetuneConfig(epochs=2.0, batch_size=8, checks_per_epoch=4, patience=1, min_gain=1.0)
+    info = finetune_encoder(
+        emb,
+        [r.text for r in train_rows],
+        [r.label for r in train_rows],
+        cfg,
+        val_texts=[r.text for r in val_rows],
+        val_labels=[r.label for r in val_rows],
+    )
+    assert info["stopped_early"] is True and len(info["checks"]) == 2
+    assert info["steps"] < info["steps_planned"]
+    assert info["best_epoch"] == info["checks"][0]["epoch"] < info["checks"][1]["epoch"]
+    assert all(0.0 <= c["val_accuracy"] <= 1.0 for c in info["checks"])
+    # Texts were cut for training only: the encoder serves with its full length again.
+    longest = max(len(emb.model.tokenizer(r.text)["input_ids"]) for r in train_rows)
+    assert info["max_seq_length"] <= max(16, -(-longest // 8) * 8) < full
+    assert emb.model.max_seq_length == full and not emb.model.training
+
+
+def test_finetuning_without_validation_texts_runs_every_planned_step(tiny, embedder):
+    import copy
+
+    from training.finetune import FinetuneConfig, finetune_encoder
+
+    train_rows = [r for r in load_rows(tiny) if r.split == "train" and r.label != "oos"]
+    info = finetune_encoder(
+        copy.deepcopy(embedder),
+        [r.text for r in train_rows],
+        [r.label for r in train_rows],
+        FinetuneConfig(epochs=0.5, batch_size=8),
+    )
+    assert info["steps"] == info["steps_planned"] == int(len(train_rows) * 0.5 / 8)
+    assert "checks" not in info

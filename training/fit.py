@@ -98,6 +98,19 @@ def _say(msg: str, quiet: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def _finetune_summary(info: dict[str, Any]) -> str:
+    """One line on how fine-tuning went: where it stopped and why, where texts were cut."""
+    text = f"fine-tuned {info['steps']} of {info['steps_planned']} steps"
+    if info.get("checks"):
+        best = next(c for c in info["checks"] if c["epoch"] == info["best_epoch"])
+        if info.get("stopped_early"):
+            text += f", stopped at epoch {info['checks'][-1]['epoch']:g}: no better on validation since"
+        else:
+            text += "; best on validation at"
+        text += f" epoch {best['epoch']:g} (accuracy {best['val_accuracy']:.4f}, its weights kept)"
+    return text + f"; texts cut at {info['max_seq_length']} tokens ({info['texts_cut']} longer)"
+
+
 def decide_promotion(
     new: dict[str, Any], current: dict[str, Any] | None, current_version: str | None, force: bool
 ) -> tuple[bool, str]:
@@ -165,8 +178,17 @@ def train(
         ft_cfg = FinetuneConfig(epochs=cfg.finetune_epochs, seed=cfg.seed)
         finetune_info = {
             **asdict(ft_cfg),
-            **finetune_encoder(emb, [r.text for r in splits.train], y_tr, ft_cfg, progress),
+            **finetune_encoder(
+                emb,
+                [r.text for r in splits.train],
+                y_tr,
+                ft_cfg,
+                progress,
+                val_texts=[r.text for r in splits.val],
+                val_labels=[r.label for r in splits.val],
+            ),
         }
+        _say(_finetune_summary(finetune_info), quiet)
         timings["finetune"] = time.perf_counter() - t
     texts = [r.text for r in splits.train + splits.val + splits.val_ood]
     t = time.perf_counter()
