@@ -25,6 +25,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -143,6 +145,17 @@ def scenario(name: str, seed: int = 0) -> Scenario:
 SCENARIOS = ("clinc150", "clinc150_near", "bitext_vs_clinc", "bitext_near", "reviews_departments")
 
 
+def head_and_ood_ms(head: LinearHead, ood: OODScorer, X: np.ndarray, batch: int = 64) -> float:
+    """Milliseconds per text for the head and the OOD score, in the worker's micro-batches
+    (``Settings.batch_size``): a kNN product with the whole test set at once would cost
+    differently from what a worker pays."""
+    t = time.perf_counter()
+    for start in range(0, len(X), batch):
+        part = X[start : start + batch]
+        ood.score(part, head, head.logits(part))
+    return 1000 * (time.perf_counter() - t) / max(1, len(X))
+
+
 def strategy_variants(
     sc: Scenario, emb: Embedder, c: float | None, prefix: str, strategies: tuple[str, ...] = STRATEGIES
 ) -> dict[str, dict]:
@@ -172,9 +185,8 @@ def strategy_variants(
         }
         fit_s = time.perf_counter() - t
         art = ModelArtifact(f"{prefix}+{strategy}", manifest, head, ood)
-        t = time.perf_counter()
         m = evaluate_embeddings(art, X_te, [r.label for r in test], near_labels=set(sc.near_labels))
-        m["ms_per_text_head_ood"] = 1000 * (time.perf_counter() - t) / len(test)
+        m["ms_per_text_head_ood"] = head_and_ood_ms(head, ood, X_te)
         m["ms_per_text_encode"] = 1000 * embed_s / (len(s.train) + len(s.val) + len(test))
         m["train_seconds"] = round(
             embed_s * len(s.train) / (len(s.train) + len(s.val) + len(test)) + head_s + fit_s, 1
@@ -193,12 +205,62 @@ def finetuned_variants(
     )
     reg = Registry(workdir / f"reg-{epochs:g}")
     res = train(path, reg, TrainConfig(finetune_epochs=epochs), quiet=True, embedder=emb)
-    tuned = Embedder.load(reg.load(res.version).embedder_name, emb.device)
+    art = reg.load(res.version)
+    tuned = Embedder.load(art.embedder_name, emb.device)
+    info = art.manifest["embedder"]["finetuned"]
+    how = {
+        k: info.get(k) for k in ("steps", "steps_planned", "best_epoch", "stopped_early", "max_seq_length")
+    }
     out = strategy_variants(sc, tuned, None, f"finetuned{epochs:g}", strategies)
     for m in out.values():
         m["train_seconds"] = round(res.timings_s["total"], 1)
         m["finetune_seconds"] = round(res.timings_s.get("finetune", 0.0), 1)
+        m["finetune"] = how
     return out
+
+
+def _pair(m: dict, auroc: str, fpr: str) -> str:
+    return f"{m[auroc]:.4f} / {m[fpr]:.3f}" if auroc in m else "—"
+
+
+def _variant_name(key: str) -> str:
+    """``finetuned2+lr+msp+knn`` → ``fine-tuned 2 ep · msp+knn``; ``frozen+lr+energy`` → ``frozen · energy``."""
+    encoder, _, strategy = key.split("+", 2)
+    if encoder.startswith("finetuned"):
+        encoder = f"fine-tuned {encoder.removeprefix('finetuned')} ep"
+    return f"{encoder} · {strategy}"
+
+
+def markdown_table(report: dict[str, dict], default: str | None = None) -> str:
+    """One Markdown table of every variant of every scenario in ``report`` (this script's JSON);
+    the ``default`` strategy's fine-tuned rows in bold.
+
+    >>> m = {"accuracy": 0.9, "near_ood_auroc": 0.95, "near_ood_fpr95": 0.2, "ms_per_text_head_ood": 0.01,
+    ...      "ms_per_text_encode": 1.6, "train_seconds": 60.0}
+    >>> print(markdown_table({"x": {"_scenario": {}, "frozen+lr+msp": m}}))
+    | data | variant | accuracy | near-OOD AUROC / FPR95 | far-OOD AUROC / FPR95 | scoring ms/text (encoder + head/OOD) | training |
+    |---|---|---|---|---|---|---|
+    | x | frozen · msp | 0.9000 | 0.9500 / 0.200 | — | 1.6 + 0.010 | 1.0 min |
+    """
+    lines = [
+        "| data | variant | accuracy | near-OOD AUROC / FPR95 | far-OOD AUROC / FPR95 "
+        "| scoring ms/text (encoder + head/OOD) | training |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for scenario_name, variants in report.items():
+        for key, m in variants.items():
+            if key.startswith("_"):
+                continue
+            name = _variant_name(key)
+            if default and not key.startswith("frozen") and key.endswith(f"+lr+{default}"):
+                name = f"**{name} (default)**"
+            lines.append(
+                f"| {scenario_name} | {name} | {m['accuracy']:.4f} "
+                f"| {_pair(m, 'near_ood_auroc', 'near_ood_fpr95')} | {_pair(m, 'ood_auroc', 'ood_fpr95')} "
+                f"| {m['ms_per_text_encode']:.1f} + {m['ms_per_text_head_ood']:.3f} "
+                f"| {m['train_seconds'] / 60:.1f} min |"
+            )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -214,7 +276,20 @@ def main() -> None:
     p.add_argument("--head-c", type=float, default=10.0)
     p.add_argument("--seed", type=int, default=0, help="the choice of withheld labels")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--table",
+        nargs="+",
+        metavar="JSON",
+        help="print the Markdown table of earlier --json outputs instead of running",
+    )
+    p.add_argument("--default", default=TrainConfig.ood_strategy, help="strategy to mark in --table")
     args = p.parse_args()
+    if args.table:
+        merged: dict[str, dict] = {}
+        for file in args.table:
+            merged |= json.loads(Path(file).read_text())
+        print(markdown_table(merged, args.default))
+        return
     strategies = tuple(args.strategy or STRATEGIES)
     emb = Embedder.load()
     report: dict[str, dict] = {}

@@ -14,7 +14,7 @@ from tests.conftest import FROZEN, ROOT, cli, last_json
 from training.fit import train
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from quality import choose_withheld, withhold  # noqa: E402
+from quality import choose_withheld, markdown_table, withhold  # noqa: E402
 
 from training.data import Row  # noqa: E402
 
@@ -111,3 +111,41 @@ def test_a_text_scores_the_same_alone_and_in_any_batch(strategy):
     batch = ood.score(X[1:201:2], head)
     alone = np.array([ood.score(X[i : i + 1], head)[0] for i in range(1, 201, 2)])
     assert np.abs(batch - alone).max() < 1e-9
+
+
+def test_the_quality_table_lists_every_variant_and_marks_the_default():
+    def m(acc, near=None):
+        out = {
+            "accuracy": acc,
+            "ms_per_text_head_ood": 0.02,
+            "ms_per_text_encode": 1.6,
+            "train_seconds": 90.0,
+        }
+        if near:
+            out |= {"near_ood_auroc": near, "near_ood_fpr95": 0.3}
+        return out
+
+    report = {
+        "a": {"_scenario": {"seed": 0}, "frozen+lr+msp+knn": m(0.9), "finetuned2+lr+msp+knn": m(0.95, 0.94)},
+        "b": {"finetuned2+lr+energy": m(0.8)},
+    }
+    rows = markdown_table(report, "msp+knn").splitlines()[2:]
+    assert rows == [
+        "| a | frozen · msp+knn | 0.9000 | — | — | 1.6 + 0.020 | 1.5 min |",
+        "| a | **fine-tuned 2 ep · msp+knn (default)** | 0.9500 | 0.9400 / 0.300 | — | 1.6 + 0.020 | 1.5 min |",
+        "| b | fine-tuned 2 ep · energy | 0.8000 | — | — | 1.6 + 0.020 | 1.5 min |",
+    ]
+
+
+def test_knn_keeps_a_bounded_stratified_reference(monkeypatch):
+    import models.ood as ood_module
+
+    X, y = _blobs(n=60)
+    monkeypatch.setattr(ood_module, "KNN_MAX_REFERENCE", 30)
+    head = LinearHead.fit(X, y, c=10.0)
+    ood = OODScorer.fit("msp+knn", X, y, head.labels, X_val=X[::3], head=head)
+    ref = ood.arrays["reference"]
+    assert ref.shape == (30, X.shape[1])
+    # Each label keeps its share of the reference: 10 rows of each of the 3 blobs.
+    nearest = np.argmax(ref.astype(np.float32) @ X.T, axis=1)
+    assert sorted(np.bincount(np.array([ord(y[i]) - ord("a") for i in nearest]), minlength=3)) == [10, 10, 10]
