@@ -1,0 +1,99 @@
+"""Themes: new groups among foreign texts are found, pure, with telling keywords; scattered texts are none."""
+
+import json
+import random
+
+import pytest
+
+from models.themes import Background, find_themes
+from tests.conftest import CLINC
+
+ROWS = [json.loads(line) for line in open(CLINC, encoding="utf-8")]
+BY_LABEL: dict[str, list[str]] = {}
+for r in ROWS:
+    BY_LABEL.setdefault(r["label"], []).append(r["text"])
+TWO = ("lost_luggage", "pto_request")
+
+
+@pytest.fixture(scope="module")
+def background():
+    rng = random.Random(1)
+    others = [lab for lab in sorted(BY_LABEL) if lab not in TWO and lab != "oos"]
+    return Background.of([t for lab in rng.sample(others, 60) for t in BY_LABEL[lab][:20]])
+
+
+def scattered(n: int, seed: int) -> list[str]:
+    """One text of each of ``n`` intents: foreign texts with nothing in common."""
+    rng = random.Random(seed)
+    others = [lab for lab in sorted(BY_LABEL) if lab not in TWO and lab != "oos"]
+    return [rng.choice(BY_LABEL[lab]) for lab in rng.sample(others, n)]
+
+
+def test_two_new_intents_among_scattered_texts_come_out_as_two_pure_themes(embedder, background):
+    texts = BY_LABEL[TWO[0]][:25] + BY_LABEL[TWO[1]][:25] + scattered(50, 2)
+    truth = [TWO[0]] * 25 + [TWO[1]] * 25 + ["other"] * 50
+    report = find_themes(texts, embedder.encode(texts), background)
+    assert len(report.themes) == 2, report.summary
+    for theme in report.themes:
+        members = [truth[i] for i in theme.members]
+        top = max(set(members), key=members.count)
+        assert top in TWO and members.count(top) / theme.size >= 0.9, members
+        assert members.count(top) >= 20  # most of the intent's texts
+        assert len(theme.examples) == 3 and all(e in BY_LABEL[top] for e in theme.examples)
+    keywords = {kw for t in report.themes for kw in t.keywords}
+    assert {"luggage"} <= keywords and ({"pto", "vacation", "time"} & keywords), keywords
+    assert report.unthemed == len(texts) - sum(t.size for t in report.themes)
+
+
+def test_scattered_foreign_texts_are_no_coherent_theme(embedder, background):
+    texts = scattered(80, 3)
+    report = find_themes(texts, embedder.encode(texts), background)
+    assert report.themes == [] and report.unthemed == 80
+    assert report.summary == "no coherent theme among 80 foreign texts"
+
+
+def test_the_nearest_known_label_is_reported_with_its_similarity(embedder, background):
+    import numpy as np
+
+    texts = BY_LABEL["lost_luggage"][:20]
+    known = ["book_flight", "pay_bill"]
+    centres = np.stack([embedder.encode(BY_LABEL[k][:30]).mean(axis=0) for k in known])
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    report = find_themes(texts, embedder.encode(texts), background, label_names=known, label_centres=centres)
+    (theme,) = report.themes
+    assert theme.nearest_label == "book_flight" and 0.2 < theme.label_similarity < 1.0
+    assert json.loads(json.dumps(theme.as_json()))["nearest_label"] == "book_flight"
+
+
+def test_the_background_stays_bounded_and_survives_a_restart():
+    bg = Background(limit=100)
+    for i in range(1_000):
+        unique = "zz" + "".join(chr(97 + int(d)) for d in f"{i:04d}")  # zzaaaa, zzaaab, ...
+        bg.add(f"{unique} common")
+    assert len(bg.counts) <= 100 and bg.counts["common"] == 1_000 and bg.docs == 1_000
+    again = Background.from_state(json.loads(json.dumps(bg.state())))
+    assert again.idf("common") == bg.idf("common") < again.idf("never")
+
+
+def test_the_theme_benchmark_streams_each_text_once_and_injects_at_the_share():
+    import sys
+
+    from tests.conftest import ROOT
+    from training.data import Row
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from themes import make_stream, summarise
+
+    in_dist = [Row(f"in {i}", "known", "test") for i in range(3_000)]
+    new = [Row(f"new {i}", "new", "train") for i in range(1_000)]
+    stream = make_stream(in_dist, new, 500, 2_000, 0.3, random.Random(0))
+    assert len(stream.texts) == 2_500 == len(set(stream.texts)) and stream.injected_from == 500
+    assert "new" not in stream.labels[:500]
+    assert 0.27 < stream.labels[500:].count("new") / 2_000 < 0.33
+    found = {"found": True, "purity": 1.0, "coverage": 0.7, "keyword_hits": ["x"], "messages_to_first_theme": 100}
+    summary = summarise({"a": found, "b": found | {"coverage": 0.5, "messages_to_first_theme": 300},
+                         "c": {"found": False}})  # fmt: skip
+    assert summary == {
+        "found": 2, "of": 3, "median_purity": 1.0, "median_coverage": 0.5,
+        "median_messages_to_first_theme": 200.0, "keyword_hits": 2,
+    }  # fmt: skip
