@@ -90,7 +90,13 @@ def test_the_theme_benchmark_streams_each_text_once_and_injects_at_the_share():
     assert len(stream.texts) == 2_500 == len(set(stream.texts)) and stream.injected_from == 500
     assert "new" not in stream.labels[:500]
     assert 0.27 < stream.labels[500:].count("new") / 2_000 < 0.33
-    found = {"found": True, "purity": 1.0, "coverage": 0.7, "keyword_hits": ["x"], "messages_to_first_theme": 100}
+    found = {
+        "found": True,
+        "purity": 1.0,
+        "coverage": 0.7,
+        "keyword_hits": ["x"],
+        "messages_to_first_theme": 100,
+    }
     summary = summarise({"a": found, "b": found | {"coverage": 0.5, "messages_to_first_theme": 300},
                          "c": {"found": False}})  # fmt: skip
     assert summary == {
