@@ -295,6 +295,44 @@ def cmd_rescore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_themes(args: argparse.Namespace) -> int:
+    from streams.commands.rescore import Window, parse_offsets, parse_time
+    from streams.commands.themes import describe, range_themes
+    from streams.kafka.broker import bootstrap_or_embedded, require_broker
+    from streams.worker.run import load_scorer
+
+    settings = _settings(args)
+    require_broker(settings.bootstrap_servers, settings.embedded_broker)  # before loading a model
+    now = int(time.time() * 1000)
+    window = Window(
+        from_ms=parse_time(args.from_time, now) if args.from_time else None,
+        to_ms=parse_time(args.to_time, now) if args.to_time else now if args.from_time else None,
+        from_offsets=parse_offsets(args.from_offset) if args.from_offset else None,
+        to_offsets=parse_offsets(args.to_offset) if args.to_offset else None,
+    )
+    window.check()
+    if args.max_texts < 10:
+        raise ValueError("--max-texts must be at least 10")
+    scorer = load_scorer(settings)
+    with bootstrap_or_embedded(settings.bootstrap_servers, settings.embedded_broker) as bootstrap:
+        result = asyncio.run(
+            range_themes(
+                settings,
+                bootstrap,
+                window,
+                scorer,
+                max_texts=args.max_texts,
+                text_chars=args.text_chars,
+                with_texts=not args.no_texts,
+            )
+        )
+    if args.json:
+        _emit(result.as_json(), True)
+    else:
+        print(describe(result), flush=True)
+    return 0
+
+
 def cmd_topics(args: argparse.Namespace) -> int:
     from streams.commands.topics import create_missing, describe, table
     from streams.kafka.broker import bootstrap_or_embedded
@@ -753,6 +791,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.set_defaults(func=cmd_rescore)
 
+    sp = sub.add_parser(
+        "themes",
+        help="group the foreign texts of a time or offset range of the input topic into themes",
+        description="Reads without a consumer group and scores the range with a chosen model; the texts it "
+        "flags as OOD are clustered, each theme shown with its size, keywords and example texts. Times: "
+        "ISO-8601, epoch ms, 'now' or -15m/-2h/-7d (write --from=-2h).",
+    )
+    common(sp, kafka=True, as_json=True)
+    sp.add_argument("--from", dest="from_time", default=None, help="start time (inclusive)")
+    sp.add_argument("--to", dest="to_time", default=None, help="end time (exclusive; default now)")
+    sp.add_argument("--from-offset", default=None, help="N, or P=N,P=N per partition (inclusive)")
+    sp.add_argument("--to-offset", default=None, help="N, or P=N,P=N per partition (exclusive)")
+    sp.add_argument("--model", default=None)
+    sp.add_argument("--device", default=None)
+    sp.add_argument("--input-topic", dest="input_topic", default=None)
+    sp.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    sp.add_argument(
+        "--max-texts",
+        type=int,
+        default=5_000,
+        help="foreign texts clustered at most (a uniform sample beyond)",
+    )
+    sp.add_argument(
+        "--text-chars", type=int, default=200, help="example texts are cut to this many characters"
+    )
+    sp.add_argument(
+        "--no-texts", action="store_true", help="keywords and counts only: no customer text in the output"
+    )
+    sp.set_defaults(func=cmd_themes)
+
     sp = sub.add_parser("tail", help="print records of a topic as they arrive")
     common(sp, kafka=True)
     sp.add_argument("--topic", default=None, help="default texts.scored")
@@ -861,6 +929,10 @@ EXAMPLES = {
         'streamscore replay reviews.csv --field text="Review Text" --rate 200 --bootstrap-servers localhost:9092',
     ],
     "rescore": ["streamscore rescore --from=-2h --bootstrap-servers localhost:9092"],
+    "themes": [
+        "streamscore themes --from=-1h --bootstrap-servers localhost:9092",
+        "streamscore themes --from 2026-12-05T03:00:00Z --to 2026-12-05T04:00:00Z --no-texts --json",
+    ],
     "tail": ["streamscore tail --pretty --from-beginning -n 20 --bootstrap-servers localhost:9092"],
     "models": ["streamscore models", "streamscore models promote v0003", "streamscore models rollback"],
     "drift-eval": [

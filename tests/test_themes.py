@@ -103,3 +103,50 @@ def test_the_theme_benchmark_streams_each_text_once_and_injects_at_the_share():
         "found": 2, "of": 3, "median_purity": 1.0, "median_coverage": 0.5,
         "median_messages_to_first_theme": 200.0, "keyword_hits": 2,
     }  # fmt: skip
+
+
+@pytest.mark.integration
+def test_themes_command_finds_a_new_intent_in_a_range_of_the_input_topic(kafka, trained_registry):
+    import asyncio
+    import uuid
+
+    from streams.kafka.topics import ensure_topics
+    from tests.conftest import cli, last_json, small_clinc_rows
+    from tests.kafka_helpers import send_json, send_raw
+
+    known = {r["label"] for r in small_clinc_rows()}
+    assert "lost_luggage" not in known  # a new intent for the model trained on the small subset
+    rng = random.Random(4)
+    normal = [r["text"] for r in small_clinc_rows() if r["split"] == "test" and r["label"] != "oos"]
+    new = BY_LABEL["lost_luggage"][:60]
+    stream = [{"id": f"n{i}", "text": t} for i, t in enumerate(rng.sample(normal, 240))]
+    stream += [{"id": f"l{i}", "text": t} for i, t in enumerate(new)]
+    stream.append({"id": "x", "text": "<script>alert(1)</script> where is my lost luggage bag"})
+    rng.shuffle(stream)
+    topic = f"themes-{uuid.uuid4().hex[:8]}"
+    asyncio.run(ensure_topics(kafka, {topic: 2}))
+    send_json(kafka, topic, stream)
+    send_raw(kafka, topic, [(b"bad", b"{not json")])
+
+    def themes(*extra: str) -> dict:
+        return last_json(
+            cli("themes", "--registry", str(trained_registry), "--bootstrap-servers", kafka,
+                "--input-topic", topic, "--from-offset", "0", "--json", *extra)
+        )  # fmt: skip
+
+    res = themes()
+    assert res["texts"] == len(stream) and res["not_texts"] == 1
+    assert res["foreign"] >= 40, res  # most of the new intent's texts are flagged
+    top = res["themes"][0]
+    assert "luggage" in top["keywords"], res["themes"]
+    assert sum(e in new for e in top["examples"]) >= 2, top["examples"]
+    assert top["size"] >= 30 and top["size"] / res["clustered"] == pytest.approx(top["share"], abs=1e-3)
+    # Texts are data: a text with markup comes back as the same string, never interpreted.
+    assert all(isinstance(e, str) for t in res["themes"] for e in t["examples"])
+
+    quiet = themes("--no-texts")
+    assert quiet["themes"][0]["keywords"] == top["keywords"] and quiet["themes"][0]["examples"] == []
+    plain = cli("themes", "--registry", str(trained_registry), "--bootstrap-servers", kafka,
+                "--input-topic", topic, "--from-offset", "0", "--text-chars", "12").stdout  # fmt: skip
+    assert "theme 1:" in plain and "luggage" in plain
+    assert all(len(line.strip()) <= 12 + 2 for line in plain.splitlines() if line.strip().startswith("«"))

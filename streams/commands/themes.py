@@ -1,0 +1,147 @@
+"""``streamscore themes``: the themes among the foreign texts of a time or offset range of the input topic.
+
+For a person investigating after the fact: the range of ``texts`` is read without a consumer
+group (live workers are not disturbed), scored with the chosen model, and the texts it flags as
+OOD are grouped with :func:`models.themes.find_themes`, the texts it passes serving as the
+background that keywords stand out from. At most ``max_texts`` foreign texts are clustered (a
+seeded uniform sample of them beyond that), so memory stays bounded over any range.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer
+
+from models.scoring import Scorer
+from models.themes import Background, find_themes
+from schemas.messages import InputText, Origin, parse_input
+from streams.commands.rescore import PartitionRange, Window, plan_ranges, read_window
+from streams.kafka.security import client_options
+from streams.settings import Settings
+
+
+@dataclass
+class ThemesResult:
+    input_topic: str
+    model_version: str
+    window: dict[str, Any]
+    partitions: list[PartitionRange]
+    texts: int = 0  # valid texts read
+    not_texts: int = 0  # messages that are not valid texts (the worker dead-letters them)
+    foreign: int = 0  # texts the model flagged as OOD
+    clustered: int = 0
+    themes: list[dict[str, Any]] = field(default_factory=list)
+    summary: str = ""
+    seconds: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "input_topic": self.input_topic,
+            "model_version": self.model_version,
+            "window": self.window,
+            "texts": self.texts,
+            "not_texts": self.not_texts,
+            "foreign": self.foreign,
+            "clustered": self.clustered,
+            "themes": self.themes,
+            "summary": self.summary,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def describe(result: ThemesResult) -> str:
+    """What a person reads: the counts, then each theme with its keywords and examples."""
+    lines = [
+        f"{result.texts} texts in the range ({result.not_texts} not valid texts), {result.foreign} "
+        f"foreign by {result.model_version}: {result.summary}"
+    ]
+    for i, t in enumerate(result.themes, 1):
+        near = f"; nearest known label {t['nearest_label']}" if t.get("nearest_label") else ""
+        lines.append(
+            f"  theme {i}: {t['size']} texts ({t['share']:.0%} of the foreign), {', '.join(t['keywords'])}{near}"
+        )
+        lines += [f"    «{text}»" for text in t["examples"]]
+    return "\n".join(lines)
+
+
+async def range_themes(
+    settings: Settings,
+    bootstrap: str,
+    window: Window,
+    scorer: Scorer,
+    *,
+    max_texts: int = 5_000,
+    text_chars: int = 200,
+    with_texts: bool = True,
+) -> ThemesResult:
+    """Themes among the texts of ``window`` in ``settings.input_topic`` that ``scorer`` flags."""
+    window.check()
+    began = time.monotonic()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        **client_options(settings),
+    )
+    await consumer.start()
+    try:
+        ranges = await plan_ranges(consumer, settings.input_topic, window)
+        result = ThemesResult(
+            settings.input_topic,
+            scorer.version,
+            {k: v for k, v in vars(window).items() if v is not None},
+            ranges,
+        )
+        background = Background()
+        texts: list[str] = []
+        vectors: list[np.ndarray] = []
+        rng = random.Random(0)
+        async for records in read_window(consumer, settings.input_topic, ranges, window, settings.batch_size):
+            parsed = [
+                parse_input(
+                    rec.value, Origin(rec.topic, rec.partition, rec.offset), timestamp_ms=rec.timestamp
+                )
+                for rec in records
+            ]
+            valid = [p.text for p in parsed if isinstance(p, InputText)]
+            result.not_texts += len(parsed) - len(valid)
+            if not valid:
+                continue
+            X = scorer.embedder.encode(valid)
+            flagged = score_flags(scorer, X)
+            result.texts += len(valid)
+            for text, x, foreign in zip(valid, X, flagged, strict=True):
+                if not foreign:
+                    background.add(text)
+                    continue
+                result.foreign += 1
+                if len(texts) < max_texts:  # reservoir sampling: each foreign text equally likely
+                    texts.append(text)
+                    vectors.append(x)
+                else:
+                    j = rng.randrange(result.foreign)
+                    if j < max_texts:
+                        texts[j], vectors[j] = text, x
+    finally:
+        await consumer.stop()
+    result.clustered = len(texts)
+    report = find_themes(texts, np.array(vectors).reshape(len(texts), -1), background)
+    result.summary = report.summary
+    for theme in report.themes:
+        shown = theme.as_json()
+        shown["examples"] = [e[:text_chars] for e in shown["examples"]] if with_texts else []
+        result.themes.append(shown)
+    result.seconds = time.monotonic() - began
+    return result
+
+
+def score_flags(scorer: Scorer, X: np.ndarray) -> np.ndarray:
+    """``is_ood`` of each row, as the worker decides it."""
+    art = scorer.artifact
+    return np.asarray(art.ood.score(X, art.head) > art.ood_threshold)
