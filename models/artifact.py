@@ -38,6 +38,9 @@ class ModelArtifact:
     ood: OODScorer
     path: Path | None = None
     drift: DriftCalibration | None = None
+    # Mean unit embedding of each label's training texts (rows in ``head.labels`` order): what a
+    # theme of foreign texts is compared with. None in artifacts made before it was kept.
+    label_centres: np.ndarray | None = None
 
     @property
     def ood_threshold(self) -> float:
@@ -70,6 +73,7 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 ENCODER_DIR = "encoder"
+CENTRES = "centres.npz"
 # Weight formats that unpickle on load: an artifact may not contain them.
 UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 
@@ -81,6 +85,7 @@ def save_artifact(
     ood: OODScorer,
     encoder: Any = None,
     drift: DriftCalibration | None = None,
+    label_centres: np.ndarray | None = None,
 ) -> Path:
     """Write an artifact atomically: into a temporary folder, then renamed into place.
 
@@ -94,6 +99,8 @@ def save_artifact(
     _save_npz(tmp / "head.npz", head.to_arrays())
     _save_npz(tmp / "ood.npz", ood.arrays)
     full = dict(manifest)
+    if label_centres is not None:
+        _save_npz(tmp / CENTRES, {"centres": np.asarray(label_centres, dtype=np.float32)})
     if drift is not None:
         _save_npz(tmp / "drift.npz", drift.arrays())
         full["drift"] = drift.to_json()
@@ -117,24 +124,8 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
-def load_artifact(directory: Path) -> ModelArtifact:
-    """Load and check an artifact; raise :class:`ArtifactError` saying what is wrong."""
-    directory = Path(directory)
-    mpath = directory / MANIFEST
-    if not mpath.is_file():
-        raise ArtifactError(f"{directory} is not a model artifact: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{mpath} is not readable JSON ({exc}); retrain or restore it") from exc
-    for key in ("version", "labels", "files", "thresholds", "embedder", "ood"):
-        if key not in manifest:
-            raise ArtifactError(f"{mpath} lacks '{key}': the artifact is incomplete; retrain it")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{directory}: artifact format {manifest.get('format_version')!r}, this streamscore "
-            f"reads format {FORMAT_VERSION}"
-        )
+def _check_files(directory: Path, manifest: dict[str, Any]) -> None:
+    """Every file listed, present, unchanged and safe to load; nothing unlisted."""
     listed = set(manifest["files"])
     present = {p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()} - {MANIFEST}
     for name in sorted(listed | present):
@@ -156,6 +147,27 @@ def load_artifact(directory: Path) -> ModelArtifact:
                 f"{directory}: {name} does not match the SHA-256 in the manifest (truncated or "
                 "modified); restore it or retrain"
             )
+
+
+def load_artifact(directory: Path) -> ModelArtifact:
+    """Load and check an artifact; raise :class:`ArtifactError` saying what is wrong."""
+    directory = Path(directory)
+    mpath = directory / MANIFEST
+    if not mpath.is_file():
+        raise ArtifactError(f"{directory} is not a model artifact: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{mpath} is not readable JSON ({exc}); retrain or restore it") from exc
+    for key in ("version", "labels", "files", "thresholds", "embedder", "ood"):
+        if key not in manifest:
+            raise ArtifactError(f"{mpath} lacks '{key}': the artifact is incomplete; retrain it")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{directory}: artifact format {manifest.get('format_version')!r}, this streamscore "
+            f"reads format {FORMAT_VERSION}"
+        )
+    _check_files(directory, manifest)
     try:
         head = LinearHead.from_arrays(manifest["labels"], _load_npz(directory / "head.npz"))
         ood_meta = manifest["ood"]
@@ -163,6 +175,7 @@ def load_artifact(directory: Path) -> ModelArtifact:
         drift = None
         if "drift" in manifest:
             drift = DriftCalibration.from_parts(manifest["drift"], _load_npz(directory / "drift.npz"))
+        centres = _load_npz(directory / CENTRES)["centres"] if CENTRES in manifest["files"] else None
     except (ValueError, KeyError, OSError) as exc:
         raise ArtifactError(f"{directory}: arrays do not load ({exc}); retrain the model") from exc
     dim = int(manifest["embedder"].get("dim", -1))
@@ -171,6 +184,17 @@ def load_artifact(directory: Path) -> ModelArtifact:
             f"{directory}: head expects {head.weights.shape[1]}-d embeddings but the manifest "
             f"says the embedder gives {dim}"
         )
+    if centres is not None and centres.shape != (len(head.labels), dim):
+        raise ArtifactError(
+            f"{directory}: label centres have shape {centres.shape}, not ({len(head.labels)}, {dim}); "
+            "retrain the model"
+        )
     return ModelArtifact(
-        version=str(manifest["version"]), manifest=manifest, head=head, ood=ood, path=directory, drift=drift
+        version=str(manifest["version"]),
+        manifest=manifest,
+        head=head,
+        ood=ood,
+        path=directory,
+        drift=drift,
+        label_centres=centres,
     )

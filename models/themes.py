@@ -126,6 +126,19 @@ class ThemeReport:
         )
 
 
+def label_centres(X: np.ndarray, y: list[str], labels: list[str]) -> np.ndarray:
+    """Unit-length mean embedding of each label's rows, in ``labels`` order.
+
+    >>> label_centres(np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 2.0]]), ["a", "b", "b"], ["b", "a"])
+    array([[0., 1.],
+           [1., 0.]], dtype=float32)
+    """
+    y_arr = np.asarray(y)
+    centres = np.stack([np.asarray(X, dtype=np.float64)[y_arr == label].mean(axis=0) for label in labels])
+    centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+    return centres.astype(np.float32)
+
+
 DISTANCE = 0.5  # cosine distance cut of the average-linkage tree (benchmarks/themes.py, docs/drift.md)
 
 

@@ -139,6 +139,7 @@ def test_themes_command_finds_a_new_intent_in_a_range_of_the_input_topic(kafka, 
     assert res["foreign"] >= 40, res  # most of the new intent's texts are flagged
     top = res["themes"][0]
     assert "luggage" in top["keywords"], res["themes"]
+    assert top["nearest_label"] in known and 0.0 < top["label_similarity"] < 1.0
     assert sum(e in new for e in top["examples"]) >= 2, top["examples"]
     assert top["size"] >= 30 and top["size"] / res["clustered"] == pytest.approx(top["share"], abs=1e-3)
     # Texts are data: a text with markup comes back as the same string, never interpreted.
@@ -150,3 +151,28 @@ def test_themes_command_finds_a_new_intent_in_a_range_of_the_input_topic(kafka, 
                 "--input-topic", topic, "--from-offset", "0", "--text-chars", "12").stdout  # fmt: skip
     assert "theme 1:" in plain and "luggage" in plain
     assert all(len(line.strip()) <= 12 + 2 for line in plain.splitlines() if line.strip().startswith("«"))
+
+
+def test_the_artifact_keeps_label_centres_and_refuses_centres_of_the_wrong_shape(trained_registry, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from models.artifact import CENTRES, ArtifactError, load_artifact, sha256_file
+    from models.registry import Registry
+
+    art = Registry(trained_registry).load(None)
+    assert art.label_centres is not None and art.label_centres.shape == (len(art.head.labels), art.dim)
+    assert np.allclose(np.linalg.norm(art.label_centres, axis=1), 1.0, atol=1e-5)
+    # Each centre is classified as its own label by the head trained on the same texts.
+    assert art.head.predict(art.label_centres) == art.head.labels
+
+    copy = tmp_path / "copy"
+    shutil.copytree(art.path, copy)
+    with open(copy / CENTRES, "wb") as f:
+        np.savez(f, centres=np.zeros((2, art.dim), dtype=np.float32))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["files"][CENTRES] = sha256_file(copy / CENTRES)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="label centres have shape"):
+        load_artifact(copy)

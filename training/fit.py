@@ -19,6 +19,7 @@ from models.embedder import DEFAULT_MODEL, Embedder, resolve_model_path
 from models.head import LinearHead
 from models.ood import KEEP_IN_DIST, OODScorer, ood_threshold
 from models.registry import Registry
+from models.themes import label_centres
 from training.data import Columns, read_labelled, training_splits
 from training.evaluate import evaluate_embeddings
 from training.finetune import FinetuneConfig, finetune_encoder
@@ -250,7 +251,10 @@ def train(
     metrics = evaluate_embeddings(candidate, X_val, val_labels, cfg.ood_label)
     manifest["metrics"] = {"val": metrics}
     encoder = emb.model if finetune_info else None
-    path = save_artifact(registry.path_of(version), manifest, head, ood, encoder=encoder, drift=drift)
+    centres = label_centres(X_tr, y_tr, head.labels)
+    path = save_artifact(
+        registry.path_of(version), manifest, head, ood, encoder=encoder, drift=drift, label_centres=centres
+    )
     timings["total"] = time.perf_counter() - t0
 
     current_version = registry.current()

@@ -131,7 +131,14 @@ async def range_themes(
     finally:
         await consumer.stop()
     result.clustered = len(texts)
-    report = find_themes(texts, np.array(vectors).reshape(len(texts), -1), background)
+    art = scorer.artifact
+    report = find_themes(
+        texts,
+        np.array(vectors).reshape(len(texts), -1),
+        background,
+        label_names=art.head.labels,
+        label_centres=art.label_centres,
+    )
     result.summary = report.summary
     for theme in report.themes:
         shown = theme.as_json()
