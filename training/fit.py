@@ -276,6 +276,5 @@ def train(
         registry.set_current(version)
     elif not promote:
         promoted, decision = False, "not promoted: --no-promote"
-    _say(f"{version}: {decision}", quiet)
     compared = {"version": current_version, "val": current_metrics} if current_metrics else None
     return TrainResult(version, path, metrics, promoted, decision, timings, compared)
