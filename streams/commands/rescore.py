@@ -296,7 +296,15 @@ async def rescore(
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=10, **security)
     try:
         ranges = await plan_ranges(consumer, settings.input_topic, window)
-        await ensure_topics(bootstrap, {output_topic: max(1, len(ranges))}, security)
+        # Rescored records keep their event time; on a topic with a time retention Apache Kafka
+        # would delete old history at its next retention check (minutes), so a topic rescore
+        # creates keeps its records until the user deletes it.
+        await ensure_topics(
+            bootstrap,
+            {output_topic: max(1, len(ranges))},
+            security,
+            configs={output_topic: {"retention.ms": "-1"}},
+        )
         await producer.start()
         result = RescoreResult(
             settings.input_topic, output_topic, holder.version, _window_json(window), ranges
