@@ -252,22 +252,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if summary.complete else 130 if summary.interrupted else 1
 
 
+def _window(args: argparse.Namespace, lateness_s: float = 0.0) -> Any:
+    """The time or offset range of ``--from/--to`` or ``--from-offset/--to-offset`` (rescore, themes)."""
+    from streams.commands.rescore import Window, parse_offsets, parse_time
+
+    now = int(time.time() * 1000)
+    return Window(
+        from_ms=parse_time(args.from_time, now) if args.from_time else None,
+        to_ms=parse_time(args.to_time, now) if args.to_time else now if args.from_time else None,
+        from_offsets=parse_offsets(args.from_offset) if args.from_offset else None,
+        to_offsets=parse_offsets(args.to_offset) if args.to_offset else None,
+        lateness_ms=int(lateness_s * 1000),
+    )
+
+
 def cmd_rescore(args: argparse.Namespace) -> int:
-    from streams.commands.rescore import Window, describe, parse_offsets, parse_time, rescore
+    from streams.commands.rescore import describe, rescore
     from streams.kafka.broker import bootstrap_or_embedded, require_broker
     from streams.worker.run import load_scorer
     from streams.worker.serving import ModelHolder
 
     settings = _settings(args)
     require_broker(settings.bootstrap_servers, settings.embedded_broker)  # before loading a model
-    now = int(time.time() * 1000)
-    window = Window(
-        from_ms=parse_time(args.from_time, now) if args.from_time else None,
-        to_ms=parse_time(args.to_time, now) if args.to_time else now if args.from_time else None,
-        from_offsets=parse_offsets(args.from_offset) if args.from_offset else None,
-        to_offsets=parse_offsets(args.to_offset) if args.to_offset else None,
-        lateness_ms=int(args.lateness * 1000),
-    )
+    window = _window(args, lateness_s=args.lateness)
     window.check()
     scorer = load_scorer(settings)
     output = args.output_topic or f"{settings.input_topic}.rescored.{scorer.version}"
@@ -296,20 +303,13 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
 
 def cmd_themes(args: argparse.Namespace) -> int:
-    from streams.commands.rescore import Window, parse_offsets, parse_time
     from streams.commands.themes import describe, range_themes
     from streams.kafka.broker import bootstrap_or_embedded, require_broker
     from streams.worker.run import load_scorer
 
     settings = _settings(args)
     require_broker(settings.bootstrap_servers, settings.embedded_broker)  # before loading a model
-    now = int(time.time() * 1000)
-    window = Window(
-        from_ms=parse_time(args.from_time, now) if args.from_time else None,
-        to_ms=parse_time(args.to_time, now) if args.to_time else now if args.from_time else None,
-        from_offsets=parse_offsets(args.from_offset) if args.from_offset else None,
-        to_offsets=parse_offsets(args.to_offset) if args.to_offset else None,
-    )
+    window = _window(args)
     window.check()
     if args.max_texts < 10:
         raise ValueError("--max-texts must be at least 10")
