@@ -39,6 +39,9 @@ from models.themes import DISTANCE, Background, find_themes  # noqa: E402
 from training.data import Row, read_labelled  # noqa: E402
 from training.fit import TrainConfig, train  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from quality import _split as split_by_label  # noqa: E402
+
 
 @dataclass
 class Stream:
@@ -67,23 +70,6 @@ def make_stream(
             break
         out.append(pool_new.pop() if take_new else pool_in.pop())
     return Stream([r.text for r in out], [r.label for r in out], before)
-
-
-def resplit(rows: list[Row], rng: random.Random, test: float = 0.3, val: float = 0.1) -> list[Row]:
-    """Rows with a new stratified split that leaves more unseen texts to stream: per label
-    ``test`` of the rows to test, ``val`` to validation, the rest to training."""
-    by: dict[str, list[Row]] = {}
-    for r in rows:
-        by.setdefault(r.label, []).append(r)
-    out = []
-    for label in sorted(by):
-        group = by[label][:]
-        rng.shuffle(group)
-        n_te, n_va = int(len(group) * test), int(len(group) * val)
-        out += [Row(r.text, r.label, "test") for r in group[:n_te]]
-        out += [Row(r.text, r.label, "val") for r in group[n_te : n_te + n_va]]
-        out += [Row(r.text, r.label, "train") for r in group[n_te + n_va :]]
-    return out
 
 
 def run_stream(
@@ -208,7 +194,8 @@ def main() -> None:
     labels = sorted({r.label for r in rows})
     held = sorted(random.Random(args.seed).sample(labels, args.withhold))
     if sum(r.split == "test" and r.label not in held for r in rows) < args.before + args.after:
-        rows = resplit(rows, random.Random(args.seed))  # a file with too few test rows (or none)
+        # A file with too few test rows (or none): more of each label to test.
+        rows = split_by_label(rows, args.seed, val=0.1, test=0.3)
     with tempfile.TemporaryDirectory() as tmp:
         registry = Registry(args.registry or Path(tmp) / "reg")
         path = Path(tmp) / "data.jsonl"
