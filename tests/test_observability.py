@@ -30,7 +30,7 @@ import yaml
 from models.registry import Registry
 from streams.kafka.broker import free_port, stop_process
 from streams.worker.metrics import BatchStats, WorkerMetrics
-from tests.conftest import ROOT, debian_server, small_clinc_rows, start_worker, stop_worker
+from tests.conftest import ROOT, WorkerHandle, debian_server, small_clinc_rows, start_worker, stop_worker
 from tests.kafka_helpers import collect, send_json, send_raw
 from training.fit import TrainConfig, train
 
@@ -377,6 +377,26 @@ def _wait_for(predicate, timeout_s: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+def _episode_story(am: Alertmanager, prom: Prometheus, w: WorkerHandle, since: float) -> str:
+    """What happened to drift episodes, from each side: the worker's alerts, the drift state
+    Prometheus scraped (when it changed), and the webhook's notices, in order."""
+    lines = ["worker:"] + [
+        f"  {x}" for x in w.log().splitlines() if "drift alert:" in x or "now serving" in x
+    ]
+    lines.append("prometheus streamscore_drift_state (changes):")
+    for s in prom.query_range("max by (detector) (streamscore_drift_state)", since, time.time()):
+        last = None
+        for t, v in s["values"]:
+            if v != last:
+                lines.append(f"  {s['metric'].get('detector')} = {v} at {float(t) - since:.0f} s")
+                last = v
+    lines.append("webhook:")
+    for n in am.notices:
+        for a in n["alerts"]:
+            lines.append(f"  {a['labels'].get('alertname')} {a['labels'].get('detector', '')} {a['status']}")
+    return "\n".join(lines)
+
+
 def _summary(series: list[dict]) -> list[dict]:
     """Per series: its labels, last and max value (what a panel would show), and the points."""
     out = []
@@ -433,6 +453,14 @@ def test_dashboards_and_alert_rules_show_real_data_and_the_drift_alert_fires(
         firing = 'ALERTS{alertname="StreamscoreDriftEpisode", alertstate="firing", detector="ood_cusum"}'
         _wait_for(lambda: bool(prom.api("query", query=firing)["result"]), 60, "the drift alert rule to fire")
         drift_end = time.time()
+        # The "Model version changes" annotation samples every 15 s, on the clock (a subquery):
+        # v1 must be seen at one of those samples before the swap. A fast run (CI on Kafka 4.4
+        # swapped 13 s after the first scrape) otherwise shows v2 at every sample and no change.
+        loaded = "max(streamscore_model_loaded_timestamp_seconds)"
+        first_seen = min(
+            float(t) for s in prom.query_range(loaded, started, time.time()) for t, _ in s["values"]
+        )
+        time.sleep(max(0.0, (first_seen // 15 + 1) * 15 + 2 - time.time()))
         # Phase 3: a new model is promoted, and the stream is back to normal.
         Registry(registry).set_current(second)
         promoted = time.time()
@@ -440,10 +468,8 @@ def test_dashboards_and_alert_rules_show_real_data_and_the_drift_alert_fires(
         send_json(kafka, w.topics["input"], [{"id": f"m{i}", "text": rng.choice(normal)} for i in range(400)])
         assert len(collect(kafka, w.topics["scored"], 1400, settle_s=0)) == 1400
         time.sleep(RATE_INTERVAL_S + 5)  # let the last scrapes and rate windows see the end
-        # The "Model version changes" annotation samples every 15 s (a subquery): the swap must
-        # lie between two of its samples. Wait for Prometheus to have scraped the swap, then for
-        # one 15 s sample after it (a fixed wait after set_current was not always enough on Kafka).
-        loaded = "max(streamscore_model_loaded_timestamp_seconds)"
+        # ... and the swap must be seen at one sample after it: wait for Prometheus to scrape the
+        # swap, then for the next 15 s sample.
         _wait_for(
             lambda: any(float(r["value"][1]) >= promoted for r in prom.api("query", query=loaded)["result"]),
             60,
@@ -480,8 +506,12 @@ def test_dashboards_and_alert_rules_show_real_data_and_the_drift_alert_fires(
         def closed() -> set[str]:
             return set(episode("firing")) & set(episode("resolved"))
 
-        _wait_for(lambda: closed(), 180, "the webhook to get a drift alert firing and then resolved")
-        assert "ood_cusum" in episode("firing"), am.notices
+        deadline = time.monotonic() + 180
+        while not closed() and time.monotonic() < deadline:
+            time.sleep(1)
+        story = _episode_story(am, prom, w, started)  # always built, so it is known to work
+        assert closed(), f"the webhook got no drift alert firing and then resolved in 180 s:\n{story}"
+        assert "ood_cusum" in episode("firing"), story
         for detector in closed():
             assert "drift episode" in episode("firing")[detector][0]
             order = [
@@ -538,7 +568,7 @@ def test_dashboards_and_alert_rules_show_real_data_and_the_drift_alert_fires(
         assert float(counts[0]["value"][1]) == 1420
         report_path = Path(os.environ.get("STREAMSCORE_PANEL_REPORT", tmp_path / "panels.json"))
         report_path.write_text(json.dumps(report, indent=1))
-        print(f"\npanel report: {report_path}")
+        print(f"\npanel report: {report_path}\n{story}")
     finally:
         prom.stop()
         am.stop()
