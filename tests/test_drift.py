@@ -45,6 +45,20 @@ def test_cusum_respects_ert_and_fires_on_shift():
     assert first < 30
 
 
+def test_cusum_set_on_a_few_hundred_scores_respects_ert_on_fresh_traffic():
+    """A small validation set misses the traffic's mean by about a standard error; the threshold
+    must cover that, not just the sample it was set on (one-way cross-fitting alarmed 18 times
+    too often on one of these eight reference samples and 3 times too often overall)."""
+    rng = np.random.default_rng(10)
+    n, alarms = 20_000, []
+    for seed in range(8):
+        ref = rng.gumbel(size=240)  # a validation set of 240 texts
+        det = OodCusum(*calibrate_cusum(ref, ERT, seed=seed))
+        alarms.append(sum(det.update_value(x) for x in rng.gumbel(size=n)))
+    expected = n / ERT
+    assert sum(alarms) <= 2 * len(alarms) * expected and max(alarms) <= 4 * expected, alarms
+
+
 def test_label_shift_respects_ert_and_fires_on_new_mix():
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 20, 3000)

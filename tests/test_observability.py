@@ -452,6 +452,16 @@ def test_dashboards_and_alert_rules_show_real_data_and_the_drift_alert_fires(
         assert len(collect(kafka, w.topics["scored"], 1000, settle_s=0)) == 1000
         firing = 'ALERTS{alertname="StreamscoreDriftEpisode", alertstate="firing", detector="ood_cusum"}'
         _wait_for(lambda: bool(prom.api("query", query=firing)["result"]), 60, "the drift alert rule to fire")
+        # ... and reached the webhook before the swap ends the episode (Alertmanager drops an alert
+        # resolved within its group_wait: it never notified it firing).
+        _wait_for(
+            lambda: any(
+                a["labels"]["detector"] == "ood_cusum"
+                for a in am.received("StreamscoreDriftEpisode", "firing")
+            ),
+            60,
+            "the webhook to get the drift alert firing",
+        )
         drift_end = time.time()
         # The "Model version changes" annotation samples every 15 s, on the clock (a subquery):
         # v1 must be seen at one of those samples before the swap. A fast run (CI on Kafka 4.4

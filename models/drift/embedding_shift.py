@@ -40,25 +40,36 @@ class EmbeddingShift(WindowTest):
         return float(len(values) * d @ self.precision @ d)
 
 
+def embedding_moments(projections: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and precision (inverse covariance, lightly regularised) of reference projections.
+
+    >>> mean, precision = embedding_moments(np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]]))
+    >>> mean.tolist(), precision.round(3).tolist()
+    ([1.0, 1.0], [[0.75, 0.0], [0.0, 0.75]])
+    """
+    P = np.asarray(projections, dtype=np.float64)
+    return P.mean(axis=0), np.linalg.inv(np.cov(P, rowvar=False) + 1e-6 * np.eye(P.shape[1]))
+
+
 def calibrate_embedding_shift(
     projections: np.ndarray,
     ert: float,
     window: int = WINDOW,
     every: int = EVERY,
     seed: int = 0,
-    stream_sample: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """``(mean, precision, threshold)``: moments of ``projections`` (held-out in-distribution
-    texts), and a threshold from bootstrap streams of ``stream_sample``."""
+    texts), and a threshold from bootstrap streams of them, each measured against the moments of
+    its own bootstrap resample (so the threshold covers their estimation error, as
+    ``calibrate_cusum`` does)."""
     P = np.asarray(projections, dtype=np.float64)
-    mean = P.mean(axis=0)
-    precision = np.linalg.inv(np.cov(P, rowvar=False) + 1e-6 * np.eye(P.shape[1]))
-    sample = P if stream_sample is None else np.asarray(stream_sample, dtype=np.float64)
+    mean, precision = embedding_moments(P)
 
     def window_stats(rng: np.random.Generator, steps: int, ends: np.ndarray) -> np.ndarray:
-        draws = sample[rng.integers(0, len(sample), size=steps)]
-        cum = np.vstack([np.zeros(sample.shape[1]), draws.cumsum(axis=0)])
-        d = (cum[ends] - cum[ends - window]) / window - mean
-        return window * np.einsum("ij,jk,ik->i", d, precision, d)
+        own_mean, own_precision = embedding_moments(P[rng.integers(0, len(P), size=len(P))])
+        draws = P[rng.integers(0, len(P), size=steps)]
+        cum = np.vstack([np.zeros(P.shape[1]), draws.cumsum(axis=0)])
+        d = (cum[ends] - cum[ends - window]) / window - own_mean
+        return window * np.einsum("ij,jk,ik->i", d, own_precision, d)
 
     return mean, precision, window_threshold(ert, window, every, seed, window_stats)

@@ -46,6 +46,16 @@ def g_statistic(counts: np.ndarray, prior: np.ndarray) -> np.ndarray:
     return 2.0 * terms.sum(axis=1)
 
 
+def label_prior(labels: np.ndarray, n_labels: int) -> np.ndarray:
+    """The label mix of ``labels``, with half a count added to each label so none is impossible.
+
+    >>> label_prior(np.array([0, 0, 1]), 3).round(3).tolist()
+    [0.556, 0.333, 0.111]
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    return (np.bincount(labels, minlength=n_labels) + 0.5) / (len(labels) + 0.5 * n_labels)
+
+
 def calibrate_label_shift(
     labels: np.ndarray,
     n_labels: int,
@@ -53,18 +63,19 @@ def calibrate_label_shift(
     window: int = WINDOW,
     every: int = EVERY,
     seed: int = 0,
-    stream_sample: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """``(prior, threshold)``: the label mix of ``labels`` (predicted labels of held-out
-    in-distribution texts), and a threshold from bootstrap streams of ``stream_sample``."""
+    in-distribution texts), and a threshold from bootstrap streams of them, each tested against
+    the mix of its own bootstrap resample (so the threshold covers the error of a prior counted
+    on a few hundred texts, as ``calibrate_cusum`` does for its moments)."""
     labels = np.asarray(labels, dtype=np.int64)
-    prior = (np.bincount(labels, minlength=n_labels) + 0.5) / (len(labels) + 0.5 * n_labels)
-    sample = labels if stream_sample is None else np.asarray(stream_sample, dtype=np.int64)
+    prior = label_prior(labels, n_labels)
 
     def window_stats(rng: np.random.Generator, steps: int, ends: np.ndarray) -> np.ndarray:
+        own_prior = label_prior(rng.choice(labels, size=len(labels)), n_labels)
         cum = np.zeros((steps + 1, n_labels), dtype=np.int32)
-        np.add.at(cum[1:], (np.arange(steps), rng.choice(sample, size=steps)), 1)
+        np.add.at(cum[1:], (np.arange(steps), rng.choice(labels, size=steps)), 1)
         cum = cum.cumsum(axis=0)
-        return g_statistic(cum[ends] - cum[ends - window], prior)
+        return g_statistic(cum[ends] - cum[ends - window], own_prior)
 
     return prior, window_threshold(ert, window, every, seed, window_stats)
