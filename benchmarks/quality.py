@@ -286,8 +286,9 @@ def main() -> None:
     args = p.parse_args()
     if args.table:
         merged: dict[str, dict] = {}
-        for file in args.table:
-            merged |= json.loads(Path(file).read_text())
+        for file in args.table:  # files may hold other variants of the same scenario
+            for name, found in json.loads(Path(file).read_text()).items():
+                merged.setdefault(name, {}).update(found)
         print(markdown_table(merged, args.default))
         return
     strategies = tuple(args.strategy or STRATEGIES)
