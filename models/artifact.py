@@ -19,6 +19,7 @@ import numpy as np
 from models.drift import DriftCalibration
 from models.head import LinearHead
 from models.ood import OODScorer
+from models.themes import Background
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -41,6 +42,9 @@ class ModelArtifact:
     # Mean unit embedding of each label's training texts (rows in ``head.labels`` order): what a
     # theme of foreign texts is compared with. None in artifacts made before it was kept.
     label_centres: np.ndarray | None = None
+    # Token document frequencies of the training texts: what a theme's keywords must stand out
+    # from. None in artifacts made before it was kept.
+    background: Background | None = None
 
     @property
     def ood_threshold(self) -> float:
@@ -74,6 +78,7 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 ENCODER_DIR = "encoder"
 CENTRES = "centres.npz"
+BACKGROUND = "background.json"
 # Weight formats that unpickle on load: an artifact may not contain them.
 UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 
@@ -86,6 +91,7 @@ def save_artifact(
     encoder: Any = None,
     drift: DriftCalibration | None = None,
     label_centres: np.ndarray | None = None,
+    background: Background | None = None,
 ) -> Path:
     """Write an artifact atomically: into a temporary folder, then renamed into place.
 
@@ -101,6 +107,8 @@ def save_artifact(
     full = dict(manifest)
     if label_centres is not None:
         _save_npz(tmp / CENTRES, {"centres": np.asarray(label_centres, dtype=np.float32)})
+    if background is not None:
+        (tmp / BACKGROUND).write_text(json.dumps(background.state(), sort_keys=True))
     if drift is not None:
         _save_npz(tmp / "drift.npz", drift.arrays())
         full["drift"] = drift.to_json()
@@ -176,6 +184,9 @@ def load_artifact(directory: Path) -> ModelArtifact:
         if "drift" in manifest:
             drift = DriftCalibration.from_parts(manifest["drift"], _load_npz(directory / "drift.npz"))
         centres = _load_npz(directory / CENTRES)["centres"] if CENTRES in manifest["files"] else None
+        background = None
+        if BACKGROUND in manifest["files"]:
+            background = Background.from_state(json.loads((directory / BACKGROUND).read_text()))
     except (ValueError, KeyError, OSError) as exc:
         raise ArtifactError(f"{directory}: arrays do not load ({exc}); retrain the model") from exc
     dim = int(manifest["embedder"].get("dim", -1))
@@ -197,4 +208,5 @@ def load_artifact(directory: Path) -> ModelArtifact:
         path=directory,
         drift=drift,
         label_centres=centres,
+        background=background,
     )

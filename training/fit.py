@@ -19,12 +19,13 @@ from models.embedder import DEFAULT_MODEL, Embedder, resolve_model_path
 from models.head import LinearHead
 from models.ood import KEEP_IN_DIST, OODScorer, ood_threshold
 from models.registry import Registry
-from models.themes import label_centres
+from models.themes import Background, label_centres
 from training.data import Columns, read_labelled, training_splits
 from training.evaluate import evaluate_embeddings
 from training.finetune import FinetuneConfig, finetune_encoder
 
 HEAD_C_GRID = (3.0, 10.0, 30.0, 100.0)
+BACKGROUND_TOKENS = 20_000  # distinct tokens kept of the training texts' document frequencies
 
 
 def fit_head(
@@ -254,7 +255,14 @@ def train(
     encoder = emb.model if finetune_info else None
     centres = label_centres(X_tr, y_tr, head.labels)
     path = save_artifact(
-        registry.path_of(version), manifest, head, ood, encoder=encoder, drift=drift, label_centres=centres
+        registry.path_of(version),
+        manifest,
+        head,
+        ood,
+        encoder=encoder,
+        drift=drift,
+        label_centres=centres,
+        background=Background.of([r.text for r in splits.train], limit=BACKGROUND_TOKENS),
     )
     timings["total"] = time.perf_counter() - t0
 

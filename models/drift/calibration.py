@@ -24,7 +24,7 @@ class DriftCalibration:
     projection_mean: np.ndarray  # PCA of training embeddings → ``projection``
     projection_components: np.ndarray  # (k, dim)
     ood: dict[str, float]  # mean, std, threshold, k
-    confidence: dict[str, float]  # threshold, delta, min_instances
+    confidence: dict[str, Any]  # threshold, delta, min_instances, by_label (list)
     labels: dict[str, Any]  # prior (list), threshold, window, every
     embedding: dict[str, Any]  # mean (list), precision (list of lists), threshold, window, every
 
@@ -118,7 +118,12 @@ def calibrate_drift(
         projection_mean=mu.astype(np.float32),
         projection_components=components,
         ood={"mean": m, "std": s, "threshold": h, "k": CUSUM_K},
-        confidence={"threshold": ph, "delta": DELTA, "min_instances": MIN_INSTANCES},
+        confidence={
+            "threshold": ph,
+            "delta": DELTA,
+            "min_instances": MIN_INSTANCES,
+            "by_label": confidence_by_label(confidence, labels, n_labels),
+        },
         labels={
             "prior": prior.tolist(),
             "threshold": g,
@@ -133,3 +138,18 @@ def calibrate_drift(
             "every": embedding_shift.EVERY,
         },
     )
+
+
+def confidence_by_label(confidence: np.ndarray, labels: np.ndarray, n_labels: int) -> list[float]:
+    """Mean confidence of held-out texts by predicted label (the overall mean for a label never
+    predicted): what an episode's confidence is compared with, to say whose fell.
+
+    >>> confidence_by_label(np.array([0.9, 0.7, 0.5]), np.array([0, 0, 1]), 3)
+    [0.8, 0.5, 0.7]
+    """
+    confidence, labels = np.asarray(confidence, dtype=np.float64), np.asarray(labels)
+    overall = float(confidence.mean()) if len(confidence) else 1.0
+    return [
+        round(float(confidence[labels == i].mean()), 6) if (labels == i).any() else round(overall, 6)
+        for i in range(n_labels)
+    ]
