@@ -31,6 +31,7 @@ class Scores:
     label_index: np.ndarray | None = None  # (n,) index into the model's labels
     projection: np.ndarray | None = None  # (n, k) embedding projection for drift detection
     embed_s: float = 0.0  # seconds spent embedding this batch
+    embeddings: np.ndarray | None = None  # (n, dim) what was scored: foreign texts' go to drift evidence
 
     @property
     def is_ood(self) -> np.ndarray:
@@ -53,6 +54,7 @@ def score_embeddings(artifact: ModelArtifact, X: np.ndarray, top_k: int = 3) -> 
         ood_threshold=artifact.ood_threshold,
         label_index=top[:, 0],
         projection=artifact.drift.project(X) if artifact.drift is not None else None,
+        embeddings=X,
     )
 
 

@@ -4,7 +4,7 @@ The files are the contract: the worker's own checks read their limits from them 
 reasons, the ``ts`` forms), and the tests validate what real workers write against them.
 
 >>> sorted(SCHEMAS)
-['drift.alerts', 'drift.signals', 'texts', 'texts.dlq', 'texts.scored']
+['drift.alerts', 'drift.episodes', 'drift.signals', 'texts', 'texts.dlq', 'texts.scored']
 >>> schema_role("texts.scored-1a2b"), schema_role("texts"), schema_role("orders")
 ('texts.scored', 'texts', None)
 >>> validate("texts", {"text": "my card was declined", "ts": 1795430000})

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 AlertStatus = Literal["drift", "resolved"]
+SIGNAL_TEXT_CHARS = 300  # a foreign text's share of drift.signals; explanations cut it shorter
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +36,13 @@ class DriftSignal:
     projection: list[float]  # low-dimensional view of the embedding
     origin: dict[str, Any]  # where the input was read: topic, partition, offset
     timestamp_ms: int | None = None  # the input's Kafka timestamp
+    # Foreign texts only (OOD score above the threshold): the text, cut to SIGNAL_TEXT_CHARS,
+    # and the embedding (models/drift/evidence.pack), for the episode's evidence and themes.
+    text: str | None = None
+    embedding: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "ood_score": self.ood_score,
             "confidence": self.confidence,
@@ -46,6 +51,9 @@ class DriftSignal:
             "origin": self.origin,
             "timestamp_ms": self.timestamp_ms,
         }
+        if self.embedding is not None:
+            out |= {"text": self.text, "embedding": self.embedding}
+        return out
 
 
 @dataclass(slots=True)
@@ -97,6 +105,9 @@ class DriftAlert:
     alarms_in_episode: int
     detected_at: str
     message: str
+    # What changed in the stream (models/drift/explain.py): moved labels, fallen confidence, the
+    # most foreign texts and their themes; at most 16 KB. None when the model has no evidence.
+    explanation: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -607,6 +607,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--signals-topic", dest="signals_topic", default=None)
     sp.add_argument("--alerts-topic", dest="alerts_topic", default=None)
     sp.add_argument("--drift-state-topic", dest="drift_state_topic", default=None)
+    sp.add_argument("--episodes-topic", dest="episodes_topic", default=None)
+    sp.add_argument(
+        "--no-explain-texts",
+        dest="explain_texts",
+        action="store_const",
+        const=False,
+        default=None,
+        help="explanations on alerts and drift.episodes carry keywords and counts, no customer text",
+    )
+    sp.add_argument(
+        "--explain-text-chars",
+        dest="explain_text_chars",
+        type=int,
+        default=None,
+        help="texts in explanations are cut to this many characters (default 200)",
+    )
     sp.add_argument(
         "--drift-quiet",
         dest="drift_quiet",
@@ -899,6 +915,7 @@ FLAG_HELP = {
     "signals_topic": "topic of the drift signals (one partition)",
     "alerts_topic": "topic of the drift alerts",
     "drift_state_topic": "compacted topic of the detectors' state, so a restart resumes",
+    "episodes_topic": "compacted topic of each drift episode's explanation, keyed by episode id",
     "partitions": "partitions of the topics streamscore creates",
     "group_id": "Kafka consumer group of the workers",
     "naive_messages": "messages for the one-at-a-time baseline",

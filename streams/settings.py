@@ -75,6 +75,9 @@ class Settings:
     signals_topic: str = "drift.signals"  # one partition: one drift agent sees the whole stream
     alerts_topic: str = "drift.alerts"
     drift_state_topic: str = "drift.state"  # detector snapshots, so a restart resumes
+    episodes_topic: str = "drift.episodes"  # compacted: each episode's growing explanation, by its id
+    explain_texts: bool = True  # False: explanations carry keywords and counts, no customer text
+    explain_text_chars: int = 200  # texts in explanations are cut to this
     drift_quiet: int = 1_000  # messages without an alarm that end a drift episode
     drift_cooldown: int = 500  # messages after an episode ends before the next may start
     partitions: int = 4  # for topics the worker creates
@@ -126,6 +129,7 @@ class Settings:
             (self.fetch_wait_ms >= 1, "fetch_wait_ms must be at least 1"),
             (self.connect_timeout_s > 0, "connect_timeout_s must be positive"),
             (self.max_text_chars >= 1, "max_text_chars must be at least 1"),
+            (1 <= self.explain_text_chars <= 300, "explain_text_chars must be between 1 and 300"),
             (self.processes >= 0, "processes must be 0 (one per core) or more"),
             (self.encoder_threads >= 0, "encoder_threads must be 0 (one per core) or more"),
             (self.embed_cache_size >= 0, "embed_cache_size must be 0 (off) or more"),
@@ -153,6 +157,7 @@ class Settings:
             self.signals_topic,
             self.alerts_topic,
             self.drift_state_topic,
+            self.episodes_topic,
         ]
         if len(set(names)) < len(names):
             problems.append("input, scored, DLQ and drift topics must all differ")

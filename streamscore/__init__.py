@@ -3,7 +3,7 @@ records the worker writes, read the model registry, check a message against its 
 
 >>> import streamscore
 >>> sorted(streamscore.SCHEMAS)[:2], callable(streamscore.load_model)
-(['drift.alerts', 'drift.signals'], True)
+(['drift.alerts', 'drift.episodes'], True)
 
 A session, as in a notebook (``docs/examples/notebook.py``)::
 

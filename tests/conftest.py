@@ -214,6 +214,7 @@ def start_worker(
         "signals": f"drift.signals-{tag}",
         "alerts": f"drift.alerts-{tag}",
         "state": f"drift.state-{tag}",
+        "episodes": f"drift.episodes-{tag}",
     }
     args = [
         sys.executable,
@@ -236,6 +237,8 @@ def start_worker(
         topics["alerts"],
         "--drift-state-topic",
         topics["state"],
+        "--episodes-topic",
+        topics["episodes"],
         "--group-id",
         f"streamscore-test-{tag}",
         "--partitions",

@@ -204,7 +204,7 @@ def grant(kafka: ApacheKafka, acls: list[tuple[int, str, int, str]]) -> None:
 def minimum_acls(topics: dict[str, str], group: str) -> list[tuple[int, str, int, str]]:
     """docs/reliability.md, Kafka ACLs: what a worker needs, exactly-once included, and nothing more."""
     acls = [(TOPIC, topics["input"], LITERAL, "READ")]
-    acls += [(TOPIC, topics[t], LITERAL, "WRITE") for t in ("scored", "dlq", "alerts")]
+    acls += [(TOPIC, topics[t], LITERAL, "WRITE") for t in ("scored", "dlq", "alerts", "episodes")]
     acls += [(TOPIC, topics[t], LITERAL, op) for t in ("signals", "state") for op in ("READ", "WRITE")]
     acls += [(GROUP, group, LITERAL, "READ")]
     acls += [(TRANSACTIONAL_ID, f"streamscore.{group}.", PREFIXED, "WRITE")]
@@ -220,7 +220,7 @@ def create_topics(kafka: ApacheKafka, topics: dict[str, str]) -> None:
 
 def acl_topics(tag: str) -> dict[str, str]:
     roles = {"input": "texts", "scored": "texts.scored", "dlq": "texts.dlq", "signals": "drift.signals"}
-    roles |= {"alerts": "drift.alerts", "state": "drift.state"}
+    roles |= {"alerts": "drift.alerts", "state": "drift.state", "episodes": "drift.episodes"}
     return {role: f"{name}-{tag}" for role, name in roles.items()}
 
 

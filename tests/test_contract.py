@@ -105,10 +105,11 @@ def test_a_scored_batch_and_its_signals_match_their_schemas():
             confidence=np.full(n, 0.9),
             top_k_labels=[["a", "b"]] * n,
             top_k_probs=np.tile([0.9, 0.1], (n, 1)),
-            ood_scores=np.full(n, -3.2),
+            ood_scores=np.array([-3.2, 2.0])[:n],  # the second text is foreign
             ood_threshold=0.5,
             label_index=np.zeros(n, dtype=int),
             projection=np.zeros((n, 4)),
+            embeddings=np.ones((n, 4)),
         )
         return scores, "v1"
 
@@ -123,6 +124,8 @@ def test_a_scored_batch_and_its_signals_match_their_schemas():
         validate("texts.scored", json.loads(value))
     for batch in out.signals:
         validate("drift.signals", batch.to_json())
+    signals = [s.to_json() for b in out.signals for s in b.signals]
+    assert "text" not in signals[0] and signals[1]["text"] == "no id" and signals[1]["embedding"]
     with pytest.raises(SchemaError, match="at confidence"):
         validate("texts.scored", {**json.loads(out.scored[0][1]), "confidence": 1.5})
 

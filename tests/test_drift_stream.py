@@ -9,6 +9,7 @@ from collections import defaultdict
 import pytest
 
 from models.registry import Registry
+from schemas.contract import validate
 from tests.conftest import small_clinc_rows, start_worker, stop_worker
 from tests.kafka_helpers import collect, send_json
 from training.fit import TrainConfig, train
@@ -109,6 +110,24 @@ def test_drift_episode_alerts_once_resolves_and_survives_restart(kafka, drift_re
             match=lambda a: a["alert_id"] == alert["alert_id"],
         )
         assert [a["status"] for a in episode] == ["drift", "resolved"], episode
+        # The alerts explain the episode (its evidence survived the restart too), and
+        # drift.episodes holds the final explanation under the episode's id.
+        for a in episode:
+            validate("drift.alerts", a)
+        final = episode[1]["explanation"]
+        assert final["foreign"] >= 300, final  # of the 600 foreign texts of ``b`` and ``c``
+        assert final["most_foreign"] and {x["text"] for x in final["most_foreign"]} <= set(foreign)
+        records = collect(
+            kafka,
+            w.topics["episodes"],
+            0,
+            timeout_s=10,
+            settle_s=2,
+            match=lambda r: r["episode_id"] == alert["alert_id"],
+        )
+        for r in records:
+            validate("drift.episodes", r)
+        assert records[-1]["status"] == "resolved" and records[-1]["explanation"] == final, records[-1]
         # Other detectors may have been mid-episode too; ood_cusum must be among those resumed.
         resumed = re.search(r"resume from snapshot: .* open episodes \[(.*)\]", w.log())
         assert resumed and "'ood_cusum'" in resumed.group(1), w.log()

@@ -22,6 +22,7 @@ def _settings(tag: str, **overrides: object) -> Settings:
         "signals_topic": "drift.signals",
         "alerts_topic": "drift.alerts",
         "drift_state_topic": "drift.state",
+        "episodes_topic": "drift.episodes",
     }
     return Settings.from_env({}, **{k: f"{v}-{tag}" for k, v in names.items()}, **overrides)
 
@@ -42,6 +43,7 @@ def test_the_worker_topics_get_their_partitions_and_configs(kafka):
     asyncio.run(ensure_topics(kafka, plan, configs=configs, replication_factor=1))
     described = asyncio.run(_described(kafka, list(plan)))
     assert described[settings.drift_state_topic]["cleanup.policy"] == "compact"
+    assert described[settings.episodes_topic]["cleanup.policy"] == "compact"
     assert all(described[t]["min.insync.replicas"] == "1" for t in plan), described
 
 
@@ -68,14 +70,14 @@ def test_the_topics_command_shows_missing_topics_then_creates_them(kafka, broker
     env.pop("STREAMSCORE_BOOTSTRAP_SERVERS", None)
     before = cli("topics", check=False, env=env, timeout=120)
     assert before.returncode == 1, before.stderr[-2000:]
-    assert before.stdout.count("missing: streamscore topics --create makes it") == 6, before.stdout
+    assert before.stdout.count("missing: streamscore topics --create makes it") == 7, before.stdout
 
     made = cli("topics", "--create", "--partitions", "3", "--json", check=False, env=env, timeout=120)
     assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
     topics = {t["role"]: t for t in json.loads(made.stdout.strip().splitlines()[-1])["topics"]}
     assert {r: (t["partitions"], t["problems"]) for r, t in topics.items()} == {
         "input": (3, []), "scored": (3, []), "dlq": (1, []), "signals": (1, []), "alerts": (1, []),
-        "drift_state": (1, []),
+        "drift_state": (1, []), "episodes": (1, []),
     }  # fmt: skip
     assert topics["drift_state"]["configs"]["cleanup.policy"] == "compact"
 

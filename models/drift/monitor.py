@@ -14,9 +14,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from models.drift.calibration import DriftCalibration
+from models.drift.evidence import EpisodeEvidence
+from models.drift.explain import Explainer
 from models.drift.signal import Detector, Signal
 from schemas.drift import AlertStatus, AlertWindow, DriftAlert
 from schemas.messages import now_iso
+
+LEAD = 50  # latest foreign signals kept for an episode about to start
+FOREIGN_KEYS = ("id", "text", "ood_score", "confidence", "label", "embedding")
 
 SIGNAL_OF = {
     "ood_cusum": "ood_score",
@@ -58,6 +63,14 @@ class DriftMonitor:
     detectors: list[Detector] = field(default_factory=list)
     episodes: dict[str, Episode] = field(default_factory=dict)
     recent: list[tuple[int, int | None]] = field(default_factory=list)  # (offset, timestamp_ms)
+    # Explanations (None: alerts carry none). A signal whose OOD score is above ``ood_threshold``
+    # is foreign; ``lead`` holds the latest foreign signals, so an episode's evidence starts with
+    # those its detector's alarm was built on.
+    explainer: Explainer | None = None
+    ood_threshold: float = float("inf")
+    evidence: dict[str, EpisodeEvidence] = field(default_factory=dict)
+    lead: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (seen, foreign signal)
+    published: dict[str, int] = field(default_factory=dict)  # episode → ``seen`` at its last record
 
     def __post_init__(self) -> None:
         if not self.detectors:
@@ -75,6 +88,13 @@ class DriftMonitor:
         if len(self.recent) > 1_000:
             del self.recent[:500]
         sig = Signal(record["ood_score"], record["confidence"], record["label"], tuple(record["projection"]))
+        foreign = sig.ood_score > self.ood_threshold
+        if self.explainer is not None:
+            for ev in self.evidence.values():
+                ev.add(record, foreign)
+            if foreign and record.get("embedding"):
+                self.lead.append((self.seen, {k: record.get(k) for k in FOREIGN_KEYS}))
+                del self.lead[:-LEAD]
         alerts = []
         for det in self.detectors:
             ep = self.episodes[det.name]
@@ -85,11 +105,55 @@ class DriftMonitor:
                 elif self.seen - ep.last_resolved >= self.cooldown:
                     ep.open, ep.started_at, ep.alarms = True, self.seen, 1
                     ep.alert_id = f"{det.name}-{self.model_version}-{offset}-{index}"
+                    self._start_evidence(det, record, foreign)
                     alerts.append(self._alert(det, ep, "drift"))
             elif ep.open and self.seen - ep.last_alarm >= self.quiet:
                 alerts.append(self._alert(det, ep, "resolved"))
                 ep.open, ep.last_resolved = False, self.seen
+                self.evidence.pop(det.name, None)
         return alerts
+
+    def _start_evidence(self, det: Detector, record: dict[str, Any], foreign: bool) -> None:
+        if self.explainer is None:
+            return
+        ev = EpisodeEvidence(n_labels=len(self.explainer.labels))
+        for seen, earlier in self.lead:
+            if seen > self.seen - max(det.span, 1) and seen < self.seen:
+                ev.keep_foreign(earlier)  # the texts the alarm was built on
+        ev.add(record, foreign)
+        self.evidence[det.name] = ev
+        self.published[det.name] = self.seen
+
+    def explanation(self, detector: str) -> dict[str, Any] | None:
+        ev = self.evidence.get(detector)
+        return None if self.explainer is None or ev is None else self.explainer.explain(ev)
+
+    def episode_record(self, detector: str, status: str) -> dict[str, Any] | None:
+        """The ``drift.episodes`` record of ``detector``'s current episode (None without one)."""
+        ep, explanation = self.episodes[detector], self.explanation(detector)
+        if ep.alert_id is None or explanation is None:
+            return None
+        self.published[detector] = self.seen
+        return {
+            "episode_id": ep.alert_id,
+            "detector": detector,
+            "model_version": self.model_version,
+            "status": status,
+            "messages": self.seen - ep.started_at + 1,
+            "alarms": ep.alarms,
+            "updated_at": now_iso(),
+            "explanation": explanation,
+        }
+
+    def due_records(self, every: int) -> list[dict[str, Any]]:
+        """Records of open episodes that grew by ``every`` messages since their last one."""
+        out = []
+        for name in self.open_episodes:
+            if self.seen - self.published.get(name, self.seen) >= every:
+                record = self.episode_record(name, "open")
+                if record is not None:
+                    out.append(record)
+        return out
 
     def _alert(self, det: Detector, ep: Episode, status: AlertStatus, message: str = "") -> DriftAlert:
         span = det.span if status == "drift" else self.seen - ep.started_at + 1
@@ -103,6 +167,7 @@ class DriftMonitor:
         elif not message:
             message = f"{det.name}: no alarm for {self.quiet} messages; episode {ep.alert_id} ended after {ep.alarms} alarm(s)"
         return DriftAlert(
+            explanation=self.explanation(det.name),
             alert_id=ep.alert_id or "",
             detector=det.name,
             signal=SIGNAL_OF[det.name],
@@ -144,6 +209,9 @@ class DriftMonitor:
             "recent": self.recent[-500:],
             "detectors": {d.name: d.state() for d in self.detectors},
             "episodes": {name: asdict(ep) for name, ep in self.episodes.items()},
+            "evidence": {name: ev.state() for name, ev in self.evidence.items()},
+            "lead": self.lead,
+            "published": self.published,
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -154,6 +222,12 @@ class DriftMonitor:
         for d in self.detectors:
             d.load_state(state["detectors"][d.name])
         self.episodes = {name: Episode(**ep) for name, ep in state["episodes"].items()}
+        # Snapshots from before explanations carry no evidence: the episode's starts afresh.
+        self.evidence = {
+            name: EpisodeEvidence.from_state(ev) for name, ev in state.get("evidence", {}).items()
+        }
+        self.lead = [(int(seen), sig) for seen, sig in state.get("lead", [])]
+        self.published = {name: int(seen) for name, seen in state.get("published", {}).items()}
 
     def snapshot(self) -> bytes:
         return json.dumps(self.state(), separators=(",", ":")).encode()

@@ -21,6 +21,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from models.drift.explain import summary
 from models.ood import KEEP_IN_DIST
 from models.registry import Registry
 from streams.commands.replay import ReplayOptions, replay_file
@@ -143,9 +144,12 @@ async def _watch_alerts(bootstrap: str, settings: Settings, seen: list[dict[str,
         print(
             f"\n[demo] *** {mark} {a['detector']} on {a['signal']}: statistic {a['statistic']:.3g} vs "
             f"threshold {a['threshold']:.3g}, over the last {a['window']['n']} messages "
-            f"({a['alert_id']})\n         {a['message']}\n",
+            f"({a['alert_id']})\n         {a['message']}",
             flush=True,
         )
+        for line in summary(a["explanation"]) if a.get("explanation") else []:
+            print(f"         {line}", flush=True)
+        print(flush=True)
 
 
 def run_demo(

@@ -11,7 +11,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from streams.kafka.topics import ensure_topics, topic_configs, topic_plan
 from streams.settings import Settings
 
-ROLES = ("input", "scored", "dlq", "signals", "alerts", "drift_state")
+ROLES = ("input", "scored", "dlq", "signals", "alerts", "drift_state", "episodes")
 
 
 @dataclass

@@ -28,14 +28,18 @@ def topic_plan(settings: Settings) -> dict[str, int]:
         settings.signals_topic: 1,
         settings.alerts_topic: 1,
         settings.drift_state_topic: 1,
+        settings.episodes_topic: 1,
     }
 
 
 def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
-    """Topic configs beyond the broker's defaults: the drift state is a snapshot under one key,
-    so compaction keeps the latest and lets the rest go (docker-compose.yml creates it the same);
+    """Topic configs beyond the broker's defaults: the drift state is a snapshot under one key
+    and an episode's record is rewritten as it grows, so compaction keeps the latest of each (docker-compose.yml creates it the same);
     ``min_insync_replicas``, when set, on every topic."""
-    configs: dict[str, dict[str, str]] = {settings.drift_state_topic: {"cleanup.policy": "compact"}}
+    configs: dict[str, dict[str, str]] = {
+        settings.drift_state_topic: {"cleanup.policy": "compact"},
+        settings.episodes_topic: {"cleanup.policy": "compact"},  # the latest record of each episode
+    }
     if settings.min_insync_replicas:
         for name in topic_plan(settings):
             configs.setdefault(name, {})["min.insync.replicas"] = str(settings.min_insync_replicas)

@@ -31,7 +31,7 @@ from streams.kafka.transactions import PartitionTransactions
 from streams.settings import Settings
 from streams.worker.batch import BatchOutput, RawMessage, process_batch
 from streams.worker.broker_watch import BrokerWatch
-from streams.worker.drift_agent import DriftAgent, DriftTopics, artifacts_from
+from streams.worker.drift_agent import DriftAgent, DriftTopics, ExplainSettings, artifacts_from
 from streams.worker.metrics import BatchStats, WorkerMetrics
 from streams.worker.offsets import OffsetTracker
 from streams.worker.serving import ModelHolder
@@ -84,11 +84,12 @@ def create_app(
 
     # drift.signals → drift agent → drift.alerts, drift.state
     drift = DriftAgent(
-        DriftTopics(settings.alerts_topic, settings.drift_state_topic),
+        DriftTopics(settings.alerts_topic, settings.drift_state_topic, settings.episodes_topic),
         artifacts_from(holder),
         settings.drift_quiet,
         settings.drift_cooldown,
         {"bootstrap_servers": bootstrap_servers, **security},
+        ExplainSettings(settings.explain_texts, settings.explain_text_chars),
     )
 
     @app.agent(signals)
@@ -231,6 +232,8 @@ async def run_drift_agent(
         log.warning("drift alert: %s %s (%s)", alert.detector, alert.status, alert.alert_id)
     if handled.alerts:
         await deliver(producer(), handled.alert_records(drift.topics.alerts))
+    if handled.episodes:
+        await deliver(producer(), handled.episode_records(drift.topics.episodes))
     if handled.snapshot is not None:
         await deliver(producer(), [(drift.topics.state, b"drift", handled.snapshot)])
 

@@ -17,8 +17,9 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from models.drift.evidence import pack
 from models.scoring import Scores
-from schemas.drift import DriftSignal, SignalBatch
+from schemas.drift import SIGNAL_TEXT_CHARS, DriftSignal, SignalBatch
 from schemas.messages import (
     MAX_MESSAGE_BYTES,
     MAX_TEXT_CHARS,
@@ -106,6 +107,7 @@ def _add_scored(out: BatchOutput, msgs: list[InputText], scores: Scores, version
     scored_at = now_iso()
     now_ms = time.time() * 1000.0
     scored, signals = [], []
+    flagged = scores.is_ood
     for i, msg in enumerate(msgs):
         top_k = [
             {"label": label, "prob": round(float(p), 6)}
@@ -125,6 +127,7 @@ def _add_scored(out: BatchOutput, msgs: list[InputText], scores: Scores, version
         )
         scored.append((msg.id.encode("utf-8"), _encode(record)))
         if scores.projection is not None and scores.label_index is not None:
+            foreign = scores.embeddings is not None and bool(flagged[i])
             signals.append(
                 DriftSignal(
                     msg.id,
@@ -134,6 +137,8 @@ def _add_scored(out: BatchOutput, msgs: list[InputText], scores: Scores, version
                     [round(float(v), 5) for v in scores.projection[i]],
                     record["origin"],
                     msg.timestamp_ms,
+                    msg.text[:SIGNAL_TEXT_CHARS] if foreign else None,
+                    pack(scores.embeddings[i]) if foreign and scores.embeddings is not None else None,
                 )
             )
     out.scored += scored

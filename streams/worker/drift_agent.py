@@ -20,6 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from models.artifact import ModelArtifact
+from models.drift.explain import Explainer
 from models.drift.monitor import DriftMonitor
 from schemas.drift import DriftAlert, signals_in
 from streams.kafka.delivery import Record
@@ -27,12 +28,21 @@ from streams.kafka.delivery import Record
 log = logging.getLogger("streamscore.drift")
 
 SNAPSHOT_EVERY_S = 1.0  # at most this long between snapshots while signals flow without alerts
+EPISODE_EVERY = 250  # messages between updates of an open episode's drift.episodes record
 
 
 @dataclass(frozen=True)
 class DriftTopics:
     alerts: str
     state: str  # detector snapshots, one partition, latest wins
+    episodes: str = "drift.episodes"  # each episode's explanation, keyed by its id, latest wins
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    texts: bool = True  # False: keywords and counts only
+    text_chars: int = 200
+    every: int = EPISODE_EVERY  # messages between updates of an open episode's record
 
 
 @dataclass
@@ -40,11 +50,15 @@ class Handled:
     """What one read of ``drift.signals`` produced: alerts to send first, then the snapshot."""
 
     alerts: list[DriftAlert] = field(default_factory=list)
+    episodes: list[dict[str, Any]] = field(default_factory=list)  # drift.episodes records
     signals: int = 0
     snapshot: bytes | None = None
 
     def alert_records(self, topic: str) -> list[Record]:
         return [(topic, a.alert_id.encode(), json.dumps(a.to_json()).encode()) for a in self.alerts]
+
+    def episode_records(self, topic: str) -> list[Record]:
+        return [(topic, e["episode_id"].encode(), json.dumps(e).encode()) for e in self.episodes]
 
 
 ArtifactOf = Callable[[str], Awaitable[ModelArtifact | None]]
@@ -61,8 +75,10 @@ class DriftAgent:
         quiet: int,
         cooldown: int,
         consumer_options: dict[str, Any] | None = None,
+        explain: ExplainSettings | None = None,
     ) -> None:
         self.topics = topics
+        self.explain = explain or ExplainSettings()
         self.artifact_of = artifact_of
         self.quiet, self.cooldown = quiet, cooldown
         self.consumer_options = consumer_options or {}  # bootstrap servers and security
@@ -112,7 +128,14 @@ class DriftAgent:
             return None
         if self.monitor is not None:
             self.closing += self.monitor.close_all(f"model changed to {version}")
-        monitor = DriftMonitor(artifact.drift, version, self.quiet, self.cooldown)
+        monitor = DriftMonitor(
+            artifact.drift,
+            version,
+            self.quiet,
+            self.cooldown,
+            explainer=explainer_of(artifact, self.explain),
+            ood_threshold=artifact.ood_threshold,
+        )
         if self.restored is not None and self.restored.get("model_version") == version:
             monitor.load_state(self.restored)
         self.restored = None
@@ -143,12 +166,44 @@ class DriftAgent:
                     out.alerts += monitor.observe(signal, offset, index)
                 except Exception:
                     log.exception("skipping unreadable drift signal %s of offset %s", index, offset)
+        out.episodes = [episode_record(a) for a in out.alerts if a.explanation is not None]
+        if self.monitor is not None:
+            out.episodes += self.monitor.due_records(self.explain.every)
         now = time.monotonic()
         # The snapshot follows every alert, so a restart never repeats one; else once a second.
         if self.monitor is not None and (out.alerts or now - self.last_snapshot > SNAPSHOT_EVERY_S):
             out.snapshot = self.monitor.snapshot()
             self.last_snapshot = now
         return out
+
+
+def explainer_of(artifact: ModelArtifact, explain: ExplainSettings) -> Explainer | None:
+    """What explains the episodes of ``artifact``'s model (None: it has no drift calibration)."""
+    if artifact.drift is None:
+        return None
+    return Explainer(
+        labels=list(artifact.head.labels),
+        prior=list(artifact.drift.labels["prior"]),
+        label_confidence=artifact.drift.confidence.get("by_label"),
+        background=artifact.background,
+        label_centres=artifact.label_centres,
+        texts=explain.texts,
+        text_chars=explain.text_chars,
+    )
+
+
+def episode_record(alert: DriftAlert) -> dict[str, Any]:
+    """The ``drift.episodes`` record an alert opens (``open``) or closes (``resolved``)."""
+    return {
+        "episode_id": alert.alert_id,
+        "detector": alert.detector,
+        "model_version": alert.model_version,
+        "status": "open" if alert.status == "drift" else "resolved",
+        "messages": alert.window.n,
+        "alarms": alert.alarms_in_episode,
+        "updated_at": alert.detected_at,
+        "explanation": alert.explanation,
+    }
 
 
 def artifacts_from(holder: Any) -> ArtifactOf:
