@@ -33,9 +33,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from models.artifact import ModelArtifact  # noqa: E402
+from models.drift.evidence import pack  # noqa: E402
+from models.drift.monitor import DriftMonitor  # noqa: E402
 from models.embedder import Embedder  # noqa: E402
 from models.registry import Registry  # noqa: E402
-from models.themes import DISTANCE, Background, find_themes  # noqa: E402
+from models.scoring import score_embeddings  # noqa: E402
+from models.themes import DISTANCE, Background, ThemeReport, find_themes  # noqa: E402
+from schemas.drift import SIGNAL_TEXT_CHARS  # noqa: E402
+from streams.worker.drift_agent import ExplainSettings, explainer_of  # noqa: E402
 from training.data import Row, read_labelled  # noqa: E402
 from training.fit import TrainConfig, train  # noqa: E402
 
@@ -70,6 +76,44 @@ def make_stream(
             break
         out.append(pool_new.pop() if take_new else pool_in.pop())
     return Stream([r.text for r in out], [r.label for r in out], before)
+
+
+def match_labels(
+    report: ThemeReport,
+    rows: list[int],
+    labels: list[str],
+    held: set[str],
+    injected: Counter[str],
+    first_found: dict[str, int],
+    scale: float = 1.0,
+) -> dict[str, dict[str, Any]]:
+    """For each withheld label, the theme holding most of its texts: purity, coverage (its
+    texts there, times ``scale`` when the clustered texts are a sample, over ``injected``), found
+    (the label is the theme's majority), keywords and the name's tokens among them."""
+    per_label: dict[str, dict[str, Any]] = {}
+    for label in sorted(held):
+        best = None
+        for theme in report.themes:
+            members = [labels[rows[m]] for m in theme.members]
+            count = members.count(label)
+            if count and (best is None or count > best[0]):
+                best = (count, theme, Counter(members).most_common(1)[0][0])
+        if best is None:
+            per_label[label] = {"found": False, "injected": injected[label]}
+            continue
+        count, theme, majority = best
+        per_label[label] = {
+            "found": majority == label and count / theme.size >= 0.5,
+            "purity": round(count / theme.size, 4),
+            "coverage": round(min(1.0, count * scale / max(1, injected[label])), 4),
+            "injected": injected[label],
+            "theme_size": theme.size,
+            "keywords": theme.keywords,
+            "keyword_hits": sorted(set(label.replace("-", "_").split("_")) & set(theme.keywords)),
+            "examples": theme.examples,
+            "messages_to_first_theme": first_found.get(label),
+        }
+    return per_label
 
 
 def run_stream(
@@ -112,30 +156,7 @@ def run_stream(
     assert report is not None
     rows = list(recent)
     injected = Counter(lab for lab in stream.labels[stream.injected_from :] if lab in held)
-    per_label: dict[str, dict[str, Any]] = {}
-    for label in sorted(held):
-        best = None
-        for theme in report.themes:
-            members = [stream.labels[rows[m]] for m in theme.members]
-            count = members.count(label)
-            if count and (best is None or count > best[0]):
-                best = (count, theme, Counter(members).most_common(1)[0][0])
-        name_tokens = set(label.replace("-", "_").split("_"))
-        if best is None:
-            per_label[label] = {"found": False, "injected": injected[label]}
-            continue
-        count, theme, majority = best
-        per_label[label] = {
-            "found": majority == label and count / theme.size >= 0.5,
-            "purity": round(count / theme.size, 4),
-            "coverage": round(count / max(1, injected[label]), 4),
-            "injected": injected[label],
-            "theme_size": theme.size,
-            "keywords": theme.keywords,
-            "keyword_hits": sorted(name_tokens & set(theme.keywords)),
-            "examples": theme.examples,
-            "messages_to_first_theme": first_found.get(label),
-        }
+    per_label = match_labels(report, rows, stream.labels, held, injected, first_found)
     flagged_in_dist = sum(1 for j in rows if stream.labels[j] not in held)
     return {
         "labels": per_label,
@@ -146,6 +167,84 @@ def run_stream(
         "foreign_texts_clustered": len(rows),
         "in_distribution_among_them": flagged_in_dist,
         "cluster_ms_per_check": round(1000 * cluster_s / max(1, checks), 2),
+    }
+
+
+def run_episode(
+    stream: Stream, X: np.ndarray, art: ModelArtifact, held: set[str], every: int
+) -> dict[str, Any]:
+    """Feed the stream to the drift agent's monitor, as the worker does (signals with the text and
+    embedding of each foreign text), and read the themes of the first episode that opens after
+    injection starts from its evidence (a uniform sample of at most 150 foreign texts) every
+    ``every`` messages. Coverage scales a theme's share of the sample up to the episode's
+    foreign texts: the texts it stands for, over the label's injected texts in the episode."""
+    scores = score_embeddings(art, X)
+    explainer = explainer_of(art, ExplainSettings())
+    assert art.drift is not None and explainer is not None
+    assert scores.projection is not None and scores.label_index is not None
+    monitor = DriftMonitor(art.drift, art.version, explainer=explainer, ood_threshold=art.ood_threshold)
+    episode: tuple[str, int] | None = None  # (detector, message it opened at)
+    first_found: dict[str, int] = {}
+    opened: list[dict[str, Any]] = []
+    last_report, last_rows, foreign_in_episode, end = None, [], 0, len(stream.texts)
+    for i in range(len(stream.texts)):
+        foreign = bool(scores.is_ood[i])
+        signal = {
+            "id": str(i),
+            "ood_score": float(scores.ood_scores[i]),
+            "confidence": float(scores.confidence[i]),
+            "label": int(scores.label_index[i]),
+            "projection": scores.projection[i].tolist(),
+        }
+        if foreign:
+            signal |= {"text": stream.texts[i][:SIGNAL_TEXT_CHARS], "embedding": pack(X[i])}
+        for alert in monitor.observe(signal, offset=i):
+            if alert.status == "drift":
+                opened.append({"detector": alert.detector, "at": i + 1 - stream.injected_from})
+                if episode is None and i >= stream.injected_from:
+                    episode = (alert.detector, i)
+            elif episode and alert.detector == episode[0]:
+                end = i + 1
+        if (
+            episode is None
+            or end < len(stream.texts)  # the episode ended: its last themes stand
+            or episode[0] not in monitor.evidence
+            or ((i + 1) % every and i + 1 < len(stream.texts))
+        ):
+            continue
+        ev = monitor.evidence[episode[0]]
+        if len(ev.sample) < 10:
+            continue
+        report = find_themes(
+            [x.text for x in ev.sample], ev.embeddings(), explainer.background or Background()
+        )
+        rows = [int(x.id) for x in ev.sample]
+        last_report, last_rows, foreign_in_episode = report, rows, ev.foreign
+        for theme in report.themes:
+            majority, count = Counter(stream.labels[rows[m]] for m in theme.members).most_common(1)[0]
+            if majority in held and count / theme.size >= 0.5 and majority not in first_found:
+                first_found[majority] = i + 1 - stream.injected_from
+    out: dict[str, Any] = {
+        "episodes_opened": opened,
+        "episode": episode and {"detector": episode[0], "opened_at": episode[1] + 1 - stream.injected_from},
+    }
+    if last_report is None or episode is None:
+        return out | {
+            "labels": {lab: {"found": False} for lab in sorted(held)},
+            "themes": [],
+            "largest_theme_share_of_texts": 0.0,
+        }
+    in_episode = Counter(lab for lab in stream.labels[episode[1] : end] if lab in held)
+    scale = foreign_in_episode / len(last_rows)
+    per_label = match_labels(last_report, last_rows, stream.labels, held, in_episode, first_found, scale)
+    return out | {
+        "labels": per_label,
+        "themes": [t.as_json() for t in last_report.themes],
+        "largest_theme_share_of_texts": round(
+            max((t.size for t in last_report.themes), default=0) * scale / len(stream.texts), 4
+        ),
+        "foreign_in_episode": foreign_in_episode,
+        "sampled": len(last_rows),
     }
 
 
@@ -174,6 +273,12 @@ def main() -> None:
     p.add_argument("--after", type=int, default=2000, help="messages from injection on")
     p.add_argument("--buffer", type=int, default=1000, help="recent foreign texts kept for clustering")
     p.add_argument("--every", type=int, default=50, help="messages between clusterings")
+    p.add_argument(
+        "--episode",
+        action="store_true",
+        help="themes as the drift agent finds them: from the evidence of the episode that opens "
+        "after injection (a sample of at most 150 foreign texts), not a buffer of recent ones",
+    )
     p.add_argument("--distance", type=float, default=DISTANCE)
     p.add_argument("--min-size", type=int, default=5)
     p.add_argument("--min-share", type=float, default=0.05)
@@ -222,7 +327,16 @@ def main() -> None:
             "finetuned": bool(art.manifest["embedder"].get("finetuned")),
             "settings": {
                 k: getattr(args, k)
-                for k in ("before", "after", "buffer", "every", "distance", "min_size", "min_share")
+                for k in (
+                    "before",
+                    "after",
+                    "buffer",
+                    "every",
+                    "distance",
+                    "min_size",
+                    "min_share",
+                    "episode",
+                )
             },
         }
         gate = art.ood_threshold
@@ -244,9 +358,12 @@ def main() -> None:
         for name, share in streams.items():
             stream = make_stream(in_dist, injected, args.before, args.after, share, random.Random(args.seed))
             X, is_ood = score(stream.texts)
-            out = run_stream(stream, X, is_ood, set(held) if share else set(), buffer=args.buffer,
-                             every=args.every, distance=args.distance, min_size=args.min_size,
-                             min_share=args.min_share)  # fmt: skip
+            if args.episode:
+                out = run_episode(stream, X, art, set(held) if share else set(), args.every)
+            else:
+                out = run_stream(stream, X, is_ood, set(held) if share else set(), buffer=args.buffer,
+                                 every=args.every, distance=args.distance, min_size=args.min_size,
+                                 min_share=args.min_share)  # fmt: skip
             if share:
                 out["summary"] = summarise(out["labels"])
                 out["flagged_share_of_injected"] = round(
