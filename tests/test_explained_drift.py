@@ -90,6 +90,8 @@ def test_a_drift_alert_and_its_episode_record_say_what_is_new(serving, stream):
     first = drift[0].explanation
     validate("drift.alerts", drift[0].to_json())
     assert first["foreign"] >= 1 and first["most_foreign"][0]["text"]
+    # At the alarm, the explanation covers the messages the alarm was built on, not just the last.
+    assert first["messages"] == drift[0].window.n > 1, (first["messages"], drift[0].window)
     # The open episode's record, later: the new intents are its themes.
     record = monitor.episode_record("ood_cusum", "open")
     validate("drift.episodes", record)

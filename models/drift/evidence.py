@@ -82,14 +82,17 @@ class EpisodeEvidence:
 
     def add(self, signal: dict[str, Any], foreign: bool) -> None:
         """One scored message of the episode; ``foreign``: the model flagged it as OOD."""
+        self.count(int(signal["label"]), float(signal["confidence"]), foreign)
+        if foreign:
+            self.keep_foreign(signal)
+
+    def count(self, label: int, confidence: float, foreign: bool) -> None:
+        """One message in the counts only (the episode's earlier messages, known by these alone)."""
         self.messages += 1
-        label = int(signal["label"])
         if 0 <= label < self.n_labels:
             self.label_counts[label] += 1
-            self.confidence_sums[label] += float(signal["confidence"])
-        if foreign:
-            self.foreign += 1
-            self.keep_foreign(signal)
+            self.confidence_sums[label] += confidence
+        self.foreign += foreign
 
     def keep_foreign(self, signal: dict[str, Any]) -> None:
         """Into the sample and the most-foreign list, if the signal carries its text and embedding."""

@@ -116,11 +116,11 @@ def summary(explanation: dict[str, Any]) -> list[str]:
     ...     {"label": "refund", "share": 0.3, "expected": 0.1, "count": 60}], "themes": [
     ...     {"size": 40, "keywords": ["flight", "cancelled"], "nearest_label": "refund"}],
     ...     "themes_summary": "1 theme(s) among 90 foreign texts; largest: 40 texts (flight, cancelled)"})))
-    90 of 200 messages foreign; labels moved: refund 30% (expected 10%)
+    90 of 200 messages foreign; labels moved: refund 30.0% (expected 10.0%)
     theme of 40: flight, cancelled (nearest label: refund)
     """
     moved = ", ".join(
-        f"{m['label']} {m['share']:.0%} (expected {m['expected']:.0%})"
+        f"{m['label']} {m['share']:.1%} (expected {m['expected']:.1%})"
         for m in explanation["labels_moved"][:3]
     )
     lines = [

@@ -21,6 +21,7 @@ from schemas.drift import AlertStatus, AlertWindow, DriftAlert
 from schemas.messages import now_iso
 
 LEAD = 50  # latest foreign signals kept for an episode about to start
+HISTORY = 1_000  # latest messages' label, confidence and foreign flag, for the same
 FOREIGN_KEYS = ("id", "text", "ood_score", "confidence", "label", "embedding")
 
 SIGNAL_OF = {
@@ -70,6 +71,9 @@ class DriftMonitor:
     ood_threshold: float = float("inf")
     evidence: dict[str, EpisodeEvidence] = field(default_factory=dict)
     lead: list[tuple[int, dict[str, Any]]] = field(default_factory=list)  # (seen, foreign signal)
+    history: list[tuple[int, float, bool]] = field(
+        default_factory=list
+    )  # latest (label, confidence, foreign)
     published: dict[str, int] = field(default_factory=dict)  # episode → ``seen`` at its last record
 
     def __post_init__(self) -> None:
@@ -95,6 +99,9 @@ class DriftMonitor:
             if foreign and record.get("embedding"):
                 self.lead.append((self.seen, {k: record.get(k) for k in FOREIGN_KEYS}))
                 del self.lead[:-LEAD]
+            self.history.append((int(sig.label), float(sig.confidence), bool(foreign)))
+            if len(self.history) > 2 * HISTORY:
+                del self.history[:-HISTORY]
         alerts = []
         for det in self.detectors:
             ep = self.episodes[det.name]
@@ -116,10 +123,15 @@ class DriftMonitor:
     def _start_evidence(self, det: Detector, record: dict[str, Any], foreign: bool) -> None:
         if self.explainer is None:
             return
+        # The episode starts with the messages its alarm was built on (the detector's span):
+        # their counts, and the foreign texts among them that ``lead`` still holds.
+        span = min(max(det.span, 1), HISTORY)
         ev = EpisodeEvidence(n_labels=len(self.explainer.labels))
+        for label, confidence, was_foreign in self.history[-span:-1]:
+            ev.count(label, confidence, was_foreign)
         for seen, earlier in self.lead:
-            if seen > self.seen - max(det.span, 1) and seen < self.seen:
-                ev.keep_foreign(earlier)  # the texts the alarm was built on
+            if self.seen - span < seen < self.seen:
+                ev.keep_foreign(earlier)
         ev.add(record, foreign)
         self.evidence[det.name] = ev
         self.published[det.name] = self.seen
@@ -211,6 +223,7 @@ class DriftMonitor:
             "episodes": {name: asdict(ep) for name, ep in self.episodes.items()},
             "evidence": {name: ev.state() for name, ev in self.evidence.items()},
             "lead": self.lead,
+            "history": self.history[-HISTORY:],
             "published": self.published,
         }
 
@@ -227,6 +240,7 @@ class DriftMonitor:
             name: EpisodeEvidence.from_state(ev) for name, ev in state.get("evidence", {}).items()
         }
         self.lead = [(int(seen), sig) for seen, sig in state.get("lead", [])]
+        self.history = [(int(a), float(c), bool(f)) for a, c, f in state.get("history", [])]
         self.published = {name: int(seen) for name, seen in state.get("published", {}).items()}
 
     def snapshot(self) -> bytes:
