@@ -228,8 +228,8 @@ def run_demo(
     print(
         f"\n[demo] where to look next (this demo's broker stopped with it; docs/messages.md has the message formats):\n"
         f"  topics: {settings.input_topic} (input), {settings.scored_topic} (results), {settings.dlq_topic} "
-        f"(bad input, with reasons), {settings.alerts_topic} (drift alerts), {settings.signals_topic}, "
-        f"{settings.drift_state_topic}\n"
+        f"(bad input, with reasons), {settings.alerts_topic} (drift alerts), {settings.episodes_topic} "
+        f"(each episode's explanation), {settings.signals_topic}, {settings.drift_state_topic}\n"
         f"  a broker that stays up:   streamscore broker &   export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092\n"
         f"  then:                     streamscore worker &   streamscore tail --pretty\n"
         f"  the same stream again:    streamscore replay {stream_file} --rate {rate:g}\n"
