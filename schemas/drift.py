@@ -71,6 +71,29 @@ class SignalBatch:
         return {"model_version": self.model_version, "signals": [s.to_json() for s in self.signals]}
 
 
+def episode_record(
+    episode_id: str,
+    detector: str,
+    model_version: str,
+    status: Literal["open", "resolved"],
+    alarms: int,
+    updated_at: str,
+    explanation: dict[str, Any],
+) -> dict[str, Any]:
+    """One ``drift.episodes`` record. Its ``messages`` are the explanation's: the episode's
+    messages counted by its evidence, one count wherever the record is made."""
+    return {
+        "episode_id": episode_id,
+        "detector": detector,
+        "model_version": model_version,
+        "status": status,
+        "messages": explanation["messages"],
+        "alarms": alarms,
+        "updated_at": updated_at,
+        "explanation": explanation,
+    }
+
+
 def signals_in(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The signals of one ``drift.signals`` record: a micro-batch's ``signals``, or the record
     itself when it is a single signal (the format before signals were batched)."""

@@ -17,7 +17,7 @@ from models.scoring import Scorer
 from schemas.contract import validate
 from schemas.messages import Origin
 from streams.worker.batch import BatchLimits, RawMessage, process_batch
-from streams.worker.drift_agent import ExplainSettings, episode_record, explainer_of
+from streams.worker.drift_agent import ExplainSettings, episode_record_of, explainer_of
 from tests.conftest import CLINC, small_clinc_rows
 
 ROWS = [json.loads(line) for line in open(CLINC, encoding="utf-8")]
@@ -93,7 +93,7 @@ def test_a_drift_alert_and_its_episode_record_say_what_is_new(serving, stream):
     # At the alarm, the explanation covers the messages the alarm was built on, not just the last.
     assert first["messages"] == drift[0].window.n > 1, (first["messages"], drift[0].window)
     # The open episode's record, later: the new intents are its themes.
-    record = monitor.episode_record("ood_cusum", "open")
+    record = monitor.episode_record("ood_cusum")
     validate("drift.episodes", record)
     e = record["explanation"]
     assert e["foreign"] > 100 and e["foreign_share"] > 0.5
@@ -117,9 +117,11 @@ def test_the_episode_record_comes_from_its_alert_and_closes_resolved(serving, st
     alerts = _run(monitor, stream + normal_again)
     closing = [a for a in alerts if a.detector == "ood_cusum" and a.status == "resolved"]
     assert closing, [(a.detector, a.status) for a in alerts]
-    record = episode_record(closing[-1])
+    record = episode_record_of(closing[-1])
     validate("drift.episodes", record)
     assert record["status"] == "resolved" and record["explanation"]["themes"]
+    # The whole episode, however long: not the alert window (capped by the monitor's recent list).
+    assert record["messages"] == record["explanation"]["messages"] >= closing[-1].window.n
     assert "ood_cusum" not in monitor.evidence  # an ended episode's evidence is let go
 
 
@@ -127,7 +129,7 @@ def test_explanations_without_texts_carry_keywords_and_counts_only(serving, stre
     artifact, _ = serving
     monitor = _monitor(artifact, texts=False)
     _run(monitor, stream)
-    e = monitor.episode_record("ood_cusum", "open")["explanation"]
+    e = monitor.episode_record("ood_cusum")["explanation"]
     assert e["texts_included"] is False and e["themes"] and e["themes"][0]["keywords"]
     dumped = json.dumps(e)
     assert all(s["text"][:40] not in dumped for s in stream if "text" in s)
@@ -148,7 +150,7 @@ def test_a_restarted_monitor_continues_the_evidence_exactly(serving, stream):
     assert [a.to_json() | {"detected_at": 0} for a in before + after] == [
         a.to_json() | {"detected_at": 0} for a in whole_alerts
     ]
-    ours, theirs = resumed.episode_record("ood_cusum", "open"), whole.episode_record("ood_cusum", "open")
+    ours, theirs = resumed.episode_record("ood_cusum"), whole.episode_record("ood_cusum")
     assert ours["explanation"] == theirs["explanation"]
 
 
@@ -175,6 +177,6 @@ def test_evidence_stays_bounded_in_an_episode_of_50000_foreign_texts(serving):
         assert ev.foreign > 40_000 and len(ev.sample) <= SAMPLE and len(ev.most_foreign) <= 5
     assert len(monitor.lead) <= LEAD
     assert len(monitor.snapshot()) < 512 * 1024  # drift.state records stay well under Kafka's 1 MB
-    record = monitor.episode_record(monitor.open_episodes[0], "open")
+    record = monitor.episode_record(monitor.open_episodes[0])
     assert len(json.dumps(record["explanation"]).encode()) <= MAX_BYTES
     assert len(record["explanation"]["themes"]) == 3, record["explanation"]["themes_summary"]

@@ -17,7 +17,7 @@ from models.drift.calibration import DriftCalibration
 from models.drift.evidence import EpisodeEvidence
 from models.drift.explain import Explainer
 from models.drift.signal import Detector, Signal
-from schemas.drift import AlertStatus, AlertWindow, DriftAlert
+from schemas.drift import AlertStatus, AlertWindow, DriftAlert, episode_record
 from schemas.messages import now_iso
 
 LEAD = 50  # latest foreign signals kept for an episode about to start
@@ -140,29 +140,22 @@ class DriftMonitor:
         ev = self.evidence.get(detector)
         return None if self.explainer is None or ev is None else self.explainer.explain(ev)
 
-    def episode_record(self, detector: str, status: str) -> dict[str, Any] | None:
-        """The ``drift.episodes`` record of ``detector``'s current episode (None without one)."""
+    def episode_record(self, detector: str) -> dict[str, Any] | None:
+        """The ``drift.episodes`` record of ``detector``'s open episode (None without one)."""
         ep, explanation = self.episodes[detector], self.explanation(detector)
         if ep.alert_id is None or explanation is None:
             return None
         self.published[detector] = self.seen
-        return {
-            "episode_id": ep.alert_id,
-            "detector": detector,
-            "model_version": self.model_version,
-            "status": status,
-            "messages": self.seen - ep.started_at + 1,
-            "alarms": ep.alarms,
-            "updated_at": now_iso(),
-            "explanation": explanation,
-        }
+        return episode_record(
+            ep.alert_id, detector, self.model_version, "open", ep.alarms, now_iso(), explanation
+        )
 
     def due_records(self, every: int) -> list[dict[str, Any]]:
         """Records of open episodes that grew by ``every`` messages since their last one."""
         out = []
         for name in self.open_episodes:
             if self.seen - self.published.get(name, self.seen) >= every:
-                record = self.episode_record(name, "open")
+                record = self.episode_record(name)
                 if record is not None:
                     out.append(record)
         return out

@@ -15,14 +15,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from models.artifact import ModelArtifact
 from models.drift.explain import Explainer
 from models.drift.monitor import DriftMonitor
-from schemas.drift import DriftAlert, signals_in
+from schemas.drift import DriftAlert, episode_record, signals_in
 from streams.kafka.delivery import Record
 
 log = logging.getLogger("streamscore.drift")
@@ -166,7 +166,7 @@ class DriftAgent:
                     out.alerts += monitor.observe(signal, offset, index)
                 except Exception:
                     log.exception("skipping unreadable drift signal %s of offset %s", index, offset)
-        out.episodes = [episode_record(a) for a in out.alerts if a.explanation is not None]
+        out.episodes = [episode_record_of(a) for a in out.alerts if a.explanation is not None]
         if self.monitor is not None:
             out.episodes += self.monitor.due_records(self.explain.every)
         now = time.monotonic()
@@ -192,18 +192,14 @@ def explainer_of(artifact: ModelArtifact, explain: ExplainSettings) -> Explainer
     )
 
 
-def episode_record(alert: DriftAlert) -> dict[str, Any]:
-    """The ``drift.episodes`` record an alert opens (``open``) or closes (``resolved``)."""
-    return {
-        "episode_id": alert.alert_id,
-        "detector": alert.detector,
-        "model_version": alert.model_version,
-        "status": "open" if alert.status == "drift" else "resolved",
-        "messages": alert.window.n,
-        "alarms": alert.alarms_in_episode,
-        "updated_at": alert.detected_at,
-        "explanation": alert.explanation,
-    }
+def episode_record_of(alert: DriftAlert) -> dict[str, Any]:
+    """The ``drift.episodes`` record an alert (with an explanation) opens or closes."""
+    assert alert.explanation is not None
+    status: Literal["open", "resolved"] = "open" if alert.status == "drift" else "resolved"
+    return episode_record(
+        alert.alert_id, alert.detector, alert.model_version, status,
+        alert.alarms_in_episode, alert.detected_at, alert.explanation,
+    )  # fmt: skip
 
 
 def artifacts_from(holder: Any) -> ArtifactOf:
