@@ -20,9 +20,10 @@ demo: $(STAMP)
 	$(VENV)/bin/streamscore demo
 
 # Servers the tests run for real: Prometheus and Alertmanager (observability), Redis (the shared embedding
-# cache), stunnel (a TLS listener in front of the broker) and openssl (its test certificates).
+# cache), stunnel (a TLS listener in front of the broker), openssl (its test certificates) and headless
+# Chromium with its driver (the browser test of streamscore ui).
 # Missing Debian packages are installed with one apt-get update.
-SERVERS := prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager redis-server:redis-server stunnel4:stunnel4 openssl:openssl
+SERVERS := prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager redis-server:redis-server stunnel4:stunnel4 openssl:openssl chromium:chromium chromedriver:chromium-driver
 # Apache Kafka from KAFKA_HOME (docs/reliability.md, Brokers) runs on Java 17 or newer.
 ifneq ($(KAFKA_HOME),)
 SERVERS += java:default-jre-headless

@@ -380,6 +380,17 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from streams.kafka.broker import bootstrap_or_embedded, require_broker
+    from streams.ui.server import serve
+
+    settings = _settings(args)
+    require_broker(settings.bootstrap_servers, settings.embedded_broker)
+    with bootstrap_or_embedded(settings.bootstrap_servers, settings.embedded_broker) as bootstrap:
+        asyncio.run(serve(settings, bootstrap, settings.ui_host, settings.ui_port, settings.ui_refresh_s))
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from models.registry import Registry
 
@@ -837,6 +848,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.set_defaults(func=cmd_themes)
 
+    sp = sub.add_parser(
+        "ui",
+        help="a web page of the fleet: drift episodes and their explanations, dead letters, rate, lag, model",
+        description="Reads the topics, not a worker, so it shows every worker of the group. Binds to "
+        "127.0.0.1 unless told otherwise; the page refreshes itself. JSON at /api/fleet.",
+    )
+    common(sp, kafka=True)
+    sp.add_argument("--host", dest="ui_host", default=None, help="address to listen on (default 127.0.0.1)")
+    sp.add_argument("--port", dest="ui_port", type=int, default=None, help="default 8090; 0: any free port")
+    sp.add_argument("--refresh", dest="ui_refresh_s", type=float, default=None, help="seconds (default 5)")
+    sp.add_argument("--input-topic", dest="input_topic", default=None)
+    sp.add_argument("--scored-topic", dest="scored_topic", default=None)
+    sp.add_argument("--dlq-topic", dest="dlq_topic", default=None)
+    sp.add_argument("--episodes-topic", dest="episodes_topic", default=None)
+    sp.add_argument("--group-id", dest="group_id", default=None, help="the workers' group (for the lag)")
+    sp.set_defaults(func=cmd_ui)
+
     sp = sub.add_parser("tail", help="print records of a topic as they arrive")
     common(sp, kafka=True)
     sp.add_argument("--topic", default=None, help="default texts.scored")
@@ -949,6 +977,10 @@ EXAMPLES = {
     "themes": [
         "streamscore themes --from=-1h --bootstrap-servers localhost:9092",
         "streamscore themes --from 2026-12-05T03:00:00Z --to 2026-12-05T04:00:00Z --no-texts --json",
+    ],
+    "ui": [
+        "streamscore ui --bootstrap-servers localhost:9092",
+        "streamscore ui --host 0.0.0.0 --port 8090 --refresh 10 --group-id streamscore",
     ],
     "tail": ["streamscore tail --pretty --from-beginning -n 20 --bootstrap-servers localhost:9092"],
     "models": ["streamscore models", "streamscore models promote v0003", "streamscore models rollback"],

@@ -102,6 +102,9 @@ class Settings:
     log_level: LogLevel = "info"
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so Prometheus can reach it
     metrics_port: int = 9464  # taken: the next free port above it (printed at start); 0: none
+    ui_host: str = "127.0.0.1"  # streamscore ui; 0.0.0.0 in a container
+    ui_port: int = 8090  # 0: any free port (printed at start)
+    ui_refresh_s: float = 5.0  # the page reloads itself this often
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -135,6 +138,8 @@ class Settings:
             (self.embed_cache_size >= 0, "embed_cache_size must be 0 (off) or more"),
             (self.embed_cache_ttl_s >= 1, "embed_cache_ttl_s must be at least 1"),
             (self.partitions >= 1, "partitions must be at least 1"),
+            (0 <= self.ui_port <= 65535, "ui_port must be between 0 (any free port) and 65535"),
+            (self.ui_refresh_s >= 1, "ui_refresh_s must be at least 1 second"),
             (self.replication_factor >= 1, "replication_factor must be at least 1"),
             (
                 0 <= self.min_insync_replicas <= self.replication_factor,

@@ -67,3 +67,14 @@ def test_compose_creates_the_topics_the_worker_would(tmp_path: Path):
         created[topic] = (partitions, configs)
     expected = {name: (n, topic_configs(settings).get(name, {})) for name, n in topic_plan(settings).items()}
     assert created == expected
+
+
+def test_compose_serves_the_page_on_the_hosts_loopback_only():
+    ui = COMPOSE["services"]["ui"]
+    env = {**COMPOSE["x-streamscore-env"], **{k: v for k, v in ui["environment"].items() if k != "<<"}}
+    settings = Settings.from_env({k: str(v) for k, v in env.items()})
+    assert ui["command"] == ["ui"] and ui["image"] == COMPOSE["services"]["worker"]["image"]
+    # In the container it listens on every address; the host publishes it on 127.0.0.1 alone.
+    assert settings.ui_host == "0.0.0.0"
+    assert ui["ports"] == [f"127.0.0.1:{settings.ui_port}:{settings.ui_port}"]
+    assert f":{settings.ui_port}/healthz" in ui["healthcheck"]["test"][-1]

@@ -234,6 +234,7 @@ def run_demo(
         f"  then:                     streamscore worker &   streamscore tail --pretty\n"
         f"  the same stream again:    streamscore replay {stream_file} --rate {rate:g}\n"
         f"  score it with a model:    streamscore rescore --from=-10m --model {version} --compare\n"
+        f"  drift episodes on a page: streamscore ui   (then open http://127.0.0.1:8090/)\n"
         f"  metrics: the worker served {metrics_url or '/metrics (see its log)'} while it ran; "
         f"with Prometheus and Grafana: docker compose up (docs/observability.md)"
     )
