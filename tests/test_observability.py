@@ -29,6 +29,7 @@ import yaml
 
 from models.registry import Registry
 from streams.kafka.broker import free_port, stop_process
+from streams.settings import Settings
 from streams.worker.metrics import BatchStats, WorkerMetrics
 from tests.conftest import ROOT, WorkerHandle, debian_server, small_clinc_rows, start_worker, stop_worker
 from tests.kafka_helpers import collect, send_json, send_raw
@@ -189,6 +190,14 @@ def test_compose_prometheus_and_grafana_files_refer_to_each_other():
                 ):
                     assert 'job=~"$job"' in selector, (path.name, p["title"], metric)
         assert all(p["gridPos"]["x"] + p["gridPos"]["w"] <= 24 for p in board["panels"]), path.name
+    # The drift dashboard links to streamscore ui: the dashboard, and each open episode to its page.
+    drift = json.loads((DEPLOY / "grafana/dashboards/drift-ood.json").read_text())
+    ui = next(v for v in drift["templating"]["list"] if v["name"] == "ui")
+    assert ui["query"] == f"http://{Settings().ui_host}:{Settings().ui_port}"
+    assert [link["url"] for link in drift["links"]] == ["${ui}"]
+    table = next(p for p in drift["panels"] if p["title"] == "Open drift episodes")
+    links = [v for o in table["fieldConfig"]["overrides"] for prop in o["properties"] for v in prop["value"]]
+    assert [link["url"] for link in links] == ["${ui}/episodes/${__value.raw}"]
     for rule in grafana_rules():
         for d in rule["data"]:
             assert d["datasourceUid"] in (uid, "__expr__"), rule["uid"]
@@ -230,17 +239,33 @@ def test_the_peak_ratio_shows_an_alarm_that_the_statistic_gauge_misses():
     alarm = DriftAlert(
         "a", "ood_cusum", "ood_score", "drift", 24.0, 20.0, window, "v1", "r", 1e4, 1, "t", "m"
     )
-    m.observe_drift([cusum], [], [], 10)
+    m.observe_drift([cusum], {}, [], 10)
     assert m.value("streamscore_drift_peak_ratio", {"detector": "ood_cusum"}) == 0.15
     cusum.statistic = 0.0  # CUSUM restarts from zero at its alarm: the statistic gauge never shows 24
-    m.observe_drift([cusum], ["ood_cusum"], [alarm], 10)
+    m.observe_drift([cusum], {"ood_cusum": "a"}, [alarm], 10)
     assert m.value("streamscore_drift_statistic", {"detector": "ood_cusum"}) == 0.0
     assert m.value("streamscore_drift_peak_ratio", {"detector": "ood_cusum"}) == 1.2
     cusum.statistic = 10.0
-    m.observe_drift([cusum], ["ood_cusum"], [], 10)  # still open: the episode's peak stays
+    m.observe_drift([cusum], {"ood_cusum": "a"}, [], 10)  # still open: the episode's peak stays
     assert m.value("streamscore_drift_peak_ratio", {"detector": "ood_cusum"}) == 1.2
-    m.observe_drift([cusum], [], [], 10)  # closed: back to the current value
+    m.observe_drift([cusum], {}, [], 10)  # closed: back to the current value
     assert m.value("streamscore_drift_peak_ratio", {"detector": "ood_cusum"}) == 0.5
+
+
+def test_an_open_episode_is_a_series_of_its_own_that_ends_when_it_resolves():
+    from types import SimpleNamespace
+
+    m = WorkerMetrics.create()
+    cusum = SimpleNamespace(name="ood_cusum", statistic=3.0, threshold=20.0)
+    shift = SimpleNamespace(name="label_shift", statistic=1.0, threshold=20.0)
+    episode = "streamscore_drift_episode_open"
+    m.observe_drift([cusum, shift], {"ood_cusum": "e1", "label_shift": "e2"}, [], 10)
+    assert m.value(episode, {"detector": "ood_cusum", "episode": "e1"}) == 1.0
+    m.observe_drift([cusum, shift], {"ood_cusum": "e3", "label_shift": "e2"}, [], 10)
+    assert m.value(episode, {"detector": "ood_cusum", "episode": "e1"}) is None  # e1 resolved
+    assert m.value(episode, {"detector": "ood_cusum", "episode": "e3"}) == 1.0
+    m.observe_drift([cusum, shift], {}, [], 10)
+    assert not [s for f in m.registry.collect() if f.name == episode for s in f.samples]
 
 
 # --- behaviour: a real worker, a real Prometheus -------------------------------------------------
@@ -574,6 +599,20 @@ def test_dashboards_and_alert_rules_show_real_data_and_the_drift_alert_fires(
                 [(t, peak[t]) for t in in_episode][:5],
             )
         assert peaks["ood_cusum"]["max"] >= 1.0
+        # Each drift episode is an annotation band of its own, named by the id its alerts carry
+        # (and streamscore ui's /episodes/<id>); a resolved episode's band ends.
+        bands = report["streamscore · Drift & OOD / annotation Drift episodes"]["series"]
+        alerts = collect(kafka, w.topics["alerts"], 0, timeout_s=10, settle_s=1)
+        opened = {a["alert_id"]: a["detector"] for a in alerts if a["status"] == "drift"}
+        resolved = {a["alert_id"] for a in alerts if a["status"] == "resolved"}
+        assert {(b["labels"]["episode"], b["labels"]["detector"]) for b in bands} <= set(opened.items()), (
+            bands,
+            opened,
+        )
+        assert "ood_cusum" in {b["labels"]["detector"] for b in bands}, bands
+        for band in bands:
+            if band["labels"]["episode"] in resolved:
+                assert band["values"][-1][0] < end - 5, (band["labels"], band["values"][-1], end)
         counts = prom.api("query", query="streamscore_messages_in_total")["result"]
         assert float(counts[0]["value"][1]) == 1420
         report_path = Path(os.environ.get("STREAMSCORE_PANEL_REPORT", tmp_path / "panels.json"))

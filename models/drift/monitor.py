@@ -205,6 +205,11 @@ class DriftMonitor:
     def open_episodes(self) -> list[str]:
         return [name for name, ep in self.episodes.items() if ep.open]
 
+    @property
+    def open_episode_ids(self) -> dict[str, str]:
+        """Detector → the id of its open episode (its alerts' ``alert_id``)."""
+        return {name: ep.alert_id or name for name, ep in self.episodes.items() if ep.open}
+
     def state(self) -> dict[str, Any]:
         return {
             "model_version": self.model_version,

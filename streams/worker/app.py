@@ -226,7 +226,7 @@ async def run_drift_agent(
     handled = await drift.handle(records)
     if drift.monitor is not None:
         metrics.observe_drift(
-            drift.monitor.detectors, drift.monitor.open_episodes, handled.alerts, handled.signals
+            drift.monitor.detectors, drift.monitor.open_episode_ids, handled.alerts, handled.signals
         )
     for alert in handled.alerts:
         log.warning("drift alert: %s %s (%s)", alert.detector, alert.status, alert.alert_id)

@@ -72,6 +72,7 @@ class WorkerMetrics:
     recent_labels: deque[str] = field(default_factory=lambda: deque(maxlen=ROLLING))
     prior: dict[str, float] = field(default_factory=dict)
     peak: dict[str, float] = field(default_factory=dict)  # per detector: see observe_drift
+    open_shown: set[tuple[str, str]] = field(default_factory=set)  # (detector, episode) series shown
     health: dict[str, Any] = field(default_factory=lambda: {"status": "starting"})
     cache_counts: Callable[[], Mapping[tuple[str, str], int]] = lambda: {}
     encoder_pool: Callable[[], Any] = lambda: None  # the serving embedder's EncodePool, if any
@@ -143,6 +144,13 @@ class WorkerMetrics:
             ),
             "drift_state": Gauge(
                 p + "drift_state", "1 while the detector is in a drift episode", ["detector"], registry=r
+            ),
+            "drift_episode": Gauge(
+                p + "drift_episode_open",
+                "1 while the episode is open; its series ends when it resolves (Grafana's episode "
+                "annotations; the episode id is the one on drift.alerts, drift.episodes and streamscore ui)",
+                ["detector", "episode"],
+                registry=r,
             ),
             "drift_peak": Gauge(
                 p + "drift_peak_ratio",
@@ -248,9 +256,10 @@ class WorkerMetrics:
             self.health["status"] = "ok"
 
     def observe_drift(
-        self, detectors: list[Any], open_episodes: list[str], alerts: list[DriftAlert], signals: int
+        self, detectors: list[Any], open_episodes: Mapping[str, str], alerts: list[DriftAlert], signals: int
     ) -> None:
-        """After the drift agent handled ``signals`` signals: detector values, states, alerts."""
+        """After the drift agent handled ``signals`` signals: detector values, states, the open
+        episodes (detector → episode id), alerts."""
         self.m["signals"].inc(signals)
         # A detector resets its statistic when it alarms, so a gauge of the statistic sampled
         # every few seconds rarely shows it above the threshold; the alarm's own ratio is kept
@@ -272,6 +281,12 @@ class WorkerMetrics:
                 self.m["drift_alerts"].labels(d.name, status)
         for a in alerts:
             self.m["drift_alerts"].labels(a.detector, a.status).inc()
+        shown = set(open_episodes.items())
+        for ended in self.open_shown - shown:
+            self.m["drift_episode"].remove(*ended)
+        for detector, episode in shown:
+            self.m["drift_episode"].labels(detector, episode).set(1)
+        self.open_shown = shown
 
     def watch_gc(self) -> None:
         """Time every garbage collection from now on, by generation (0, 1, 2). A collection holds
