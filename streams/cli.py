@@ -13,6 +13,7 @@ from typing import Any, get_args
 
 from models.artifact import ArtifactError
 from models.backends import BACKENDS
+from models.drift.calibration import EmbeddingTest, LabelTest
 from models.ood import KEEP_IN_DIST, STRATEGIES
 from streams.kafka.security import REFUSED_LOGINS, client_options, failure_message
 from streams.settings import LogLevel, Settings
@@ -81,6 +82,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         keep_in_dist=args.keep,
         seed=args.seed,
         device=args.device or "auto",
+        drift_label_test=args.drift_label_test,
+        drift_embedding_test=args.drift_embedding_test,
     )
     result = train(
         args.data,
@@ -422,7 +425,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_drift_eval(args: argparse.Namespace) -> int:
     from models.embedder import Embedder
     from models.registry import Registry
-    from training.drift_eval import drift_eval, load_signals
+    from training.drift_eval import drift_eval, load_signals, table
 
     artifact = Registry(args.registry).load(args.model)
     if artifact.drift is None:
@@ -432,18 +435,17 @@ def cmd_drift_eval(args: argparse.Namespace) -> int:
     embedder = Embedder.load(artifact.embedder_name, args.device or "auto")
     cache = Path(args.registry) / "cache"
     ins = load_signals(artifact, embedder, args.in_file, cache, args.in_split, args.ood_label, want_ood=False)
-    shift = load_signals(
-        artifact, embedder, args.shift, cache, args.shift_split, args.ood_label, want_ood=True
-    )
-    result = drift_eval(artifact, ins, shift, seeds=args.seeds)
+    shifts = {
+        Path(path).stem: load_signals(
+            artifact, embedder, path, cache, args.shift_split, args.ood_label, want_ood=True
+        )
+        for path in args.shift
+    }
+    result = drift_eval(artifact, ins, shifts, seeds=args.seeds)
     if args.json:
         _emit(result, True)
-        return 0
-    keys = ("false_alarms_per_10k", "median_delay", "p90_delay", "missed_rate")
-    for scenario, detectors in result["scenarios"].items():
-        print(scenario)
-        for name, m in detectors.items():
-            print(f"  {name:18s} " + "  ".join(f"{k}={m[k]}" for k in keys))
+    else:
+        print(table(result), flush=True)
     return 0
 
 
@@ -547,6 +549,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=STRATEGIES,
         metavar="STRATEGY",
         help=f"how far from the training data a text lies: {', '.join(STRATEGIES)} (docs/models.md)",
+    )
+    sp.add_argument(
+        "--drift-label-test",
+        default=TrainConfig.drift_label_test,
+        choices=get_args(LabelTest),
+        help="mix: chi-square of the recent label mix, every message (default); window: G-test of 500",
+    )
+    sp.add_argument(
+        "--drift-embedding-test",
+        default=TrainConfig.drift_embedding_test,
+        choices=get_args(EmbeddingTest),
+        help="centre+spread (default): window mean and each text's distance; centre: window mean only",
     )
     sp.add_argument(
         "--withhold",
@@ -888,7 +902,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--in", dest="in_file", required=True, help="held-out in-distribution texts")
     sp.add_argument("--in-split", default="test", help="rows of --in with this split ('any' for all)")
     sp.add_argument(
-        "--shift", required=True, help="shifted texts (its --ood-label rows if it has any, else all)"
+        "--shift",
+        required=True,
+        action="append",
+        help="shifted texts (its --ood-label rows if it has any, else all); repeat it for a table per data set",
     )
     sp.add_argument("--shift-split", default="any")
     sp.add_argument("--ood-label", default="oos")

@@ -8,13 +8,18 @@ import pytest
 
 from models.drift import (
     ConfidenceDrop,
+    EmbeddingCentre,
     EmbeddingShift,
+    EmbeddingSpread,
+    LabelMix,
     LabelShift,
     OodCusum,
     Signal,
     calibrate_confidence_drop,
     calibrate_cusum,
     calibrate_embedding_shift,
+    calibrate_embedding_spread,
+    calibrate_label_mix,
     calibrate_label_shift,
 )
 
@@ -73,18 +78,76 @@ def test_label_shift_respects_ert_and_fires_on_new_mix():
     assert first < 300
 
 
-def test_embedding_shift_respects_ert_and_fires_on_moved_mean():
+def test_label_mix_respects_ert_on_a_small_reference_and_fires_on_new_mix_sooner_than_the_window():
+    rng = np.random.default_rng(12)
+    true = rng.dirichlet(np.full(30, 2.0))  # an uneven mix of 30 labels
+    labels = rng.choice(30, size=600, p=true)  # a validation set of 600 texts
+    prior, th = calibrate_label_mix(labels, 30, ERT, seed=13)
+    det = LabelMix(th, prior)
+    n = 60_000
+    alarms = sum(det.update(_sig(label=int(x))) for x in rng.choice(30, size=n, p=true))
+    assert _poisson_ok(alarms, n, ERT), alarms
+    # Three labels take half the traffic: the EWMA sees it sooner than the G-test of 500.
+    skew = np.where(np.arange(30) < 3, 0.5 / 3, true / true[3:].sum() * 0.5)
+    window = LabelShift(threshold=calibrate_label_shift(labels, 30, ERT, seed=13)[1], prior=prior)
+    det = LabelMix(th, prior)
+    before = rng.choice(30, size=500, p=true)
+    after = rng.choice(30, size=1000, p=skew)
+    delays = {}
+    for name, d in (("mix", det), ("window", window)):
+        for x in before:
+            d.update(_sig(label=int(x)))
+        delays[name] = next((i for i, x in enumerate(after) if d.update(_sig(label=int(x)))), 1000)
+    assert delays["mix"] < delays["window"] and delays["mix"] < 150, delays
+
+
+def test_embedding_centre_respects_ert_and_fires_on_moved_mean():
     rng = np.random.default_rng(4)
     P = rng.normal(size=(3000, 4))
     mean, prec, th = calibrate_embedding_shift(P, ERT, window=100, every=5, seed=5)
-    det = EmbeddingShift(threshold=th, window=100, every=5, mean=mean, precision=prec)
+    det = EmbeddingCentre(threshold=th, window=100, every=5, mean=mean, precision=prec)
     n = 60_000
     alarms = sum(det.update(_sig(proj=tuple(p))) for p in P[rng.integers(0, 3000, n)])
     assert _poisson_ok(alarms, n, ERT), alarms
-    det = EmbeddingShift(threshold=th, window=100, every=5, mean=mean, precision=prec)
+    det = EmbeddingCentre(threshold=th, window=100, every=5, mean=mean, precision=prec)
     moved = rng.normal(loc=0.8, size=(500, 4))
     first = next(i for i, p in enumerate(moved) if det.update(_sig(proj=tuple(p))))
     assert first < 150
+
+
+def _spread_detector(P: np.ndarray, ert: float) -> EmbeddingSpread:
+    from models.drift.embedding_shift import embedding_moments
+
+    mean, precision = embedding_moments(P)
+    cal = calibrate_embedding_spread(P, ert, seed=15)
+    return EmbeddingSpread(mean, precision, cal["dist_mean"], cal["dist_std"], cal["threshold"], cal["k"])
+
+
+def test_embedding_spread_respects_ert_and_fires_on_texts_near_the_centre_or_far_from_it():
+    rng = np.random.default_rng(14)
+    P = rng.normal(size=(800, 8)) * np.linspace(2.0, 0.5, 8)  # a few hundred validation texts
+    det = _spread_detector(P, ERT)
+    n = 60_000
+    fresh = rng.normal(size=(n, 8)) * np.linspace(2.0, 0.5, 8)
+    alarms = sum(det.update(_sig(proj=tuple(p))) for p in fresh)
+    assert _poisson_ok(alarms, n, ERT), alarms
+    # Foreign texts: their meaning lies outside the principal directions, so they sit near the
+    # centre of the projection (as CLINC150's out-of-scope texts do); or far out along them.
+    for scale in (0.5, 1.6):
+        det = _spread_detector(P, ERT)
+        moved = rng.normal(size=(300, 8)) * np.linspace(2.0, 0.5, 8) * scale
+        first = next(i for i, p in enumerate(moved) if det.update(_sig(proj=tuple(p))))
+        assert first < 30, (scale, first)
+
+
+def test_the_embedding_detector_alarms_on_either_part_and_reports_the_larger_ratio():
+    centre = EmbeddingCentre(threshold=50.0, window=20, every=5, mean=np.zeros(2), precision=np.eye(2))
+    spread = EmbeddingSpread(np.zeros(2), np.eye(2), dist_mean=1.25, dist_std=0.65, threshold=5.0)
+    det = EmbeddingShift(centre, spread)
+    assert det.threshold == 1.0
+    alarms = [det.update(_sig(proj=(0.0, 0.0))) for _ in range(10)]  # every text at the very centre
+    assert True in alarms and not any(centre.update(_sig(proj=(0.0, 0.0))) for _ in range(20))
+    assert det.statistic == max(centre.statistic / 50.0, spread.statistic / 5.0)
 
 
 def test_river_page_hinkley_is_calibrated_and_fires_on_falling_confidence():
@@ -108,7 +171,12 @@ def test_river_page_hinkley_is_calibrated_and_fires_on_falling_confidence():
         lambda: OodCusum(0.0, 1.0, 5.0),
         lambda: ConfidenceDrop(3.0),
         lambda: LabelShift(threshold=50.0, window=50, every=5, prior=np.full(5, 0.2)),
-        lambda: EmbeddingShift(threshold=20.0, window=30, every=5, mean=np.zeros(2), precision=np.eye(2)),
+        lambda: EmbeddingCentre(threshold=20.0, window=30, every=5, mean=np.zeros(2), precision=np.eye(2)),
+        lambda: LabelMix(threshold=40.0, prior=np.full(5, 0.2), lam=0.05),
+        lambda: EmbeddingShift(
+            EmbeddingCentre(threshold=20.0, window=30, every=5, mean=np.zeros(2), precision=np.eye(2)),
+            EmbeddingSpread(np.zeros(2), np.eye(2), dist_mean=1.25, dist_std=0.65, threshold=8.0),
+        ),
     ],
 )
 def test_state_round_trip_continues_identically(make):
@@ -128,8 +196,11 @@ def test_state_round_trip_continues_identically(make):
     assert out_a == out_b and a.statistic == pytest.approx(b.statistic)
 
 
-def test_calibration_ships_in_artifact_and_drift_eval_reports_every_scenario(trained_registry, small_data):
+def test_calibration_ships_in_artifact_and_drift_eval_reports_every_scenario(
+    trained_registry, small_data, tmp_path
+):
     import json
+    import shutil
     import subprocess
     import sys
 
@@ -152,6 +223,8 @@ def test_calibration_ships_in_artifact_and_drift_eval_reports_every_scenario(tra
             str(small_data),
             "--shift",
             str(small_data),
+            "--shift",
+            str(shutil.copy(small_data, tmp_path / "other.jsonl")),
             "--seeds",
             "3",
             "--json",
@@ -175,6 +248,13 @@ def test_calibration_ships_in_artifact_and_drift_eval_reports_every_scenario(tra
             assert m["runs"] == 3
     abrupt = out["scenarios"]["abrupt"]["combined"]
     assert abrupt["missed_rate"] == 0 and abrupt["median_delay"] < 100
+    # A table per shifted data set; the streams without shifted texts are run once, for both.
+    assert set(out["by_shift"]) == {small_data.stem, "other"}
+    assert out["by_shift"]["other"]["stationary"] == out["scenarios"]["stationary"]
+    # What the detectors cost: each one's update time per message, and all of them together.
+    cost = out["cost_ms_per_message"]
+    assert set(cost) == {"all", *names} and all(v > 0 for v in cost.values())
+    assert cost["all"] == pytest.approx(sum(v for k, v in cost.items() if k != "all"), abs=1e-4)
     assert out["scenarios"]["stationary"]["combined"]["median_delay"] is None
     # Calibrated for one false alarm per 1,000 messages: far from the 10 per 10k that would break it.
     assert out["scenarios"]["stationary"]["combined"]["false_alarms_per_10k"] < 25

@@ -15,6 +15,7 @@ import numpy as np
 
 from models.artifact import ArtifactError, ModelArtifact, load_artifact, save_artifact, sha256_file
 from models.drift import calibrate_drift
+from models.drift.calibration import EmbeddingTest, LabelTest
 from models.embedder import DEFAULT_MODEL, Embedder, resolve_model_path
 from models.head import LinearHead
 from models.ood import KEEP_IN_DIST, OODScorer, ood_threshold
@@ -58,6 +59,10 @@ class TrainConfig:
     head_c: float | None = None  # None: pick from HEAD_C_GRID by validation accuracy
     finetune_epochs: float = 2.0  # 0: keep the encoder frozen
     drift_ert: float = 10_000.0  # messages between false drift alarms, all detectors together
+    # The label and embedding tests of the drift detectors; the others are the older, slower
+    # tests, kept to compare (docs/drift.md).
+    drift_label_test: LabelTest = "mix"
+    drift_embedding_test: EmbeddingTest = "centre+spread"
     keep_in_dist: float = KEEP_IN_DIST  # share of in-distribution validation texts that pass the OOD gate
     val_fraction: float = 0.1
     seed: int = 0
@@ -217,6 +222,8 @@ def train(
         len(head.labels),
         ert=cfg.drift_ert,
         seed=cfg.seed,
+        label_test=cfg.drift_label_test,
+        embedding_test=cfg.drift_embedding_test,
     )
     timings["drift_calibration"] = time.perf_counter() - t
 

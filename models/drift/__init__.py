@@ -19,7 +19,9 @@ True
 
 from models.drift.calibration import HEADROOM, N_DETECTORS, DriftCalibration, calibrate_drift
 from models.drift.confidence_drop import ConfidenceDrop, calibrate_confidence_drop
-from models.drift.embedding_shift import EmbeddingShift, calibrate_embedding_shift
+from models.drift.embedding_shift import EmbeddingCentre, EmbeddingShift, calibrate_embedding_shift
+from models.drift.embedding_spread import EmbeddingSpread, calibrate_embedding_spread
+from models.drift.label_mix import LabelMix, calibrate_label_mix
 from models.drift.label_shift import LabelShift, calibrate_label_shift, g_statistic
 from models.drift.monitor import DriftMonitor, Episode
 from models.drift.ood_cusum import OodCusum, calibrate_cusum
@@ -32,8 +34,11 @@ __all__ = [
     "Detector",
     "DriftCalibration",
     "DriftMonitor",
+    "EmbeddingCentre",
     "EmbeddingShift",
+    "EmbeddingSpread",
     "Episode",
+    "LabelMix",
     "LabelShift",
     "OodCusum",
     "Signal",
@@ -41,6 +46,8 @@ __all__ = [
     "calibrate_cusum",
     "calibrate_drift",
     "calibrate_embedding_shift",
+    "calibrate_embedding_spread",
+    "calibrate_label_mix",
     "calibrate_label_shift",
     "g_statistic",
 ]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from models.drift import embedding_shift, label_shift
+from models.drift import embedding_shift, label_mix, label_shift
 from models.drift.confidence_drop import DELTA, MIN_INSTANCES, ConfidenceDrop, calibrate_confidence_drop
-from models.drift.embedding_shift import EmbeddingShift, calibrate_embedding_shift
+from models.drift.embedding_shift import EmbeddingCentre, EmbeddingShift, calibrate_embedding_shift
+from models.drift.embedding_spread import EmbeddingSpread, calibrate_embedding_spread
+from models.drift.label_mix import LabelMix, calibrate_label_mix
 from models.drift.label_shift import LabelShift, calibrate_label_shift
 from models.drift.ood_cusum import OodCusum, calibrate_cusum
 from models.drift.signal import Detector
@@ -25,8 +27,12 @@ class DriftCalibration:
     projection_components: np.ndarray  # (k, dim)
     ood: dict[str, float]  # mean, std, threshold, k
     confidence: dict[str, Any]  # threshold, delta, min_instances, by_label (list)
-    labels: dict[str, Any]  # prior (list), threshold, window, every
-    embedding: dict[str, Any]  # mean (list), precision (list of lists), threshold, window, every
+    # test "mix" (default): prior (list), threshold, lam; test "window" (and before 2026-12-05,
+    # when there was no test key): prior, threshold, window, every
+    labels: dict[str, Any]
+    # mean (list), precision (list of lists), threshold, window, every (the centre test), and
+    # spread (dist_mean, dist_std, threshold, k) unless calibrated without (or before 2026-12-05)
+    embedding: dict[str, Any]
 
     def project(self, X: np.ndarray) -> np.ndarray:
         return rowwise_matmul(np.asarray(X) - self.projection_mean, self.projection_components)
@@ -38,20 +44,38 @@ class DriftCalibration:
             ConfidenceDrop(
                 self.confidence["threshold"], self.confidence["delta"], int(self.confidence["min_instances"])
             ),
-            LabelShift(
-                threshold=self.labels["threshold"],
-                window=int(self.labels["window"]),
-                every=int(self.labels["every"]),
-                prior=np.asarray(self.labels["prior"]),
-            ),
-            EmbeddingShift(
-                threshold=self.embedding["threshold"],
-                window=int(self.embedding["window"]),
-                every=int(self.embedding["every"]),
-                mean=np.asarray(self.embedding["mean"]),
-                precision=np.asarray(self.embedding["precision"]),
-            ),
+            self._label_detector(),
+            self._embedding_detector(),
         ]
+
+    def _label_detector(self) -> Detector:
+        prior = np.asarray(self.labels["prior"], dtype=np.float64)
+        if self.labels.get("test", "window") == "mix":
+            return LabelMix(self.labels["threshold"], prior, lam=float(self.labels["lam"]))
+        return LabelShift(
+            threshold=self.labels["threshold"],
+            window=int(self.labels["window"]),
+            every=int(self.labels["every"]),
+            prior=prior,
+        )
+
+    def _embedding_detector(self) -> Detector:
+        e = self.embedding
+        mean, precision = np.asarray(e["mean"]), np.asarray(e["precision"])
+        centre = EmbeddingCentre(
+            threshold=e["threshold"],
+            window=int(e["window"]),
+            every=int(e["every"]),
+            mean=mean,
+            precision=precision,
+        )
+        spread = None
+        if e.get("spread"):
+            s = e["spread"]
+            spread = EmbeddingSpread(
+                mean, precision, s["dist_mean"], s["dist_std"], threshold=s["threshold"], k=s["k"]
+            )
+        return EmbeddingShift(centre, spread)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -83,6 +107,8 @@ N_DETECTORS = 4
 # longer run time than its share keeps the combined stream within the ERT it promises.
 HEADROOM = 1.25
 CUSUM_K = 0.25
+LabelTest = Literal["mix", "window"]  # the EWMA chi-square (label_mix.py) or the G-test of 500
+EmbeddingTest = Literal["centre+spread", "centre"]
 
 
 def calibrate_drift(
@@ -95,11 +121,14 @@ def calibrate_drift(
     ert: float = 10_000.0,
     dims: int = 8,
     seed: int = 0,
+    label_test: LabelTest = "mix",
+    embedding_test: EmbeddingTest = "centre+spread",
 ) -> DriftCalibration:
     """Calibrate every detector on held-out in-distribution signals (``*_val``).
 
     The combined alert stream must respect ``ert``, so each of the ``N_DETECTORS`` detectors gets
-    ``N_DETECTORS * ert``: the false-alarm rates add up to at most ``1 / ert``.
+    ``N_DETECTORS * ert``: the false-alarm rates add up to at most ``1 / ert``; the embedding
+    detector's two parts share its rate, each calibrated for twice its run time.
     """
     per = ert * N_DETECTORS * HEADROOM
     mu = X_train.mean(axis=0)
@@ -111,8 +140,21 @@ def calibrate_drift(
     # set otherwise gives thresholds that alarm far more often than the ERT promises.
     m, s, h = calibrate_cusum(ood_scores, per, k=CUSUM_K, seed=seed)
     ph = calibrate_confidence_drop(confidence, per, seed=seed)
-    prior, g = calibrate_label_shift(labels, n_labels, per, seed=seed)
-    emean, eprec, e = calibrate_embedding_shift(proj, per, seed=seed)
+    if label_test == "mix":
+        prior, g = calibrate_label_mix(labels, n_labels, per, seed=seed)
+        label_cal = {"test": "mix", "prior": prior.tolist(), "threshold": g, "lam": label_mix.LAMBDA}
+    else:
+        prior, g = calibrate_label_shift(labels, n_labels, per, seed=seed)
+        label_cal = {
+            "test": "window",
+            "prior": prior.tolist(),
+            "threshold": g,
+            "window": label_shift.WINDOW,
+            "every": label_shift.EVERY,
+        }
+    parts = 2 if embedding_test == "centre+spread" else 1
+    emean, eprec, e = calibrate_embedding_shift(proj, per * parts, seed=seed)
+    spread = calibrate_embedding_spread(proj, per * parts, seed=seed) if parts == 2 else None
     return DriftCalibration(
         ert=ert,
         projection_mean=mu.astype(np.float32),
@@ -124,18 +166,14 @@ def calibrate_drift(
             "min_instances": MIN_INSTANCES,
             "by_label": confidence_by_label(confidence, labels, n_labels),
         },
-        labels={
-            "prior": prior.tolist(),
-            "threshold": g,
-            "window": label_shift.WINDOW,
-            "every": label_shift.EVERY,
-        },
+        labels=label_cal,
         embedding={
             "mean": emean.tolist(),
             "precision": eprec.tolist(),
             "threshold": e,
             "window": embedding_shift.WINDOW,
             "every": embedding_shift.EVERY,
+            "spread": spread,
         },
     )
 

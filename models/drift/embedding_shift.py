@@ -1,4 +1,5 @@
-"""Embeddings: a Hotelling-style test of the window's mean projection against the training mean."""
+"""Embeddings: has the distribution of the projections moved, in its centre (a window's mean) or
+its spread (each text's distance from the training centre)?"""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from models.drift.embedding_spread import EmbeddingSpread
 from models.drift.signal import Signal
 from models.drift.window import WindowTest, window_threshold
 
@@ -14,12 +16,67 @@ WINDOW, EVERY = 200, 10  # messages in the window; checked every this many
 
 
 @dataclass
-class EmbeddingShift(WindowTest):
+class EmbeddingShift:
+    """The embedding detector: the window's mean (:class:`EmbeddingCentre`, slow but sees a new
+    mix of familiar texts) and each text's distance (:class:`EmbeddingSpread`, fast on texts
+    unlike the training ones). Either alarms; its statistic is the larger part's statistic over
+    its own threshold, so the threshold is 1. Without a spread (a model trained before
+    2026-12-05) it is the centre test alone, with its own statistic and threshold.
+
+    >>> centre = EmbeddingCentre(threshold=3.0, window=2, every=1, mean=np.zeros(1), precision=np.eye(1))
+    >>> det = EmbeddingShift(centre)
+    >>> det.update(Signal(0.0, 0.9, 0, (1.0,))), det.update(Signal(0.0, 0.9, 0, (2.0,))), det.threshold
+    (False, True, 3.0)
+    """
+
+    centre: EmbeddingCentre
+    spread: EmbeddingSpread | None = None
+    span: int = 0
+    name: str = "embedding_shift"
+
+    def update(self, sig: Signal) -> bool:
+        alarms = [self.centre.update(sig)]
+        if self.spread is not None:
+            alarms.append(self.spread.update(sig))
+        if alarms[-1] and self.spread is not None:
+            self.span = self.spread.span
+        elif alarms[0]:
+            self.span = self.centre.span
+        else:
+            self.span = self.spread.span if self.spread is not None else self.centre.span
+        return any(alarms)
+
+    @property
+    def threshold(self) -> float:
+        return 1.0 if self.spread is not None else self.centre.threshold
+
+    @property
+    def statistic(self) -> float:
+        if self.spread is None:
+            return self.centre.statistic
+        return max(
+            self.centre.statistic / self.centre.threshold, self.spread.statistic / self.spread.threshold
+        )
+
+    def state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"centre": self.centre.state()}
+        if self.spread is not None:
+            out["spread"] = self.spread.state()
+        return out
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.centre.load_state(state.get("centre", state))  # before 2026-12-05: the centre's own
+        if self.spread is not None and "spread" in state:
+            self.spread.load_state(state["spread"])
+
+
+@dataclass
+class EmbeddingCentre(WindowTest):
     """Is the window's mean projection far from the reference mean?
 
     ``n (m - mu)^T P (m - mu)`` with the reference precision ``P`` of the projection.
 
-    >>> det = EmbeddingShift(threshold=3.0, window=2, every=1, mean=np.zeros(1), precision=np.eye(1))
+    >>> det = EmbeddingCentre(threshold=3.0, window=2, every=1, mean=np.zeros(1), precision=np.eye(1))
     >>> det.update(Signal(0.0, 0.9, 0, (1.0,))), det.update(Signal(0.0, 0.9, 0, (2.0,)))
     (False, True)
     >>> det.statistic
@@ -30,7 +87,7 @@ class EmbeddingShift(WindowTest):
     precision: np.ndarray = field(default_factory=lambda: np.eye(1))
     window: int = WINDOW
     every: int = EVERY
-    name: str = "embedding_shift"
+    name: str = "embedding_centre"
 
     def _value(self, sig: Signal) -> list[float]:
         return list(sig.projection)

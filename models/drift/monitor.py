@@ -34,7 +34,7 @@ REFERENCE_OF = {
     "ood_cusum": "mean and spread of OOD scores on held-out training-distribution texts",
     "confidence_drop": "the stream's own running mean of 1 - confidence (Page-Hinkley)",
     "label_shift": "predicted-label mix on held-out training-distribution texts",
-    "embedding_shift": "mean embedding projection on held-out training-distribution texts",
+    "embedding_shift": "mean embedding projection and distance from it on held-out training-distribution texts",
 }
 
 

@@ -21,9 +21,11 @@ class Detector(Protocol):
     """One online test: ``update`` says whether this signal raised an alarm."""
 
     name: str
-    threshold: float
 
     def update(self, sig: Signal) -> bool: ...
+
+    @property
+    def threshold(self) -> float: ...
 
     @property
     def statistic(self) -> float: ...
