@@ -347,3 +347,28 @@ def test_river_state_check_names_a_missing_attribute():
     del ph._sum_increase  # noqa: SLF001 - simulates a River upgrade that renamed it
     with pytest.raises(RuntimeError, match="_sum_increase"):
         river_state.check(ph)
+
+
+def test_a_model_calibrated_before_the_label_mix_and_spread_tests_keeps_its_detectors():
+    """A calibration without ``test`` or ``spread`` (artifacts trained before 2026-12-05) builds
+    the G-test of 500 labels and the window-mean test alone, with their own thresholds."""
+    from models.drift import DriftCalibration
+
+    meta = {
+        "ert": 10_000.0,
+        "ood": {"mean": 0.0, "std": 1.0, "threshold": 20.0, "k": 0.25},
+        "confidence": {"threshold": 30.0, "delta": 0.005, "min_instances": 100},
+        "labels": {"prior": [0.5, 0.5], "threshold": 40.0, "window": 500, "every": 25},
+        "embedding": {"mean": [0.0], "precision": [[1.0]], "threshold": 25.0, "window": 200, "every": 10},
+    }
+    arrays = {"projection_mean": np.zeros(4), "projection_components": np.eye(1, 4)}
+    old = DriftCalibration.from_parts(meta, arrays).detectors()
+    assert isinstance(old[2], LabelShift) and old[2].threshold == 40.0
+    assert isinstance(old[3], EmbeddingShift) and old[3].spread is None and old[3].threshold == 25.0
+    new = dict(meta, labels={"test": "mix", "prior": [0.5, 0.5], "threshold": 30.0, "lam": 0.015})
+    new["embedding"] = dict(
+        meta["embedding"], spread={"dist_mean": 0.8, "dist_std": 0.6, "threshold": 9.0, "k": 0.5}
+    )
+    detectors = DriftCalibration.from_parts(new, arrays).detectors()
+    assert isinstance(detectors[2], LabelMix) and detectors[3].spread is not None
+    assert detectors[3].threshold == 1.0
