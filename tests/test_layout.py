@@ -15,6 +15,7 @@ ALLOWED = {
     "training": ("models", "schemas"),
     "streams/kafka": ("schemas", "streams.settings", "streams.kafka"),
     "streams/worker": ("models", "schemas", "streams.settings", "streams.kafka", "streams.worker"),
+    "streams/ui": ("streams.settings", "streams.kafka", "streams.ui"),  # reads topics, never a model
     "streamscore": ("models", "schemas", "streams.worker.batch"),
 }
 
