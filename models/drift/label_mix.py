@@ -10,13 +10,12 @@ import numpy as np
 
 from models.drift.label_shift import label_prior
 from models.drift.signal import Signal
-from models.drift.window import window_threshold
+from models.drift.window import SIM_STREAMS, window_threshold
 
 # Weight of the newest message: the mix remembers about 2/λ ≈ 130 messages. Chosen by
 # drift-eval among 0.007-0.04 (docs/drift.md): shorter memories pay in threshold more than they
 # gain in speed, longer ones dilute a new mix in old messages as the 500-message window did.
 LAMBDA = 0.015
-SIM_STREAMS = 40
 
 
 @dataclass
@@ -108,7 +107,7 @@ def calibrate_label_mix(
     paths: list[np.ndarray] = []
 
     def stats(rng: np.random.Generator, steps: int, ends: np.ndarray) -> np.ndarray:
-        if not paths:  # every simulated stream at once: one vectorised pass
+        if not paths:  # window_threshold asks for SIM_STREAMS streams: all at once, one vectorised pass
             priors = np.stack(
                 [label_prior(rng.choice(labels, size=len(labels)), n_labels) for _ in range(SIM_STREAMS)]
             )
