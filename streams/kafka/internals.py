@@ -17,8 +17,13 @@ from typing import Any
 
 async def topic_partitions(consumer: Any, topic: str) -> set[int] | None:
     """``topic``'s partitions from fresh cluster metadata, or None if the topic does not exist."""
+    return (await topics_partitions(consumer, [topic]))[topic]
+
+
+async def topics_partitions(consumer: Any, topics: list[str]) -> dict[str, set[int] | None]:
+    """Each topic's partitions (None: it does not exist) from one fetch of fresh cluster metadata."""
     cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 - all topics, not only tracked ones
-    return cluster.partitions_for_topic(topic)
+    return {topic: cluster.partitions_for_topic(topic) for topic in topics}
 
 
 def faust_producer(app: Any) -> Any:

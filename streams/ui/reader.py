@@ -114,7 +114,7 @@ class FleetReader:
     async def sample(self) -> None:
         """Find the topics (new partitions too), then sample offsets, lag and the latest scored."""
         s = self.settings
-        parts = {t: await internals.topic_partitions(self.follow, t) for t in self._topics()}
+        parts = await internals.topics_partitions(self.follow, self._topics())
         self.view.missing = [t for t, p in parts.items() if not p]
         wanted = {TopicPartition(t, p) for t in (s.episodes_topic, s.dlq_topic) for p in parts[t] or ()}
         if wanted != self.followed:
@@ -143,13 +143,15 @@ class FleetReader:
         if not inputs:
             return {}
         committed = await self.admin.list_consumer_group_offsets(self.settings.group_id, partitions=inputs)
-        starts = await self.peek.beginning_offsets(inputs)
-        lag = {}
+        done: dict[TopicPartition, int] = {}
         for tp in inputs:
             meta: Any = committed.get(tp)
-            done = meta.offset if meta is not None and meta.offset >= 0 else starts[tp]
-            lag[tp.partition] = max(ends[tp] - done, 0)
-        return lag
+            if meta is not None and meta.offset >= 0:
+                done[tp] = meta.offset
+        never = [tp for tp in inputs if tp not in done]  # nothing committed: all of it is behind
+        if never:
+            done.update(await self.peek.beginning_offsets(never))
+        return {tp.partition: max(ends[tp] - done[tp], 0) for tp in inputs}
 
     async def _peek_latest(self, scored: list[TopicPartition], ends: dict[TopicPartition, int]) -> None:
         """The last record of each scored partition: the model version that is serving there."""
