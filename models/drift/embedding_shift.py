@@ -35,16 +35,14 @@ class EmbeddingShift:
     name: str = "embedding_shift"
 
     def update(self, sig: Signal) -> bool:
-        alarms = [self.centre.update(sig)]
-        if self.spread is not None:
-            alarms.append(self.spread.update(sig))
-        if alarms[-1] and self.spread is not None:
-            self.span = self.spread.span
-        elif alarms[0]:
+        centre = self.centre.update(sig)
+        if self.spread is None:
             self.span = self.centre.span
-        else:
-            self.span = self.spread.span if self.spread is not None else self.centre.span
-        return any(alarms)
+            return centre
+        spread = self.spread.update(sig)
+        # The span of the part that alarmed; the spread's while neither did (it reacts first).
+        self.span = self.centre.span if centre and not spread else self.spread.span
+        return centre or spread
 
     @property
     def threshold(self) -> float:

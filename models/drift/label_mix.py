@@ -12,9 +12,9 @@ from models.drift.label_shift import label_prior
 from models.drift.signal import Signal
 from models.drift.window import SIM_STREAMS, window_threshold
 
-# Weight of the newest message: the mix remembers about 2/λ ≈ 130 messages. Chosen by
-# drift-eval among 0.007-0.04 (docs/drift.md): shorter memories pay in threshold more than they
-# gain in speed, longer ones dilute a new mix in old messages as the 500-message window did.
+# Weight of the newest message: the mix remembers about 2/λ ≈ 130 messages. Chosen among
+# 0.007-0.04 on drift-eval's CLINC150 streams in a prototype (docs/drift.md): shorter memories pay
+# in threshold more than they gain in speed, longer ones dilute a new mix in old messages.
 LAMBDA = 0.015
 
 
@@ -83,9 +83,10 @@ def mix_path(labels: np.ndarray, priors: np.ndarray, lam: float) -> np.ndarray:
     rows = np.arange(streams)
     out = np.empty((streams, steps))
     scale = (2.0 - lam) / lam
+    pull = lam * priors  # the same every step, as LabelMix keeps it
     for t in range(steps):
         z *= 1.0 - lam
-        z -= lam * priors
+        z -= pull
         z[rows, labels[:, t]] += lam
         out[:, t] = scale * np.einsum("sc,sc->s", z, z / priors)
     return out
