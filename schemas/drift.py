@@ -18,11 +18,26 @@ wire is what ``to_json`` gives.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 AlertStatus = Literal["drift", "resolved"]
 SIGNAL_TEXT_CHARS = 300  # a foreign text's share of drift.signals; explanations cut it shorter
+SIGNAL_ID_CHARS = 200  # an id's share of drift.signals (and so of the evidence in drift.state)
+
+
+def signal_id(message_id: str) -> str:
+    """The id a drift signal carries: the message's, or for a longer one its first characters and
+    a digest of all of it, so that a signal stays small and still tells long ids apart.
+
+    >>> signal_id("t1"), len(signal_id("x" * 10**6)), signal_id("x" * 300) == signal_id("x" * 301)
+    ('t1', 200, False)
+    """
+    if len(message_id) <= SIGNAL_ID_CHARS:
+        return message_id
+    digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{message_id[: SIGNAL_ID_CHARS - 17]}~{digest}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -240,10 +240,29 @@ class DeadLetter:
     value: bytes | None
 
 
-# A dead letter carries at most this many bytes of the original value (base64: 4/3 of it), and
-# of its key, so that the record stays under a Kafka request's 1 MiB whatever came in: a record
-# the producer refuses would stop the worker at that message again after every restart. The
-# whole message stays in the input topic at ``origin``; ``value_sha256`` identifies it there.
+# What Kafka takes by default: a topic's record batch (max.message.bytes, unless the topic or
+# broker sets it) and a producer's request (max.request.size). A batch of one record adds at most
+# RECORD_OVERHEAD_BYTES to its key and value (61 of batch header, the record's own varints).
+# Every record a worker writes must fit, or the broker refuses it and the partition stops there.
+KAFKA_MAX_MESSAGE_BYTES = 1_048_588
+PRODUCER_MAX_REQUEST_BYTES = 1_048_576
+RECORD_OVERHEAD_BYTES = 100
+
+
+def record_bytes_allowed(max_message_bytes: int = KAFKA_MAX_MESSAGE_BYTES) -> int:
+    """The most bytes of key and value one record may have on a topic with ``max_message_bytes``.
+
+    >>> record_bytes_allowed(), record_bytes_allowed(200_000)
+    (1048476, 199900)
+    """
+    return min(max_message_bytes, PRODUCER_MAX_REQUEST_BYTES) - RECORD_OVERHEAD_BYTES
+
+
+# A dead letter carries at most this many bytes of the original value (base64: 4/3 of it), fewer
+# when the dead-letter topic takes less (streams/worker/batch.py fits it), and at most
+# DEAD_LETTER_KEY_BYTES of its key: a record the broker refuses would stop the worker at that
+# message again after every restart. The whole message stays in the input topic at ``origin``;
+# ``value_sha256`` identifies it there.
 DEAD_LETTER_VALUE_BYTES = 700_000
 DEAD_LETTER_KEY_BYTES = 1_000
 
@@ -253,14 +272,15 @@ def dead_letter_key(key: bytes | None) -> bytes | None:
     return key[:DEAD_LETTER_KEY_BYTES] if key is not None else None
 
 
-def dead_letter_record(dl: DeadLetter) -> dict[str, Any]:
+def dead_letter_record(dl: DeadLetter, carry_bytes: int = DEAD_LETTER_VALUE_BYTES) -> dict[str, Any]:
     """The ``texts.dlq`` record: reason, origin and the original bytes (base64), all of them up
-    to 700,000 bytes; ``value_truncated`` says when only that first part is carried.
+    to ``carry_bytes`` (at most 700,000); ``value_truncated`` says when only that first part is carried.
 
     >>> r = dead_letter_record(DeadLetter(Rejection("invalid_json", "…"), Origin("texts", 0, 7), b"k", b"x" * 10**6))
     >>> (r["value_bytes"], len(base64.b64decode(r["value_b64"])), r["value_truncated"])
     (1000000, 700000, True)
     """
+    carry_bytes = min(carry_bytes, DEAD_LETTER_VALUE_BYTES)
     value = dl.value or b""
     try:
         preview: str | None = value[:500].decode("utf-8")
@@ -272,10 +292,10 @@ def dead_letter_record(dl: DeadLetter) -> dict[str, Any]:
         "detail": dl.rejection.detail,
         "origin": dl.origin.as_dict(),
         "key": key.decode("utf-8", "replace") if key is not None else None,
-        "value_b64": base64.b64encode(value[:DEAD_LETTER_VALUE_BYTES]).decode("ascii"),
+        "value_b64": base64.b64encode(value[:carry_bytes]).decode("ascii"),
         "value_preview": preview,
         "value_bytes": len(value),
-        "value_truncated": len(value) > DEAD_LETTER_VALUE_BYTES,
+        "value_truncated": len(value) > carry_bytes,
         "value_sha256": hashlib.sha256(value).hexdigest(),
         "dead_lettered_at": now_iso(),
     }

@@ -1,13 +1,21 @@
 """The micro-batch logic: every message is scored or dead-lettered, even when scoring breaks."""
 
 import asyncio
+import base64
 import json
 
 import numpy as np
 
 from models.scoring import Scores
 from schemas.messages import Origin
-from streams.worker.batch import BatchLimits, RawMessage, process_batch, signal_records
+from streams.worker.batch import (
+    BatchLimits,
+    OutputLimits,
+    RawMessage,
+    process_batch,
+    signal_records,
+    signals_by_partition,
+)
 
 
 def fake_scores(texts):
@@ -133,3 +141,75 @@ def test_a_batch_sends_its_drift_signals_as_one_record_per_model_version():
     big = [raw(i, json.dumps({"id": f"m{i}", "text": f"t{i}"}).encode()) for i in range(64)]
     out = asyncio.run(process_batch(big, score_batch, BatchLimits()))
     assert calls == [64] and len(signal_records(out)) == 1 and len(out.signals[0].signals) == 64
+
+
+def foreign_scores(texts):
+    """Every text foreign (OOD), with the embedding and projection its drift signal carries."""
+    s = fake_scores(texts)
+    n = len(texts)
+    s.ood_scores = np.ones(n)
+    s.label_index = np.zeros(n, dtype=int)
+    s.projection = np.ones((n, 16))
+    s.embeddings = np.random.default_rng(0).normal(size=(n, 384)).astype(np.float32)
+    return s
+
+
+def test_inputs_under_the_limit_whose_scored_record_is_over_it_are_dead_lettered():
+    """Issue 37.1: a 600 KB id (key and value) and a 960 KB meta of numbers written 1E9, which
+    re-encode as 1000000000.0 (3.1 MB), between good texts: no record over what Kafka takes."""
+
+    async def score(texts):
+        return foreign_scores(texts), "v1"
+
+    big_id = "i" * 600_000
+    numbers = b'{"text": "where is my parcel", "meta": {"n": [' + b",".join([b"1E9"] * 240_000) + b"]}}"
+    assert len(numbers) < 1_000_000
+    batch = [raw(i, json.dumps({"id": f"ok{i}", "text": f"t{i}"}).encode()) for i in range(3)]
+    batch.insert(1, raw(10, json.dumps({"id": big_id, "text": "my card was declined"}).encode()))
+    batch.insert(3, raw(11, numbers))
+    out = asyncio.run(process_batch(batch, score, BatchLimits()))
+    limits = BatchLimits().output
+    assert sorted(json.loads(v)["id"] for _, v in out.scored) == ["ok0", "ok1", "ok2"]
+    assert out.reasons == {"output_too_large": 2}
+    assert len(out.labels) == len(out.is_ood) == len(out.event_ms) == len(out.scored_partitions) == 3
+    dead = {json.loads(v)["origin"]["offset"]: json.loads(v) for _, v in out.dead}
+    assert "'id' 600,000 (as key and in the value)" in dead[10]["detail"]
+    assert "'meta' 3,120,007;" in dead[11]["detail"] and "send smaller 'id' and 'meta'" in dead[11]["detail"]
+    assert dead[11]["value_bytes"] == len(numbers) and dead[11]["value_truncated"]
+    for (key, value), cap in [
+        *((r, limits.scored) for r in out.scored),
+        *((r, limits.dead_letter) for r in out.dead),
+    ]:
+        assert len(key or b"") + len(value) <= cap
+    signals = [s for r in signal_records(out) for s in json.loads(r)["signals"]]
+    assert [s["id"] for s in signals] == ["ok0", "ok1", "ok2"]  # none for the dead-lettered
+
+
+def test_every_record_fits_the_limits_the_topics_set():
+    """Smaller topic limits: dead letters carry less of the value, scored records over the limit
+    are dead-lettered, signals split over records that fit, long ids bounded in the signals."""
+
+    async def score(texts):
+        return foreign_scores(texts), "v1"
+
+    limits = BatchLimits(output=OutputLimits(scored=80_000, dead_letter=70_000, signals=66_000))
+    batch = [
+        raw(i, json.dumps({"id": f"{i}-" + "x" * 5_000, "text": "🙂" * 400}).encode()) for i in range(64)
+    ]
+    batch[5] = raw(5, json.dumps({"id": "m5", "text": "hi", "meta": {"blob": "m" * 90_000}}).encode())
+    batch[9] = raw(9, b"not json " + b"z" * 200_000)
+    out = asyncio.run(process_batch(batch, score, limits))
+    assert len(out.scored) == 62 and out.reasons == {"output_too_large": 1, "invalid_json": 1}
+    for key, value in out.scored:
+        assert len(key) + len(value) <= 80_000
+    for key, value in out.dead:
+        assert len(key or b"") + len(value) <= 70_000
+        d = json.loads(value)
+        assert d["value_truncated"] and 0 < len(base64.b64decode(d["value_b64"])) < d["value_bytes"]
+    records = signal_records(out)
+    assert len(records) > 1 and all(len(r) <= 66_000 for r in records)
+    signals = [s for r in records for s in json.loads(r)["signals"]]
+    assert [s["origin"]["offset"] for s in signals] == [i for i in range(64) if i not in (5, 9)]
+    assert all(len(s["id"]) == 200 for s in signals) and len({s["id"] for s in signals}) == 62
+    by_partition = signals_by_partition(out)[0]
+    assert by_partition == records  # one input partition: the same records

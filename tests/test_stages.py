@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from aiokafka.errors import MessageSizeTooLargeError
 
 from models.scoring import Scores
-from streams.worker.batch import BatchLimits, BatchOutput, RawMessage, process_batch
+from streams.worker.batch import BatchLimits, BatchOutput, OutputLimits, RawMessage, process_batch
 from streams.worker.offsets import OffsetTracker
 from streams.worker.stages import Batch, Intake, OutputTopics, Stages, Take, raw
 
@@ -61,12 +62,13 @@ class HeldProducer:
         builder.append(key, value, None)
         return await self.send_batch(builder, topic, partition)
 
-    def settle(self, ok: bool = True) -> int:
-        """Confirm (or refuse) every batch not settled yet; returns how many."""
+    def settle(self, ok: bool = True, error: Exception | None = None, topic: str | None = None) -> int:
+        """Confirm (or refuse, with ``error``) every batch not settled yet, of ``topic`` or all;
+        returns how many."""
         n = 0
-        for _, _, _, future in self.sent:
-            if not future.done():
-                future.set_result(None) if ok else future.set_exception(ConnectionError("refused"))
+        for t, _, _, future in self.sent:
+            if not future.done() and topic in (None, t):
+                future.set_result(None) if ok else future.set_exception(error or ConnectionError("refused"))
                 n += 1
         return n
 
@@ -222,6 +224,47 @@ def test_records_the_broker_refuses_are_resent_and_the_batch_waits_for_them():
         await until(lambda: len(acked) == 2)
         scored = producer.values("scored")
         assert sorted(r["id"] for r in scored) == ["m0", "m1"]  # once each among the confirmed
+        for task in stages.tasks:
+            task.cancel()
+
+    asyncio.run(run())
+
+
+def test_records_refused_as_too_large_are_scored_again_to_the_limits_read_again():
+    """A topic's max.message.bytes went down while the worker ran: the refused records are not
+    sent again as they are (before: forever); the limits are read again and what no longer fits
+    is dead-lettered, and the batch is acknowledged."""
+
+    async def run() -> None:
+        producer = HeldProducer()
+        limits = BatchLimits()
+        refits = []
+
+        async def refit() -> None:
+            nonlocal limits
+            refits.append(1)
+            limits = BatchLimits(output=OutputLimits(scored=100))  # a scored record is about 300 bytes
+
+        async def score(messages: list[RawMessage]) -> BatchOutput:
+            return await process_batch(messages, score_ok, limits)
+
+        stages, acked, _ = make_stages(producer, score=score)
+        stages.refit = refit
+        stages.ensure_running(lambda error: pytest.fail(f"a stage failed: {error!r}"))
+        await stages.take(take([0, 1]))
+        await until(lambda: producer.sent != [])
+        await asyncio.sleep(0.02)
+        producer.settle(ok=False, error=MessageSizeTooLargeError(), topic="scored")
+        await until(lambda: any(t == "dlq" for t, *_ in producer.sent))
+        assert refits == [1] and acked == []
+        producer.settle()
+        await until(lambda: len(acked) == 2)
+        dead = producer.values("dlq")
+        assert [(d["reason"], d["origin"]["offset"]) for d in dead] == [
+            ("output_too_large", 0),
+            ("output_too_large", 1),
+        ]
+        assert producer.values("scored") == []
         for task in stages.tasks:
             task.cancel()
 

@@ -30,18 +30,18 @@ import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from schemas.messages import Origin, ts_to_ms
+from schemas.messages import Origin, record_bytes_allowed, ts_to_ms
 from streams.kafka.client import wait_for_partitions
 from streams.kafka.security import client_options
-from streams.kafka.topics import ensure_topics
+from streams.kafka.topics import ensure_topics, max_message_bytes
 from streams.settings import Settings
-from streams.worker.batch import RawMessage, process_batch
+from streams.worker.batch import OutputLimits, RawMessage, process_batch
 from streams.worker.serving import ModelHolder
 
 SCAN = "scan from beginning"
@@ -305,6 +305,9 @@ async def rescore(
             security,
             configs={output_topic: {"retention.ms": "-1"}},
         )
+        # A scored record its topic would refuse is counted as dead-lettered (output_too_large).
+        topic_bytes = (await max_message_bytes(bootstrap, [output_topic], security))[output_topic]
+        limits = replace(settings.batch_limits, output=OutputLimits(scored=record_bytes_allowed(topic_bytes)))
         await producer.start()
         result = RescoreResult(
             settings.input_topic, output_topic, holder.version, _window_json(window), ranges
@@ -317,7 +320,7 @@ async def rescore(
                 RawMessage(rec.key, rec.value, Origin(rec.topic, rec.partition, rec.offset), rec.timestamp)
                 for rec in records
             ]
-            out = await process_batch(batch, holder.score, settings.batch_limits)
+            out = await process_batch(batch, holder.score, limits)
             result.dead_lettered.update(out.reasons)
             # The rescored record keeps its input's event time, so time ranges line up.
             stamps = {(r.origin.partition, r.origin.offset): r.timestamp_ms for r in batch}

@@ -6,9 +6,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from streams.kafka.topics import ensure_topics, topic_configs, topic_plan
+from streams.kafka.topics import describe_configs, ensure_topics, topic_configs, topic_plan
 from streams.settings import Settings
 
 ROLES = ("input", "scored", "dlq", "signals", "alerts", "drift_state", "episodes")
@@ -70,12 +69,9 @@ async def describe(bootstrap: str, settings: Settings, options: dict[str, Any]) 
             parts = meta["partitions"]
             state.partitions = len(parts)
             state.replication = min((len(p["replicas"]) for p in parts), default=0)
-        resources = [ConfigResource(ConfigResourceType.TOPIC, s.name) for s in present]
-        for response in await admin.describe_configs(resources):
-            for resource in response.resources:
-                # (error_code, error_message, type, name, [(key, value, read_only, ...), ...])
-                state = next(s for s in present if s.name == resource[3])
-                state.configs = {entry[0]: entry[1] for entry in resource[4] if entry[1] is not None}
+        configs = await describe_configs(admin, [s.name for s in present])
+        for state in present:
+            state.configs = configs.get(state.name) or {}
         return states
     finally:
         await admin.close()

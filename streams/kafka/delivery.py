@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 from aiokafka.partitioner import DefaultPartitioner
 
 log = logging.getLogger("streamscore.worker")
@@ -29,6 +30,17 @@ Record = tuple[str, bytes | None, bytes]
 _partition = DefaultPartitioner()
 # Bigger records (a dead letter of a large input) are sent one by one, each in its own request.
 SEND_ALONE_BYTES = 16 * 1024
+# The broker's answer to a record (batch) over its topic's max.message.bytes: sent again, it
+# would be refused again, and the partition behind it would wait forever.
+TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+
+class RecordsTooLarge(Exception):
+    """The broker refused ``records`` as bigger than their topic takes."""
+
+    def __init__(self, records: list[Record]) -> None:
+        super().__init__(f"{len(records)} record(s) refused as too large for their topic")
+        self.records = records
 
 
 @dataclass
@@ -88,20 +100,22 @@ async def send_batched(producer: Any, records: list[Record]) -> list[Delivery]:
     return deliveries
 
 
-async def deliver(producer: Any, records: list[Record], sent: list[Delivery] | None = None) -> None:
+async def deliver(producer: Any, records: list[Record], sent: list[Delivery] | None = None) -> list[Record]:
     """Wait until the broker has confirmed every record (``sent``: already handed over),
-    resending what it refused, with a growing pause, until it takes them."""
+    resending what it refused, with a growing pause, until it takes them; but records it refused
+    as too large for their topic are returned, not sent again (they would never fit)."""
     delay = 0.5
     pending = records
+    too_large: list[Record] = []
     while pending:
         sent = sent if sent is not None else await send_batched(producer, pending)
         results = await asyncio.gather(*(d.future for d in sent), return_exceptions=True)
-        failed = [
-            r
-            for d, res in zip(sent, results, strict=True)
-            if isinstance(res, BaseException)
-            for r in d.records
-        ]
+        failed = []
+        for d, res in zip(sent, results, strict=True):
+            if isinstance(res, TOO_LARGE):
+                too_large += d.records
+            elif isinstance(res, BaseException):
+                failed += d.records
         if failed:
             errors = {type(res).__name__ for res in results if isinstance(res, BaseException)}
             log.warning(
@@ -114,3 +128,4 @@ async def deliver(producer: Any, records: list[Record], sent: list[Delivery] | N
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
         pending, sent = failed, None
+    return too_large

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from aiokafka import errors
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     InvalidReplicationFactorError,
     KafkaConnectionError,
@@ -14,9 +16,12 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
+from schemas.messages import KAFKA_MAX_MESSAGE_BYTES
 from streams.kafka.access import AccessError
 from streams.kafka.security import REFUSED_LOGINS, unreachable
 from streams.settings import Settings
+
+log = logging.getLogger("streamscore.kafka")
 
 
 def topic_plan(settings: Settings) -> dict[str, int]:
@@ -108,3 +113,44 @@ async def ensure_topics(
                 ) from None
     finally:
         await admin.close()
+
+
+async def describe_configs(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, dict[str, str] | None]:
+    """Each topic's configs as the broker reports them (the embedded broker: only those set on
+    the topic); None for a topic whose configs it refused to describe (an ACL)."""
+    found: dict[str, dict[str, str] | None] = {}
+    resources = [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics]
+    for response in await admin.describe_configs(resources):
+        for resource in response.resources:
+            # (error_code, error_message, type, name, [(key, value, read_only, ...), ...])
+            code, name = resource[0], resource[3]
+            found[name] = None if code else {e[0]: e[1] for e in resource[4] if e[1] is not None}
+    return found
+
+
+async def max_message_bytes(
+    bootstrap_servers: str, topics: list[str], options: dict[str, Any] | None = None
+) -> dict[str, int]:
+    """The largest record batch each topic takes (``max.message.bytes``, its own or the broker's
+    default), so that no record the worker writes is refused; Kafka's default where the broker
+    does not say (the embedded broker, or a principal without DESCRIBE_CONFIGS)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, **{"request_timeout_ms": 10_000, **(options or {})}
+    )
+    await admin.start()
+    try:
+        configs = await describe_configs(admin, topics)
+    finally:
+        await admin.close()
+    limits = {}
+    for topic in topics:
+        found = configs.get(topic)
+        if found is None:
+            log.warning(
+                "could not read max.message.bytes of '%s' (no DESCRIBE_CONFIGS?): assuming Kafka's "
+                "default %d",
+                topic,
+                KAFKA_MAX_MESSAGE_BYTES,
+            )
+        limits[topic] = int((found or {}).get("max.message.bytes", KAFKA_MAX_MESSAGE_BYTES))
+    return limits

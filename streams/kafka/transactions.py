@@ -23,15 +23,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
+from schemas.messages import PRODUCER_MAX_REQUEST_BYTES
 from streams.kafka.client import group_offsets
-from streams.kafka.delivery import Record, send_batched
+from streams.kafka.delivery import TOO_LARGE, Record, RecordsTooLarge, send_batched
 
 log = logging.getLogger("streamscore.worker")
 
 FENCED = (ProducerFenced, InvalidProducerEpoch)
-MAX_REQUEST_BYTES = 1_048_576  # as the at-least-once producer: a scored record of a 1 MB input
+# The broker and the producer no longer agree on the partition's sequence numbers (a batch the
+# broker refused still counted on the producer's side): every later transaction would be refused
+# the same way until the producer starts a new epoch, as the Java client does (KIP-360).
+SEQUENCE_LOST = (OutOfOrderSequenceNumber, UnknownProducerId)
 
 
 def transactional_prefix(group_id: str) -> str:
@@ -90,14 +100,17 @@ class PartitionTransactions:
             self.starts[partition] = asyncio.get_running_loop().create_future()
         return self.starts[partition]
 
-    async def _open(self, partition: int) -> None:
-        start = self._start(partition)
-        producer = AIOKafkaProducer(
+    def _producer(self, partition: int) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
             bootstrap_servers=self.bootstrap_servers,
             transactional_id=transactional_id(self.group_id, self.topic, partition),
-            max_request_size=MAX_REQUEST_BYTES,
+            max_request_size=PRODUCER_MAX_REQUEST_BYTES,  # as the at-least-once producer
             **self.options,
         )
+
+    async def _open(self, partition: int) -> None:
+        start = self._start(partition)
+        producer = self._producer(partition)
         await producer.start()  # InitProducerId: fences the previous owner, ends its transaction
         self.producers[partition] = producer
         offset = await self._committed(partition)
@@ -105,6 +118,22 @@ class PartitionTransactions:
         if not start.done():
             start.set_result(offset)
         log.info("partition %d of %s: transactional, resuming at offset %d", partition, self.topic, offset)
+
+    async def _renew(self, partition: int) -> None:
+        """A new producer for a partition still ours, under the same transactional id: a new
+        epoch, whose sequence numbers start afresh (SEQUENCE_LOST)."""
+        old = self.producers.get(partition)
+        if old is None:
+            return  # revoked meanwhile
+        with contextlib.suppress(Exception):
+            await old.stop()
+        producer = self._producer(partition)
+        await producer.start()
+        if self.producers.get(partition) is old:
+            self.producers[partition] = producer
+        else:  # revoked while it started
+            await producer.stop()
+        log.info("partition %d of %s: a new transactional producer (new epoch)", partition, self.topic)
 
     async def _committed(self, partition: int) -> int:
         tp = TopicPartition(self.topic, partition)
@@ -130,8 +159,10 @@ class PartitionTransactions:
         """Write ``records`` and commit ``next_offset`` for ``partition`` in one transaction.
 
         Returns False when the partition is no longer ours (its producer was fenced or closed):
-        the batch is then left to the new owner. A transaction the broker refuses for another
-        reason is aborted and tried again, with a growing pause.
+        the batch is then left to the new owner. Records the broker refuses as too large abort
+        the transaction and raise :class:`RecordsTooLarge` (sent again they would be refused
+        again). A transaction the broker refuses for another reason is aborted and tried again,
+        with a growing pause.
         """
         delay = 0.5
         while True:
@@ -140,7 +171,21 @@ class PartitionTransactions:
                 return False
             try:
                 await producer.begin_transaction()
-                await asyncio.gather(*(d.future for d in await send_batched(producer, records)))
+                sent = await send_batched(producer, records)
+                results = await asyncio.gather(*(d.future for d in sent), return_exceptions=True)
+                too_large = [
+                    r
+                    for d, res in zip(sent, results, strict=True)
+                    if isinstance(res, TOO_LARGE)
+                    for r in d.records
+                ]
+                if too_large:
+                    await producer.abort_transaction()
+                    await self._renew(partition)  # the refused batch still counted on its side
+                    raise RecordsTooLarge(too_large)
+                for res in results:
+                    if isinstance(res, BaseException):
+                        raise res
                 offsets = {TopicPartition(self.topic, partition): next_offset}
                 await producer.send_offsets_to_transaction(offsets, self.group_id)
                 await producer.commit_transaction()
@@ -165,5 +210,7 @@ class PartitionTransactions:
                     delay,
                 )
                 await producer.abort_transaction()  # raises when the producer cannot go on
+                if isinstance(exc, SEQUENCE_LOST):
+                    await self._renew(partition)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)

@@ -14,7 +14,9 @@ Kafka transactions instead, one per input partition, and Faust commits none of t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -22,18 +24,19 @@ import faust
 
 from models.ood import KEEP_IN_DIST
 from models.scoring import Scorer
-from schemas.messages import Origin
+from schemas.messages import PRODUCER_MAX_REQUEST_BYTES, Origin
 from streams.kafka import internals
 from streams.kafka.delivery import deliver
 from streams.kafka.faust_transport import StreamApp
 from streams.kafka.security import client_options, faust_credentials, faust_properties
 from streams.kafka.transactions import PartitionTransactions
 from streams.settings import Settings
-from streams.worker.batch import BatchOutput, RawMessage, process_batch
+from streams.worker.batch import BatchOutput, OutputLimits, RawMessage, process_batch
 from streams.worker.broker_watch import BrokerWatch
 from streams.worker.drift_agent import DriftAgent, DriftTopics, ExplainSettings, artifacts_from
 from streams.worker.metrics import BatchStats, WorkerMetrics
 from streams.worker.offsets import OffsetTracker
+from streams.worker.output_limits import read_output_limits
 from streams.worker.serving import ModelHolder
 from streams.worker.stages import Batch, Intake, OutputTopics, Stages, Take
 
@@ -41,8 +44,13 @@ log = logging.getLogger("streamscore.worker")
 
 
 def create_app(
-    settings: Settings, bootstrap_servers: str, holder: ModelHolder, metrics: WorkerMetrics | None = None
+    settings: Settings,
+    bootstrap_servers: str,
+    holder: ModelHolder,
+    metrics: WorkerMetrics | None = None,
+    output: OutputLimits | None = None,
 ) -> faust.App:
+    """``output``: how big a record may be on each output topic (default: Kafka's defaults)."""
     metrics = metrics or WorkerMetrics.create()
     security = client_options(settings)  # built once; each part gets only what it uses
     show_model(metrics, holder.scorer)
@@ -72,7 +80,10 @@ def create_app(
         return internals.faust_producer(app)
 
     # texts → score agent → texts.scored, texts.dlq, drift.signals
-    stages = score_stages(settings, holder, metrics, producer, transactions)
+    async def read_limits() -> OutputLimits:
+        return await read_output_limits(bootstrap_servers, settings, security)
+
+    stages = score_stages(settings, holder, metrics, producer, transactions, output, read_limits)
     if transactions is not None:
         follow_partitions(app, settings.input_topic, transactions)
 
@@ -142,9 +153,9 @@ def faust_app(
         # which a worker under Kafka ACLs may not create (docs/reliability.md, Kafka ACLs).
         topic_disable_leader=True,
         producer_acks=-1,
-        # A Kafka broker's default message.max.bytes: a scored record of an input just under
-        # max_message_bytes (1,000,000) is a little bigger than that (Faust's default limit).
-        producer_max_request_size=1_048_576,
+        # A scored record of an input just under max_message_bytes (1,000,000) is a little
+        # bigger than that (Faust's default limit); batch.py fits every record to it.
+        producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
         broker_session_timeout=settings.session_timeout_s,
         # After a crash, everything confirmed since the last commit is scored again.
         broker_commit_interval=settings.commit_interval_s,
@@ -179,9 +190,20 @@ def score_stages(
     metrics: WorkerMetrics,
     producer: Any,
     transactions: PartitionTransactions | None = None,
+    output: OutputLimits | None = None,
+    read_limits: Callable[[], Awaitable[OutputLimits]] | None = None,
 ) -> Stages:
-    """The score agent's stages: Faust events in, acknowledged once their outputs are confirmed."""
-    limits = settings.batch_limits
+    """The score agent's stages: Faust events in, acknowledged once their outputs are confirmed.
+    ``output``: how big a record may be on each output topic; ``read_limits`` reads that again."""
+    limits = dataclasses.replace(settings.batch_limits, output=output or OutputLimits())
+
+    async def score(messages: list[RawMessage]) -> BatchOutput:
+        return await process_batch(messages, holder.score, limits)  # never raises
+
+    async def refit() -> None:
+        nonlocal limits
+        if read_limits is not None:
+            limits = dataclasses.replace(limits, output=await read_limits())
 
     async def ack(handles: list[Any]) -> None:
         for stream, event in handles:
@@ -199,13 +221,14 @@ def score_stages(
 
     return Stages(
         intake=Intake(settings.batch_size),
-        score=lambda messages: process_batch(messages, holder.score, limits),  # never raises
+        score=score,
         in_flight=holder.in_flight,
         outputs=OutputTopics(settings.scored_topic, settings.dlq_topic, settings.signals_topic),
         producer=producer,
         ack=ack,
         confirmed=confirmed,
         transactions=transactions,
+        refit=refit,
     )
 
 
@@ -230,12 +253,15 @@ async def run_drift_agent(
         )
     for alert in handled.alerts:
         log.warning("drift alert: %s %s (%s)", alert.detector, alert.status, alert.alert_id)
+    refused = []
     if handled.alerts:
-        await deliver(producer(), handled.alert_records(drift.topics.alerts))
+        refused += await deliver(producer(), handled.alert_records(drift.topics.alerts))
     if handled.episodes:
-        await deliver(producer(), handled.episode_records(drift.topics.episodes))
+        refused += await deliver(producer(), handled.episode_records(drift.topics.episodes))
     if handled.snapshot is not None:
-        await deliver(producer(), [(drift.topics.state, b"drift", handled.snapshot)])
+        refused += await deliver(producer(), [(drift.topics.state, b"drift", handled.snapshot)])
+    for topic, _, value in refused:  # alerts and episodes are bounded (16 KB explanations)
+        log.error("a %d-byte record is larger than topic '%s' takes; it was not written", len(value), topic)
 
 
 async def report_consumer_lag(

@@ -24,6 +24,7 @@ from streams.settings import Settings
 from streams.worker.app import create_app
 from streams.worker.memory import freeze_long_lived
 from streams.worker.metrics import MetricsServer, WorkerMetrics
+from streams.worker.output_limits import read_output_limits
 from streams.worker.serving import ModelHolder
 
 log = logging.getLogger("streamscore.worker")
@@ -89,10 +90,11 @@ def run_worker(settings: Settings) -> int:
             asyncio.run(check_access(bootstrap, settings, security))
             raise
         asyncio.run(check_access(bootstrap, settings, security))  # ACLs: one clear line, not a late failure
+        output = asyncio.run(read_output_limits(bootstrap, settings, security))
         asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed the last one
         # A pinned --model never changes; otherwise follow the registry's CURRENT pointer.
         follow = None if settings.model else Registry(settings.registry)
-        app = create_app(settings, bootstrap, ModelHolder(scorer, follow), metrics)
+        app = create_app(settings, bootstrap, ModelHolder(scorer, follow), metrics, output)
         print(
             f"streamscore worker: model {scorer.version} ({scorer.embedder.name} on "
             f"{scorer.embedder.device}{', TorchScript' if scorer.embedder.traced else ''}), {settings.input_topic} → {settings.scored_topic} "

@@ -23,6 +23,7 @@ stops the intake (backpressure). Nothing here knows Faust: messages arrive as
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.messages import Origin
-from streams.kafka.delivery import Delivery, Record, deliver, send_batched
+from streams.kafka.delivery import Delivery, Record, RecordsTooLarge, deliver, send_batched
 from streams.kafka.transactions import PartitionTransactions
 from streams.worker.batch import BatchOutput, RawMessage, signal_records, signals_by_partition
 from streams.worker.offsets import OffsetTracker
@@ -144,6 +145,8 @@ ScoreBatch = Callable[[list[RawMessage]], Awaitable[BatchOutput]]
 """Scores a batch's messages into its outputs; never raises (streams/worker/batch.py)."""
 Confirmed = Callable[[Batch, BatchOutput, float], None]
 """Told of each confirmed batch, its outputs and seconds since it was formed (metrics, logs)."""
+Refit = Callable[[], Awaitable[None]]
+"""Reads the output topics' limits again, for the batches scored from then on."""
 
 
 @dataclass
@@ -155,6 +158,10 @@ class Stages:
     (exactly-once) a batch's outputs and input offsets are committed together instead, one
     transaction per input partition (streams/kafka/transactions.py), and messages already
     committed by an earlier owner of their partition are dropped at the intake.
+
+    Records the broker refuses as too large for their topic (its limit went down since the
+    worker read it) are not sent again as they are: ``refit`` reads the limits again and the
+    batch is scored again, so that what no longer fits is dead-lettered (:meth:`redo`).
     """
 
     intake: Intake
@@ -166,6 +173,7 @@ class Stages:
     confirmed: Confirmed
     offsets: OffsetTracker = field(default_factory=OffsetTracker)
     transactions: PartitionTransactions | None = None
+    refit: Refit | None = None
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -222,10 +230,17 @@ class Stages:
         """Waits for the broker (resending what it refused), then acknowledges the batch."""
         while True:
             sent = await self.to_confirm.get()
-            await deliver(self.producer(), sent.records, sent.deliveries)
+            out = sent.out
+            refused = await deliver(self.producer(), sent.records, sent.deliveries)
+            for attempt in itertools.count():
+                if not refused:
+                    break
+                # At-least-once: the batch's records the broker took already are sent again.
+                out = await self.redo(sent.batch.messages, RecordsTooLarge(refused), attempt)
+                refused = await deliver(self.producer(), self.outputs.records(out))
             await self.ack(sent.batch.handles)
             self.offsets.confirm((m.origin.partition, m.origin.offset) for m in sent.batch.messages)
-            self.confirmed(sent.batch, sent.out, time.perf_counter() - sent.batch.taken_at)
+            self.confirmed(sent.batch, out, time.perf_counter() - sent.batch.taken_at)
 
     async def transact_stage(self) -> None:
         """Exactly-once: each scored batch in one transaction per input partition (outputs and
@@ -241,11 +256,43 @@ class Stages:
                 p = m.origin.partition
                 next_offsets[p] = max(next_offsets.get(p, 0), m.origin.offset + 1)
             await asyncio.gather(
-                *(self.transactions.commit(p, records.get(p, []), n) for p, n in next_offsets.items())
+                *(self.commit(batch, p, records.get(p, []), n) for p, n in next_offsets.items())
             )
             await self.ack(batch.handles)  # Faust's bookkeeping; it commits no offsets of these
             self.offsets.confirm((m.origin.partition, m.origin.offset) for m in batch.messages)
             self.confirmed(batch, out, time.perf_counter() - batch.taken_at)
+
+    async def commit(self, batch: Batch, partition: int, records: list[Record], next_offset: int) -> None:
+        """One partition's transaction of ``batch``; refused as too large (and so aborted), the
+        partition's messages are scored again to the topics' current limits and committed."""
+        assert self.transactions is not None
+        for attempt in itertools.count():
+            try:
+                await self.transactions.commit(partition, records, next_offset)
+                return
+            except RecordsTooLarge as refused:
+                mine = [m for m in batch.messages if m.origin.partition == partition]
+                out = await self.redo(mine, refused, attempt)
+                records = self.outputs.records_by_partition(out).get(partition, [])
+
+    async def redo(self, messages: list[RawMessage], refused: RecordsTooLarge, attempt: int) -> BatchOutput:
+        """``messages`` scored again after the broker refused some of their records as too large,
+        once the output topics' limits are read again (after a growing pause when tried before)."""
+        log.warning(
+            "the broker refused %d record(s) as too large for their topic (%s): reading the topics' "
+            "limits again and scoring the %d messages of their batch again",
+            len(refused.records),
+            ", ".join(sorted({topic for topic, _, _ in refused.records})),
+            len(messages),
+        )
+        if attempt:
+            await asyncio.sleep(min(0.5 * 2**attempt, 30.0))
+        if self.refit is not None:
+            try:
+                await self.refit()
+            except Exception as exc:  # the broker may be away a moment: the next attempt reads again
+                log.warning("could not read the output topics' limits again: %s", exc)
+        return await self.score(messages)
 
     def ensure_running(self, on_stop: Callable[[BaseException], object]) -> None:
         """Start the stage tasks, or restart them after one ended; ``on_stop(error)`` is told
