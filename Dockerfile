@@ -12,6 +12,8 @@ COPY streams ./streams
 COPY models ./models
 COPY schemas ./schemas
 COPY training ./training
+# The one installed package: its links (streamscore/streams -> ../streams, ...) point at the above.
+COPY streamscore ./streamscore
 RUN pip install ".[redis]" && pip check
 
 FROM python:3.11-slim

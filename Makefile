@@ -42,7 +42,7 @@ test: $(STAMP) servers
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy streams models schemas training benchmarks
+	$(VENV)/bin/mypy streamscore benchmarks
 
 clean:
 	rm -rf $(VENV) artifacts

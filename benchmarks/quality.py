@@ -30,14 +30,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models.artifact import ModelArtifact  # noqa: E402
-from models.embedder import Embedder  # noqa: E402
-from models.head import LinearHead  # noqa: E402
-from models.ood import STRATEGIES, OODScorer, ood_threshold  # noqa: E402
-from models.registry import Registry  # noqa: E402
-from training.data import Row, load_rows, training_splits  # noqa: E402
-from training.evaluate import evaluate_embeddings  # noqa: E402
-from training.fit import TrainConfig, fit_head, train  # noqa: E402
+from streamscore.models.artifact import ModelArtifact  # noqa: E402
+from streamscore.models.embedder import Embedder  # noqa: E402
+from streamscore.models.head import LinearHead  # noqa: E402
+from streamscore.models.ood import STRATEGIES, OODScorer, ood_threshold  # noqa: E402
+from streamscore.models.registry import Registry  # noqa: E402
+from streamscore.training.data import Row, load_rows, training_splits  # noqa: E402
+from streamscore.training.evaluate import evaluate_embeddings  # noqa: E402
+from streamscore.training.fit import TrainConfig, fit_head, train  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 

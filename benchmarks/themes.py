@@ -33,17 +33,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from models.artifact import ModelArtifact  # noqa: E402
-from models.drift.evidence import pack  # noqa: E402
-from models.drift.monitor import DriftMonitor  # noqa: E402
-from models.embedder import Embedder  # noqa: E402
-from models.registry import Registry  # noqa: E402
-from models.scoring import score_embeddings  # noqa: E402
-from models.themes import DISTANCE, Background, ThemeReport, find_themes  # noqa: E402
-from schemas.drift import SIGNAL_TEXT_CHARS  # noqa: E402
-from streams.worker.drift_agent import ExplainSettings, explainer_of  # noqa: E402
-from training.data import Row, read_labelled  # noqa: E402
-from training.fit import TrainConfig, train  # noqa: E402
+from streamscore.models.artifact import ModelArtifact  # noqa: E402
+from streamscore.models.drift.evidence import pack  # noqa: E402
+from streamscore.models.drift.monitor import DriftMonitor  # noqa: E402
+from streamscore.models.embedder import Embedder  # noqa: E402
+from streamscore.models.registry import Registry  # noqa: E402
+from streamscore.models.scoring import score_embeddings  # noqa: E402
+from streamscore.models.themes import DISTANCE, Background, ThemeReport, find_themes  # noqa: E402
+from streamscore.schemas.drift import SIGNAL_TEXT_CHARS  # noqa: E402
+from streamscore.streams.worker.drift_agent import ExplainSettings, explainer_of  # noqa: E402
+from streamscore.training.data import Row, read_labelled  # noqa: E402
+from streamscore.training.fit import TrainConfig, train  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from quality import _split as split_by_label  # noqa: E402

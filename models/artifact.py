@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from models.drift import DriftCalibration
-from models.head import LinearHead
-from models.ood import OODScorer
-from models.themes import Background
+from streamscore.models.drift import DriftCalibration
+from streamscore.models.head import LinearHead
+from streamscore.models.ood import OODScorer
+from streamscore.models.themes import Background
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

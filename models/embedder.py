@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from models import padding
-from models.artifact import sha256_file
-from models.cache import EmbeddingCache, SharedCache, normalise
-from models.encode_pool import EncodePool, set_torch_threads, shared_pool, torch_threads
+from streamscore.models import padding
+from streamscore.models.artifact import sha256_file
+from streamscore.models.cache import EmbeddingCache, SharedCache, normalise
+from streamscore.models.encode_pool import EncodePool, set_torch_threads, shared_pool, torch_threads
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # MKL's single-precision products on a Xeon with AVX-512 round a row differently when the
@@ -168,8 +168,8 @@ class Embedder:
         quiet_library_notices()
         from sentence_transformers import SentenceTransformer
 
-        from models.backends import BACKENDS
-        from models.onnx_backend import load_onnx_model
+        from streamscore.models.backends import BACKENDS
+        from streamscore.models.onnx_backend import load_onnx_model
 
         if backend not in BACKENDS:
             raise ValueError(f"unknown embedder backend {backend!r}: use one of {', '.join(BACKENDS)}")
@@ -393,7 +393,7 @@ class Embedder:
         called directly where it may be, else the model."""
         if self.trace and self.device == "cpu" and self.backend == "torch" and not self.model.training:
             if not self._trace_tried:
-                from models.traced import trace_encoder
+                from streamscore.models.traced import trace_encoder
 
                 with self._lock:
                     if not self._trace_tried:
@@ -403,7 +403,7 @@ class Embedder:
                 return self._traced
         if self.backend != "torch":
             if self._session is None:
-                from models.onnx_backend import session_forward
+                from streamscore.models.onnx_backend import session_forward
 
                 self._session = session_forward(self.model) or False
             if self._session:

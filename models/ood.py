@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.head import LinearHead, rowwise_matmul, softmax
+from streamscore.models.head import LinearHead, rowwise_matmul, softmax
 
 SINGLE = ("energy", "msp", "mahalanobis", "relative_mahalanobis", "knn")
 # A logit score fused with a distance score: each z-scored on in-distribution validation texts,

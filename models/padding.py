@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from models.encode_pool import torch_threads
+from streamscore.models.encode_pool import torch_threads
 
 CANDIDATES = (4, 8)  # finer padding means more forwards per small batch: 4 cost nothing at half load
 MIN_ROWS = 16  # MIN_FORWARD_TOKENS in models/embedder.py

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.artifact import ArtifactError, ModelArtifact, load_artifact
+from streamscore.models.artifact import ArtifactError, ModelArtifact, load_artifact
 
 _VERSION = re.compile(r"^v(\d+)$")
 

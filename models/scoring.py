@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.artifact import ArtifactError, ModelArtifact
-from models.embedder import Embedder, resolve_model_path
-from models.head import softmax
+from streamscore.models.artifact import ArtifactError, ModelArtifact
+from streamscore.models.embedder import Embedder, resolve_model_path
+from streamscore.models.head import softmax
 
 
 @dataclass

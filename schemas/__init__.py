@@ -4,7 +4,7 @@ scored and dead-letter messages (``messages``), drift signals and alerts (``drif
 Imports nothing else of the project.
 """
 
-from schemas.messages import (
+from streamscore.schemas.messages import (
     DeadLetter,
     InputText,
     Origin,

@@ -10,7 +10,7 @@ reasons, the ``ts`` forms), and the tests validate what real workers write again
 >>> validate("texts", {"text": "my card was declined", "ts": 1795430000})
 Traceback (most recent call last):
 ...
-schemas.contract.SchemaError: texts: at ts: 1795430000 is not valid under any of the given schemas
+streamscore.schemas.contract.SchemaError: texts: at ts: 1795430000 is not valid under any of the given schemas
 """
 
 from __future__ import annotations

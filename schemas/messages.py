@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from schemas.contract import dead_letter_reasons, ts_rules
+from streamscore.schemas.contract import dead_letter_reasons, ts_rules
 
 MAX_TEXT_CHARS = 10_000  # default limits of an input message; Settings can change them
 MAX_MESSAGE_BYTES = 1_000_000

@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 from typing import Any, get_args
 
-from models.artifact import ArtifactError
-from models.backends import BACKENDS
-from models.drift.calibration import EmbeddingTest, LabelTest
-from models.ood import KEEP_IN_DIST, STRATEGIES
-from streams.kafka.security import REFUSED_LOGINS, client_options, failure_message
-from streams.settings import LogLevel, Settings
-from training.fit import TrainConfig
+from streamscore.models.artifact import ArtifactError
+from streamscore.models.backends import BACKENDS
+from streamscore.models.drift.calibration import EmbeddingTest, LabelTest
+from streamscore.models.ood import KEEP_IN_DIST, STRATEGIES
+from streamscore.streams.kafka.security import REFUSED_LOGINS, client_options, failure_message
+from streamscore.streams.settings import LogLevel, Settings
+from streamscore.training.fit import TrainConfig
 
 
 def _emit(obj: dict[str, Any], as_json: bool) -> None:
@@ -38,8 +38,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from streams.kafka.apache import USERS, ApacheKafka
-    from streams.kafka.broker import EmbeddedBroker
+    from streamscore.streams.kafka.apache import USERS, ApacheKafka
+    from streamscore.streams.kafka.broker import EmbeddedBroker
 
     broker: EmbeddedBroker | ApacheKafka = (
         ApacheKafka(Path(args.kafka_home), port=args.port)
@@ -69,8 +69,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from models.registry import Registry
-    from training.fit import TrainConfig, train
+    from streamscore.models.registry import Registry
+    from streamscore.training.fit import TrainConfig, train
 
     cfg = TrainConfig(
         ood_label=args.ood_label,
@@ -107,7 +107,7 @@ def _print_train(res: dict[str, Any]) -> None:
 
 
 def _columns(args: argparse.Namespace) -> Any:
-    from training.data import Columns
+    from streamscore.training.data import Columns
 
     return Columns.parse(args.field, text=args.text_field, label=args.label_field, split=args.split_field)
 
@@ -134,10 +134,10 @@ def _column_options(sp: argparse.ArgumentParser) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from models.embedder import Embedder
-    from models.registry import Registry
-    from training.data import read_labelled
-    from training.evaluate import evaluate_rows
+    from streamscore.models.embedder import Embedder
+    from streamscore.models.registry import Registry
+    from streamscore.training.data import read_labelled
+    from streamscore.training.evaluate import evaluate_rows
 
     artifact = Registry(args.registry).load(args.model)
     labelled = read_labelled(args.data, _columns(args))
@@ -169,7 +169,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from streams.commands.bench import BenchOptions, run_bench
+    from streamscore.streams.commands.bench import BenchOptions, run_bench
 
     settings = _settings(args)
     opts = BenchOptions(
@@ -192,14 +192,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from streams.worker.processes import run_processes
+    from streamscore.streams.worker.processes import run_processes
 
     return run_processes(_settings(args))
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from streams.kafka.broker import bootstrap_or_embedded
-    from streams.kafka.client import produce, text_messages
+    from streamscore.streams.kafka.broker import bootstrap_or_embedded
+    from streamscore.streams.kafka.client import produce, text_messages
 
     settings = _settings(args)
     f = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
@@ -212,8 +212,14 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from streams.commands.replay import FieldMap, ReplayOptions, describe, install_interrupt, replay_file
-    from streams.kafka.broker import bootstrap_or_embedded
+    from streamscore.streams.commands.replay import (
+        FieldMap,
+        ReplayOptions,
+        describe,
+        install_interrupt,
+        replay_file,
+    )
+    from streamscore.streams.kafka.broker import bootstrap_or_embedded
 
     settings = _settings(args)
     opts = ReplayOptions(
@@ -257,7 +263,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def _window(args: argparse.Namespace, lateness_s: float = 0.0) -> Any:
     """The time or offset range of ``--from/--to`` or ``--from-offset/--to-offset`` (rescore, themes)."""
-    from streams.commands.rescore import Window, parse_offsets, parse_time
+    from streamscore.streams.commands.rescore import Window, parse_offsets, parse_time
 
     now = int(time.time() * 1000)
     return Window(
@@ -270,10 +276,10 @@ def _window(args: argparse.Namespace, lateness_s: float = 0.0) -> Any:
 
 
 def cmd_rescore(args: argparse.Namespace) -> int:
-    from streams.commands.rescore import describe, rescore
-    from streams.kafka.broker import bootstrap_or_embedded, require_broker
-    from streams.worker.run import load_scorer
-    from streams.worker.serving import ModelHolder
+    from streamscore.streams.commands.rescore import describe, rescore
+    from streamscore.streams.kafka.broker import bootstrap_or_embedded, require_broker
+    from streamscore.streams.worker.run import load_scorer
+    from streamscore.streams.worker.serving import ModelHolder
 
     settings = _settings(args)
     require_broker(settings.bootstrap_servers, settings.embedded_broker)  # before loading a model
@@ -306,9 +312,9 @@ def cmd_rescore(args: argparse.Namespace) -> int:
 
 
 def cmd_themes(args: argparse.Namespace) -> int:
-    from streams.commands.themes import describe, range_themes
-    from streams.kafka.broker import bootstrap_or_embedded, require_broker
-    from streams.worker.run import load_scorer
+    from streamscore.streams.commands.themes import describe, range_themes
+    from streamscore.streams.kafka.broker import bootstrap_or_embedded, require_broker
+    from streamscore.streams.worker.run import load_scorer
 
     settings = _settings(args)
     require_broker(settings.bootstrap_servers, settings.embedded_broker)  # before loading a model
@@ -337,8 +343,8 @@ def cmd_themes(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from streams.commands.topics import create_missing, describe, table
-    from streams.kafka.broker import bootstrap_or_embedded
+    from streamscore.streams.commands.topics import create_missing, describe, table
+    from streamscore.streams.kafka.broker import bootstrap_or_embedded
 
     settings = _settings(args)
     options = client_options(settings)
@@ -355,8 +361,8 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from streams.kafka.broker import bootstrap_or_embedded
-    from streams.kafka.client import format_scored, read_topic
+    from streamscore.streams.kafka.broker import bootstrap_or_embedded
+    from streamscore.streams.kafka.client import format_scored, read_topic
 
     settings = _settings(args)
     topic = args.topic or settings.scored_topic
@@ -384,8 +390,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from streams.kafka.broker import bootstrap_or_embedded, require_broker
-    from streams.ui.server import serve
+    from streamscore.streams.kafka.broker import bootstrap_or_embedded, require_broker
+    from streamscore.streams.ui.server import serve
 
     settings = _settings(args)
     require_broker(settings.bootstrap_servers, settings.embedded_broker)
@@ -395,7 +401,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from models.registry import Registry
+    from streamscore.models.registry import Registry
 
     reg = Registry(args.registry)
     if args.action == "promote":
@@ -423,9 +429,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_drift_eval(args: argparse.Namespace) -> int:
-    from models.embedder import Embedder
-    from models.registry import Registry
-    from training.drift_eval import drift_eval, load_signals, table
+    from streamscore.models.embedder import Embedder
+    from streamscore.models.registry import Registry
+    from streamscore.training.drift_eval import drift_eval, load_signals, table
 
     artifact = Registry(args.registry).load(args.model)
     if artifact.drift is None:
@@ -450,7 +456,7 @@ def cmd_drift_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streams.commands.demo import run_demo
+    from streamscore.streams.commands.demo import run_demo
 
     return run_demo(
         _settings(args),

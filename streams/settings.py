@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args, get_type_hints
 
-from models.backends import Backend
-from schemas.messages import MAX_MESSAGE_BYTES, MAX_TEXT_CHARS
+from streamscore.models.backends import Backend
+from streamscore.schemas.messages import MAX_MESSAGE_BYTES, MAX_TEXT_CHARS
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -26,7 +26,7 @@ Guarantee = Literal["at_least_once", "exactly_once"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 if TYPE_CHECKING:
-    from streams.worker.batch import BatchLimits
+    from streamscore.streams.worker.batch import BatchLimits
 
 
 # Variables read when a field's own is unset: the conventional Kafka one, and old names.
@@ -166,7 +166,7 @@ class Settings:
         ]
         if len(set(names)) < len(names):
             problems.append("input, scored, DLQ and drift topics must all differ")
-        from streams.kafka.security import problems as security_problems
+        from streamscore.streams.kafka.security import problems as security_problems
 
         problems += security_problems(self)
         if problems:
@@ -174,7 +174,7 @@ class Settings:
 
     @property
     def batch_limits(self) -> BatchLimits:
-        from streams.worker.batch import BatchLimits
+        from streamscore.streams.worker.batch import BatchLimits
 
         return BatchLimits(self.max_text_chars, self.max_message_bytes, self.score_retries)
 

@@ -15,10 +15,10 @@ In a consumer loop, pass aiokafka's records as they come (``docs/examples/aiokaf
 in a Faust agent, ``await model.ascore(values)`` (``docs/examples/faust_agent.py``).
 """
 
-from models.registry import Registry
-from schemas.contract import SCHEMAS, SchemaError, validate
-from schemas.messages import Origin, parse_input
 from streamscore.model import Model, Scored, list_models, load_model
+from streamscore.models.registry import Registry
+from streamscore.schemas.contract import SCHEMAS, SchemaError, validate
+from streamscore.schemas.messages import Origin, parse_input
 
 __all__ = [
     "SCHEMAS",

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from streams.kafka.apache import ApacheKafka
-from streams.kafka.broker import EmbeddedBroker, stop_process
-from training.data import SHIPPED_CLINC150
-from training.fit import TrainConfig
+from streamscore.streams.kafka.apache import ApacheKafka
+from streamscore.streams.kafka.broker import EmbeddedBroker, stop_process
+from streamscore.training.data import SHIPPED_CLINC150
+from streamscore.training.fit import TrainConfig
 
 # Workers the tests start join a new group in 5 s instead of 15 on the embedded broker (it waits
 # half the session timeout for members), and a killed one's partitions move sooner.
@@ -49,7 +49,7 @@ def cli(
     """Run ``streamscore ARGS`` as a user would (``env``: its whole environment; ``stdin``: what it
     reads); with ``check``, it must succeed."""
     proc = subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
+        [sys.executable, "-m", "streamscore.streams.cli", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -124,7 +124,7 @@ def broker_kind(kafka: str) -> str:
 @pytest.fixture(scope="session")
 def transactions(kafka: str) -> bool:
     """Whether the session's broker runs Kafka transactions (the embedded one does not)."""
-    from streams.kafka.guarantees import transactions_refused
+    from streamscore.streams.kafka.guarantees import transactions_refused
 
     return asyncio.run(transactions_refused(kafka)) is None
 
@@ -174,7 +174,7 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def embedder():
-    from models.embedder import Embedder
+    from streamscore.models.embedder import Embedder
 
     return Embedder.load()
 
@@ -182,8 +182,8 @@ def embedder():
 @pytest.fixture(scope="session")
 def trained_registry(tmp_path_factory: pytest.TempPathFactory, small_data: Path, embedder) -> Path:
     """A registry with one promoted model trained on the small subset."""
-    from models.registry import Registry
-    from training.fit import train
+    from streamscore.models.registry import Registry
+    from streamscore.training.fit import train
 
     root = tmp_path_factory.mktemp("registry")
     train(small_data, Registry(root), FROZEN, quiet=True, embedder=embedder)
@@ -219,7 +219,7 @@ def start_worker(
     args = [
         sys.executable,
         "-m",
-        "streams.cli",
+        "streamscore.streams.cli",
         "worker",
         "--bootstrap-servers",
         bootstrap,

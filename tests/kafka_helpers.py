@@ -8,8 +8,8 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from schemas.contract import schema_role, validate
-from streams.kafka.client import wait_for_partitions
+from streamscore.schemas.contract import schema_role, validate
+from streamscore.streams.kafka.client import wait_for_partitions
 
 # What workers write is checked against its topic's JSON Schema wherever a test reads it back.
 # The input topic is not: tests write bad input there on purpose.

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.kafka.apache import USERS, ApacheKafka, TlsFiles
+from streamscore.streams.kafka.apache import USERS, ApacheKafka, TlsFiles
 from tests.conftest import cli, kafka_home, start_worker, stop_worker
 from tests.pki import make_pki
 
@@ -212,7 +212,7 @@ def minimum_acls(topics: dict[str, str], group: str) -> list[tuple[int, str, int
 
 
 def create_topics(kafka: ApacheKafka, topics: dict[str, str]) -> None:
-    from streams.kafka.topics import ensure_topics
+    from streamscore.streams.kafka.topics import ensure_topics
 
     plan = {name: (3 if role in ("input", "scored") else 1) for role, name in topics.items()}
     asyncio.run(ensure_topics(kafka.bootstrap_servers, plan))  # as a super user

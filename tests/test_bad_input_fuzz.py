@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from schemas.messages import DLQ_REASONS, Origin
-from streams.worker.batch import BatchLimits, RawMessage, process_batch
-from streams.worker.serving import ModelHolder
+from streamscore.schemas.messages import DLQ_REASONS, Origin
+from streamscore.streams.worker.batch import BatchLimits, RawMessage, process_batch
+from streamscore.streams.worker.serving import ModelHolder
 
 LIMITS = BatchLimits(max_text_chars=2_000, max_message_bytes=20_000)
 
@@ -67,8 +67,8 @@ messages = st.one_of(
 
 @pytest.fixture(scope="module")
 def holder(trained_registry, embedder):
-    from models.registry import Registry
-    from models.scoring import Scorer
+    from streamscore.models.registry import Registry
+    from streamscore.models.scoring import Scorer
 
     return ModelHolder(Scorer.load(Registry(trained_registry).load(), embedder))
 

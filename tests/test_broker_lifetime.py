@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.kafka.broker import free_port, port_open
+from streamscore.streams.kafka.broker import free_port, port_open
 from tests.conftest import ROOT, kafka_home
 
 pytestmark = [
@@ -59,7 +59,7 @@ def test_streamscore_broker_takes_its_broker_and_port_with_it(how, kind):
     port = free_port()
     extra = ["--kafka-home", str(kafka_home())] if kind == "apache-kafka" else []
     owner = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "broker", "--port", str(port), *extra],
+        [sys.executable, "-m", "streamscore.streams.cli", "broker", "--port", str(port), *extra],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -65,7 +65,7 @@ def test_no_model_says_how_to_train(tmp_path):
 
 def test_registry_defaults_to_the_environment_then_artifacts(tmp_path):
     env_proc = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "models", "--json"],
+        [sys.executable, "-m", "streamscore.streams.cli", "models", "--json"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -74,7 +74,7 @@ def test_registry_defaults_to_the_environment_then_artifacts(tmp_path):
     assert env_proc.returncode == 0, env_proc.stderr
     assert json.loads(env_proc.stdout.splitlines()[-1]) == {"current": None, "versions": []}
     proc = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "train", "--data", str(tmp_path / "none.jsonl")],
+        [sys.executable, "-m", "streamscore.streams.cli", "train", "--data", str(tmp_path / "none.jsonl")],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -191,7 +191,7 @@ def test_version_is_the_installed_package_version():
 def test_every_command_has_examples_that_parse_and_every_flag_has_help():
     import shlex
 
-    from streams.cli import build_parser
+    from streamscore.streams.cli import build_parser
 
     parser = build_parser()
     commands = parser.get_default("commands")

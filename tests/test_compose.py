@@ -15,9 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from streams.kafka.apache import BROKER_DEFAULTS
-from streams.kafka.topics import topic_configs, topic_plan
-from streams.settings import Settings
+from streamscore.streams.kafka.apache import BROKER_DEFAULTS
+from streamscore.streams.kafka.topics import topic_configs, topic_plan
+from streamscore.streams.settings import Settings
 from tests.conftest import ROOT
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

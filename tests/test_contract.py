@@ -8,10 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from models.scoring import Scores
-from schemas.contract import SCHEMAS, SchemaError, schema_role, validate
-from schemas.drift import AlertWindow, DriftAlert, DriftSignal, SignalBatch
-from schemas.messages import (
+from streamscore.models.scoring import Scores
+from streamscore.schemas.contract import SCHEMAS, SchemaError, schema_role, validate
+from streamscore.schemas.drift import AlertWindow, DriftAlert, DriftSignal, SignalBatch
+from streamscore.schemas.messages import (
     DLQ_REASONS,
     DeadLetter,
     InputText,
@@ -20,7 +20,7 @@ from schemas.messages import (
     dead_letter_record,
     parse_input,
 )
-from streams.worker.batch import BatchLimits, RawMessage, process_batch
+from streamscore.streams.worker.batch import BatchLimits, RawMessage, process_batch
 
 ORIGIN = Origin("texts", 1, 9)
 

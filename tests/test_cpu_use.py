@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from streams.commands.cpu_use import CpuMeter, children_of
-from streams.kafka.broker import stop_process
+from streamscore.streams.commands.cpu_use import CpuMeter, children_of
+from streamscore.streams.kafka.broker import stop_process
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

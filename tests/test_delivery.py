@@ -9,8 +9,8 @@ import uuid
 
 from aiokafka import AIOKafkaProducer
 
-from streams.kafka.delivery import SEND_ALONE_BYTES, deliver, send_batched
-from streams.kafka.topics import ensure_topics
+from streamscore.streams.kafka.delivery import SEND_ALONE_BYTES, deliver, send_batched
+from streamscore.streams.kafka.topics import ensure_topics
 from tests.kafka_helpers import collect
 
 

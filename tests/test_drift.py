@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from models.drift import (
+from streamscore.models.drift import (
     ConfidenceDrop,
     EmbeddingCentre,
     EmbeddingShift,
@@ -116,7 +116,7 @@ def test_embedding_centre_respects_ert_and_fires_on_moved_mean():
 
 
 def _spread_detector(P: np.ndarray, ert: float) -> EmbeddingSpread:
-    from models.drift.embedding_shift import embedding_moments
+    from streamscore.models.drift.embedding_shift import embedding_moments
 
     mean, precision = embedding_moments(P)
     cal = calibrate_embedding_spread(P, ert, seed=15)
@@ -204,7 +204,7 @@ def test_calibration_ships_in_artifact_and_drift_eval_reports_every_scenario(
     import subprocess
     import sys
 
-    from models.registry import Registry
+    from streamscore.models.registry import Registry
     from tests.conftest import ROOT
 
     art = Registry(trained_registry).load()
@@ -215,7 +215,7 @@ def test_calibration_ships_in_artifact_and_drift_eval_reports_every_scenario(
         [
             sys.executable,
             "-m",
-            "streams.cli",
+            "streamscore.streams.cli",
             "drift-eval",
             "--registry",
             str(trained_registry),
@@ -266,9 +266,9 @@ def test_a_resumed_monitor_skips_the_signals_its_snapshot_covers(trained_registr
     continues exactly as the monitor that never stopped."""
     import json
 
-    from models.drift.monitor import DriftMonitor
-    from models.registry import Registry
-    from schemas.drift import signals_in
+    from streamscore.models.drift.monitor import DriftMonitor
+    from streamscore.models.registry import Registry
+    from streamscore.schemas.drift import signals_in
 
     cal = Registry(trained_registry).load().drift
     k, n_labels = cal.projection_components.shape[0], len(cal.labels["prior"])
@@ -320,7 +320,7 @@ def test_river_page_hinkley_state_round_trips_and_goes_on_alike():
     ``check`` names it, and a restored detector must alarm exactly where an unbroken one does."""
     from river.drift import PageHinkley
 
-    from models.drift import river_state
+    from streamscore.models.drift import river_state
 
     river_state.check(PageHinkley())
     rng = np.random.default_rng(5)
@@ -341,7 +341,7 @@ def test_river_page_hinkley_state_round_trips_and_goes_on_alike():
 def test_river_state_check_names_a_missing_attribute():
     from river.drift import PageHinkley
 
-    from models.drift import river_state
+    from streamscore.models.drift import river_state
 
     ph = PageHinkley()
     del ph._sum_increase  # noqa: SLF001 - simulates a River upgrade that renamed it
@@ -352,7 +352,7 @@ def test_river_state_check_names_a_missing_attribute():
 def test_a_model_calibrated_before_the_label_mix_and_spread_tests_keeps_its_detectors():
     """A calibration without ``test`` or ``spread`` (artifacts trained before 2026-12-05) builds
     the G-test of 500 labels and the window-mean test alone, with their own thresholds."""
-    from models.drift import DriftCalibration
+    from streamscore.models.drift import DriftCalibration
 
     meta = {
         "ert": 10_000.0,

@@ -8,11 +8,11 @@ from collections import defaultdict
 
 import pytest
 
-from models.registry import Registry
-from schemas.contract import validate
+from streamscore.models.registry import Registry
+from streamscore.schemas.contract import validate
+from streamscore.training.fit import TrainConfig, train
 from tests.conftest import small_clinc_rows, start_worker, stop_worker
 from tests.kafka_helpers import collect, send_json
-from training.fit import TrainConfig, train
 
 pytestmark = pytest.mark.integration
 

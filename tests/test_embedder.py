@@ -44,7 +44,7 @@ def test_bucketed_vectors_match_sentence_transformers(embedder):
 
 
 def test_cache_hits_return_exactly_what_encoding_would(embedder):
-    from models.cache import EmbeddingCache
+    from streamscore.models.cache import EmbeddingCache
 
     texts = _texts(120)
     plain = embedder.encode(texts)
@@ -66,8 +66,8 @@ def test_threads_encoding_at_once_get_exactly_the_same_vectors(embedder):
 
     import torch
 
-    from models.cache import EmbeddingCache
-    from models.embedder import threads_per_call
+    from streamscore.models.cache import EmbeddingCache
+    from streamscore.models.embedder import threads_per_call
 
     texts = _texts(240)
     plain = embedder.encode(texts)
@@ -115,7 +115,7 @@ def test_a_long_encode_with_a_progress_bar_gives_the_same_vectors(embedder, caps
 
 
 def test_onnx_backends_agree_with_torch(embedder, tmp_path):
-    from models.embedder import Embedder
+    from streamscore.models.embedder import Embedder
 
     texts = _texts(150)
     reference = embedder.encode(texts)
@@ -143,7 +143,7 @@ def test_onnx_backends_agree_with_torch(embedder, tmp_path):
 def test_unknown_backend_is_refused_with_the_choices():
     import pytest
 
-    from models.embedder import Embedder
+    from streamscore.models.embedder import Embedder
 
     with pytest.raises(ValueError, match="torch, onnx, onnx-int8"):
         Embedder.load(backend="tensorrt")
@@ -175,7 +175,7 @@ def test_a_copy_traces_its_own_weights(embedder):
 def test_a_model_that_traces_wrong_is_encoded_eagerly(caplog):
     import torch
 
-    from models.traced import trace_encoder
+    from streamscore.models.traced import trace_encoder
 
     class BranchesOnInput(torch.nn.Module):
         """Adds 1 to batches of more than two texts: a trace of a two-text batch cannot."""

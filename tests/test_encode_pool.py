@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.encode_pool import EncodePool, set_torch_threads
+from streamscore.models.encode_pool import EncodePool, set_torch_threads
 
 
 class Recorder:

@@ -9,15 +9,15 @@ import random
 import numpy as np
 import pytest
 
-from models.drift.evidence import SAMPLE, pack
-from models.drift.explain import MAX_BYTES
-from models.drift.monitor import LEAD, DriftMonitor
-from models.registry import Registry
-from models.scoring import Scorer
-from schemas.contract import validate
-from schemas.messages import Origin
-from streams.worker.batch import BatchLimits, RawMessage, process_batch
-from streams.worker.drift_agent import ExplainSettings, episode_record_of, explainer_of
+from streamscore.models.drift.evidence import SAMPLE, pack
+from streamscore.models.drift.explain import MAX_BYTES
+from streamscore.models.drift.monitor import LEAD, DriftMonitor
+from streamscore.models.registry import Registry
+from streamscore.models.scoring import Scorer
+from streamscore.schemas.contract import validate
+from streamscore.schemas.messages import Origin
+from streamscore.streams.worker.batch import BatchLimits, RawMessage, process_batch
+from streamscore.streams.worker.drift_agent import ExplainSettings, episode_record_of, explainer_of
 from tests.conftest import CLINC, small_clinc_rows
 
 ROWS = [json.loads(line) for line in open(CLINC, encoding="utf-8")]

@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from models.artifact import ArtifactError, load_artifact
-from models.embedder import Embedder
-from models.registry import Registry
+from streamscore.models.artifact import ArtifactError, load_artifact
+from streamscore.models.embedder import Embedder
+from streamscore.models.registry import Registry
+from streamscore.training.data import load_rows
+from streamscore.training.evaluate import evaluate_rows
+from streamscore.training.fit import TrainConfig, train
 from tests.conftest import FROZEN, small_clinc_rows
-from training.data import load_rows
-from training.evaluate import evaluate_rows
-from training.fit import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_extra_or_pickle_files_in_encoder_are_refused(tiny, tmp_path, embedder):
 def test_finetuning_stops_when_validation_accuracy_stalls_and_keeps_the_best_weights(tiny, embedder):
     import copy
 
-    from training.finetune import FinetuneConfig, finetune_encoder
+    from streamscore.training.finetune import FinetuneConfig, finetune_encoder
 
     rows = load_rows(tiny)
     train_rows = [r for r in rows if r.split == "train" and r.label != "oos"]
@@ -104,7 +104,7 @@ def test_finetuning_stops_when_validation_accuracy_stalls_and_keeps_the_best_wei
 def test_finetuning_without_validation_texts_runs_every_planned_step(tiny, embedder):
     import copy
 
-    from training.finetune import FinetuneConfig, finetune_encoder
+    from streamscore.training.finetune import FinetuneConfig, finetune_encoder
 
     train_rows = [r for r in load_rows(tiny) if r.split == "train" and r.label != "oos"]
     info = finetune_encoder(

@@ -9,10 +9,10 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from models.registry import Registry
+from streamscore.models.registry import Registry
+from streamscore.training.fit import train
 from tests.conftest import FROZEN, small_clinc_rows, start_worker, stop_worker
 from tests.kafka_helpers import collect, send_json
-from training.fit import train
 
 pytestmark = pytest.mark.integration
 
@@ -84,9 +84,9 @@ def test_hot_swap_under_live_stream_then_refuse_broken_model(
 def test_a_model_on_another_encoder_is_ready_before_its_first_batch(trained_registry, embedder):
     import copy
 
-    from models.embedder import resolve_model_path
-    from models.scoring import Scorer
-    from streams.worker.serving import ModelHolder
+    from streamscore.models.embedder import resolve_model_path
+    from streamscore.models.scoring import Scorer
+    from streamscore.streams.worker.serving import ModelHolder
 
     reg = Registry(trained_registry)
     current = reg.load()
@@ -118,10 +118,10 @@ def test_an_encoder_replaced_by_a_swap_is_freed_though_frozen_at_start(trained_r
     import gc
     import weakref
 
-    from models.embedder import Embedder, resolve_model_path
-    from models.scoring import Scorer
-    from streams.worker.memory import freeze_long_lived
-    from streams.worker.serving import ModelHolder
+    from streamscore.models.embedder import Embedder, resolve_model_path
+    from streamscore.models.scoring import Scorer
+    from streamscore.streams.worker.memory import freeze_long_lived
+    from streamscore.streams.worker.serving import ModelHolder
 
     reg = Registry(trained_registry)
     current = reg.load()

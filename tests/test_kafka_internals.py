@@ -2,7 +2,7 @@
 
 import pytest
 
-from streams.kafka import internals
+from streamscore.streams.kafka import internals
 
 
 def test_the_installed_aiokafka_and_faust_have_what_the_adapter_uses():

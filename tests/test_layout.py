@@ -1,4 +1,5 @@
-"""Each folder imports only what its docstring (and docs/design.md, Where things are) allows."""
+"""Each folder imports only what its docstring (and docs/design.md, Where things are) allows, and
+everything is imported by its one installed name, ``streamscore``."""
 
 import ast
 from pathlib import Path
@@ -6,9 +7,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-OURS = ("streamscore", "streams", "models", "schemas", "training")
+PARTS = ("streams", "models", "schemas", "training")  # top-level folders, installed as streamscore.<part>
+PUBLIC = sorted(p for p in (ROOT / "streamscore").glob("*.py"))  # the library's own files, not the links
+PUBLIC_MODULES = {"streamscore"} | {f"streamscore.{p.stem}" for p in PUBLIC if p.stem != "__init__"}
 
-# folder → the project's packages its modules may import (besides their own folder)
+# folder → the project's packages its modules may import (besides their own folder), as
+# streamscore.<name>
 ALLOWED = {
     "schemas": (),
     "models": ("schemas",),
@@ -16,52 +20,82 @@ ALLOWED = {
     "streams/kafka": ("schemas", "streams.settings", "streams.kafka"),
     "streams/worker": ("models", "schemas", "streams.settings", "streams.kafka", "streams.worker"),
     "streams/ui": ("streams.settings", "streams.kafka", "streams.ui"),  # reads topics, never a model
-    "streamscore": ("models", "schemas", "streams.worker.batch"),
 }
+PUBLIC_ALLOWED = ("models", "schemas", "streams.worker.batch")
 
 
 def imports_of(path: Path) -> set[str]:
-    """Every module of ours that ``path`` imports, at the top or inside a function."""
+    """Every module of ours that ``path`` imports, at the top or inside a function, under any name."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
-    return {name for name in found if name.split(".")[0] in OURS}
+    return {name for name in found if name.split(".")[0] in ("streamscore", *PARTS)}
+
+
+def product_files() -> list[Path]:
+    """Every Python file of the product, through its real folders (not the links in streamscore/)."""
+    return [*PUBLIC, *(path for part in PARTS for path in (ROOT / part).rglob("*.py"))]
+
+
+def under(name: str, packages: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
 
 
 @pytest.mark.parametrize("folder", sorted(ALLOWED))
 def test_a_folder_imports_only_what_it_may(folder):
-    own = folder.replace("/", ".")
-    allowed = (own, *ALLOWED[folder])
+    allowed = tuple(f"streamscore.{a}" for a in (folder.replace("/", "."), *ALLOWED[folder]))
     wrong = {
         f"{path.relative_to(ROOT)}: {name}"
         for path in (ROOT / folder).rglob("*.py")
         for name in imports_of(path)
-        if not any(name == a or name.startswith(a + ".") for a in allowed)
+        if not under(name, allowed)
     }
     assert not wrong, sorted(wrong)
+
+
+def test_the_public_api_stands_on_the_scoring_core_models_and_schemas_only():
+    allowed = tuple(PUBLIC_MODULES) + tuple(f"streamscore.{a}" for a in PUBLIC_ALLOWED)
+    wrong = {f"{p.relative_to(ROOT)}: {n}" for p in PUBLIC for n in imports_of(p) if not under(n, allowed)}
+    assert not wrong, sorted(wrong)
+
+
+def test_everything_is_imported_by_its_one_installed_name():
+    """``streams``, ``models``, ... by themselves are a user's names, not ours (issue 36)."""
+    files = [*product_files(), *(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]
+    files += (ROOT / "docs" / "examples").glob("*.py")
+    wrong = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in files
+        for name in imports_of(path)
+        if name.split(".")[0] != "streamscore"
+    }
+    assert not wrong, sorted(wrong)
+
+
+def test_each_part_is_linked_into_the_one_package():
+    for part in PARTS:
+        link = ROOT / "streamscore" / part
+        assert link.is_symlink() and link.resolve() == ROOT / part, f"streamscore/{part} -> ../{part}"
 
 
 def test_nothing_but_the_cli_imports_the_commands():
     users = {
         str(path.relative_to(ROOT))
-        for package in OURS
-        for path in (ROOT / package).rglob("*.py")
+        for path in product_files()
         if "commands" not in path.parts
-        and any(name.startswith("streams.commands") for name in imports_of(path))
+        and any(under(name, ("streamscore.streams.commands",)) for name in imports_of(path))
     }
     assert users <= {"streams/cli.py"}, users
 
 
 def test_nothing_of_ours_imports_the_public_api():
-    """``streamscore`` is for users; the product's own code must not lean on it (no cycles)."""
+    """``streamscore``'s own modules are for users; the product's code must not lean on them (no cycles)."""
     users = {
         str(path.relative_to(ROOT))
-        for package in OURS
-        if package != "streamscore"
-        for path in (ROOT / package).rglob("*.py")
-        if any(name.split(".")[0] == "streamscore" for name in imports_of(path))
+        for path in product_files()
+        if path not in PUBLIC and any(name in PUBLIC_MODULES for name in imports_of(path))
     }
     assert not users, users

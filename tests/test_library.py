@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import streamscore
-from models.artifact import ArtifactError
-from streams.kafka.broker import stop_process
+from streamscore.models.artifact import ArtifactError
+from streamscore.streams.kafka.broker import stop_process
 from tests.kafka_helpers import collect, send_raw
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,17 +6,17 @@ import sys
 import numpy as np
 import pytest
 
-from models.artifact import load_artifact, save_artifact
-from models.head import LinearHead
-from models.ood import FUSED, OODScorer
-from models.registry import Registry
+from streamscore.models.artifact import load_artifact, save_artifact
+from streamscore.models.head import LinearHead
+from streamscore.models.ood import FUSED, OODScorer
+from streamscore.models.registry import Registry
+from streamscore.training.fit import train
 from tests.conftest import FROZEN, ROOT, cli, last_json
-from training.fit import train
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from quality import choose_withheld, markdown_table, withhold  # noqa: E402
 
-from training.data import Row  # noqa: E402
+from streamscore.training.data import Row  # noqa: E402
 
 
 def _blobs(seed=0, n=60, dim=16):
@@ -138,7 +138,7 @@ def test_the_quality_table_lists_every_variant_and_marks_the_default():
 
 
 def test_knn_keeps_a_bounded_stratified_reference(monkeypatch):
-    import models.ood as ood_module
+    import streamscore.models.ood as ood_module
 
     X, y = _blobs(n=60)
     monkeypatch.setattr(ood_module, "KNN_MAX_REFERENCE", 30)

@@ -27,13 +27,13 @@ from typing import Any
 import pytest
 import yaml
 
-from models.registry import Registry
-from streams.kafka.broker import free_port, stop_process
-from streams.settings import Settings
-from streams.worker.metrics import BatchStats, WorkerMetrics
+from streamscore.models.registry import Registry
+from streamscore.streams.kafka.broker import free_port, stop_process
+from streamscore.streams.settings import Settings
+from streamscore.streams.worker.metrics import BatchStats, WorkerMetrics
+from streamscore.training.fit import TrainConfig, train
 from tests.conftest import ROOT, WorkerHandle, debian_server, small_clinc_rows, start_worker, stop_worker
 from tests.kafka_helpers import collect, send_json, send_raw
-from training.fit import TrainConfig, train
 
 DEPLOY = ROOT / "deploy"
 DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
@@ -231,7 +231,7 @@ def test_every_query_names_metrics_the_worker_exports():
 def test_the_peak_ratio_shows_an_alarm_that_the_statistic_gauge_misses():
     from types import SimpleNamespace
 
-    from schemas.drift import AlertWindow, DriftAlert
+    from streamscore.schemas.drift import AlertWindow, DriftAlert
 
     m = WorkerMetrics.create()
     cusum = SimpleNamespace(name="ood_cusum", statistic=3.0, threshold=20.0)

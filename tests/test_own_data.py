@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from streamscore.training.data import Columns, DataError, read_labelled
 from tests.conftest import cli, last_json, small_clinc_rows
-from training.data import Columns, DataError, read_labelled
 
 SPLIT_COUNT = {"train": 0.8, "val": 0.1, "test": 0.1}
 

@@ -3,7 +3,7 @@ number of rows; else 8."""
 
 import torch
 
-from models.padding import CANDIDATES, padding_multiple
+from streamscore.models.padding import CANDIDATES, padding_multiple
 
 
 class RowWise(torch.nn.Linear):

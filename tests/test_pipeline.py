@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 
-from models.scoring import Scores
-from schemas.messages import Origin
-from streams.worker.batch import (
+from streamscore.models.scoring import Scores
+from streamscore.schemas.messages import Origin
+from streamscore.streams.worker.batch import (
     BatchLimits,
     OutputLimits,
     RawMessage,

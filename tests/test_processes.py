@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.kafka.broker import free_port
+from streamscore.streams.kafka.broker import free_port
 from tests.conftest import WorkerHandle, small_clinc_rows, start_worker
 from tests.kafka_helpers import collect, send_json
 from tests.test_reliability import health, metric

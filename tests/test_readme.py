@@ -3,7 +3,7 @@
 import re
 import shlex
 
-from streams.cli import build_parser
+from streamscore.streams.cli import build_parser
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()

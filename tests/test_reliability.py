@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.kafka.broker import EmbeddedBroker, free_port
+from streamscore.streams.kafka.broker import EmbeddedBroker, free_port
 from tests.conftest import (
     ROOT,
     WorkerHandle,

@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from streams.kafka.topics import ensure_topics
+from streamscore.streams.kafka.topics import ensure_topics
 from tests.conftest import ROOT, cli, last_json, small_clinc_rows
 from tests.kafka_helpers import collect
 
@@ -225,7 +225,7 @@ def test_rescore_of_a_time_window_is_exactly_that_window(kafka, broker_kind, tra
 
 def _replay_process(kafka, path, topic, *extra):
     return subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "replay", str(path), "--topic", topic, "--bootstrap-servers", kafka,
+        [sys.executable, "-m", "streamscore.streams.cli", "replay", str(path), "--topic", topic, "--bootstrap-servers", kafka,
          "--registry", str(path.parent), "--json", *extra],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -3,7 +3,14 @@ import json
 
 import pytest
 
-from schemas.messages import DeadLetter, InputText, Origin, Rejection, dead_letter_record, parse_input
+from streamscore.schemas.messages import (
+    DeadLetter,
+    InputText,
+    Origin,
+    Rejection,
+    dead_letter_record,
+    parse_input,
+)
 
 ORIGIN = Origin("texts", 2, 41)
 

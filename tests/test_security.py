@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import certifi
 import pytest
 
-from streams.kafka.security import client_options, faust_credentials
-from streams.settings import Settings
+from streamscore.streams.kafka.security import client_options, faust_credentials
+from streamscore.streams.settings import Settings
 from tests.conftest import ROOT
 
 SECRET = "pa55-do-not-print-" + "x7q"
@@ -102,7 +102,7 @@ def test_a_worker_that_cannot_authenticate_stops_without_printing_the_password(k
     # The test broker speaks no SASL: the worker must fail to connect, say so, and not leak.
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "streams.cli", "worker"],
+            [sys.executable, "-m", "streamscore.streams.cli", "worker"],
             env=env,
             cwd=ROOT,
             capture_output=True,
@@ -122,7 +122,7 @@ def scram_broker() -> Iterator[str]:
     """A Tansu broker that requires a SCRAM login (``--authentication``). Its memory storage
     keeps no user a client could log in as, so every login is refused: a real SCRAM exchange
     whose last step is the broker's ``e=`` refusal."""
-    from streams.kafka.broker import EmbeddedBroker
+    from streamscore.streams.kafka.broker import EmbeddedBroker
 
     with EmbeddedBroker(authentication=True) as broker:
         yield broker.bootstrap_servers
@@ -135,7 +135,7 @@ def test_a_refused_scram_login_is_named_and_the_password_is_not_shown(
 ):
     env = _sasl_env(scram_broker, trained_registry, "SCRAM-SHA-512")
     proc = subprocess.run(
-        [sys.executable, "-m", "streams.cli", *command],
+        [sys.executable, "-m", "streamscore.streams.cli", *command],
         env=env,
         cwd=ROOT,
         input='{"id": "1", "text": "what is my balance"}\n',

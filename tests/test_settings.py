@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.settings import Settings
+from streamscore.streams.settings import Settings
 
 
 def test_env_then_overrides():
@@ -50,8 +50,8 @@ def test_a_redis_password_stays_out_of_repr_and_errors():
 def test_the_fetch_wait_reaches_the_kafka_consumer():
     import asyncio
 
-    from streams.kafka import internals
-    from streams.kafka.faust_transport import StreamApp
+    from streamscore.streams.kafka import internals
+    from streamscore.streams.kafka.faust_transport import StreamApp
 
     async def fetch_wait_of(settings: Settings) -> int:
         app = StreamApp(

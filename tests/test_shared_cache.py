@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import redis
 
-from models.cache import SharedCache
-from models.embedder import Embedder, resolve_model_path
-from streams.kafka.broker import free_port, stop_process
+from streamscore.models.cache import SharedCache
+from streamscore.models.embedder import Embedder, resolve_model_path
+from streamscore.streams.kafka.broker import free_port, stop_process
 from tests.conftest import debian_server, small_clinc_rows, start_worker, stop_worker
 from tests.kafka_helpers import collect, send_json
 

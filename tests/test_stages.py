@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from aiokafka.errors import MessageSizeTooLargeError
 
-from models.scoring import Scores
-from streams.worker.batch import BatchLimits, BatchOutput, OutputLimits, RawMessage, process_batch
-from streams.worker.offsets import OffsetTracker
-from streams.worker.stages import Batch, Intake, OutputTopics, Stages, Take, raw
+from streamscore.models.scoring import Scores
+from streamscore.streams.worker.batch import BatchLimits, BatchOutput, OutputLimits, RawMessage, process_batch
+from streamscore.streams.worker.offsets import OffsetTracker
+from streamscore.streams.worker.stages import Batch, Intake, OutputTopics, Stages, Take, raw
 
 
 class _Builder:
@@ -350,7 +350,7 @@ def test_a_stage_that_fails_is_reported_and_nothing_is_acknowledged():
 
 
 def test_exactly_once_splits_a_batch_into_one_set_of_records_per_input_partition():
-    from schemas.drift import DriftSignal, SignalBatch
+    from streamscore.schemas.drift import DriftSignal, SignalBatch
 
     bad = RawMessage(b"m9", b"{not json", raw(9, partition=1).origin)
     messages = [raw(0, 0), raw(5, 1), raw(1, 0), bad]

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from models.themes import Background, find_themes
+from streamscore.models.themes import Background, find_themes
 from tests.conftest import CLINC
 
 ROWS = [json.loads(line) for line in open(CLINC, encoding="utf-8")]
@@ -78,8 +78,8 @@ def test_the_background_stays_bounded_and_survives_a_restart():
 def test_the_theme_benchmark_streams_each_text_once_and_injects_at_the_share():
     import sys
 
+    from streamscore.training.data import Row
     from tests.conftest import ROOT
-    from training.data import Row
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from themes import make_stream, summarise
@@ -110,7 +110,7 @@ def test_themes_command_finds_a_new_intent_in_a_range_of_the_input_topic(kafka, 
     import asyncio
     import uuid
 
-    from streams.kafka.topics import ensure_topics
+    from streamscore.streams.kafka.topics import ensure_topics
     from tests.conftest import cli, last_json, small_clinc_rows
     from tests.kafka_helpers import send_json, send_raw
 
@@ -158,8 +158,8 @@ def test_the_artifact_keeps_label_centres_and_refuses_centres_of_the_wrong_shape
 
     import numpy as np
 
-    from models.artifact import CENTRES, ArtifactError, load_artifact, sha256_file
-    from models.registry import Registry
+    from streamscore.models.artifact import CENTRES, ArtifactError, load_artifact, sha256_file
+    from streamscore.models.registry import Registry
 
     art = Registry(trained_registry).load(None)
     assert art.label_centres is not None and art.label_centres.shape == (len(art.head.labels), art.dim)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.kafka.apache import ApacheKafka, TlsFiles
-from streams.kafka.broker import EmbeddedBroker, free_port, port_open, stop_process
+from streamscore.streams.kafka.apache import ApacheKafka, TlsFiles
+from streamscore.streams.kafka.broker import EmbeddedBroker, free_port, port_open, stop_process
 from tests.conftest import cli, debian_server, kafka_home, small_clinc_rows, start_worker, stop_worker
 from tests.pki import make_pki
 

@@ -10,8 +10,8 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from streams.kafka.topics import ensure_topics, topic_configs, topic_plan
-from streams.settings import Settings
+from streamscore.streams.kafka.topics import ensure_topics, topic_configs, topic_plan
+from streamscore.streams.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -8,13 +8,13 @@ import shutil
 import numpy as np
 import pytest
 
-from models.artifact import ArtifactError, load_artifact
-from models.ood import STRATEGIES, OODScorer
-from models.registry import Registry
+from streamscore.models.artifact import ArtifactError, load_artifact
+from streamscore.models.ood import STRATEGIES, OODScorer
+from streamscore.models.registry import Registry
+from streamscore.training.data import DataError, load_rows, training_splits
+from streamscore.training.evaluate import evaluate_rows
+from streamscore.training.fit import decide_promotion, train
 from tests.conftest import FROZEN
-from training.data import DataError, load_rows, training_splits
-from training.evaluate import evaluate_rows
-from training.fit import decide_promotion, train
 
 
 def test_trained_model_classifies_held_out_texts(trained_registry, small_data, embedder):

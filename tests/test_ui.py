@@ -20,11 +20,11 @@ import time
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from models.registry import Registry
-from streams.kafka.broker import stop_process
-from streams.settings import Settings
-from streams.ui.fleet import EXAMPLES_PER_REASON, MAX_EPISODES, MAX_REASONS, FleetView
-from streams.ui.server import make_app
+from streamscore.models.registry import Registry
+from streamscore.streams.kafka.broker import stop_process
+from streamscore.streams.settings import Settings
+from streamscore.streams.ui.fleet import EXAMPLES_PER_REASON, MAX_EPISODES, MAX_REASONS, FleetView
+from streamscore.streams.ui.server import make_app
 from tests.conftest import CLINC, ROOT, debian_server, small_clinc_rows, start_worker, stop_worker
 from tests.kafka_helpers import collect, send_json, send_raw
 
@@ -146,7 +146,7 @@ def test_the_page_shows_a_live_drift_episode_with_its_themes_in_a_real_browser(
     ui_log = tmp_path / "ui.log"
     with open(ui_log, "w") as log:
         ui = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "ui", "--bootstrap-servers", kafka, "--port", str(port),
+            [sys.executable, "-m", "streamscore.streams.cli", "ui", "--bootstrap-servers", kafka, "--port", str(port),
              "--refresh", "2", "--input-topic", w.topics["input"], "--scored-topic", w.topics["scored"],
              "--dlq-topic", w.topics["dlq"], "--episodes-topic", w.topics["episodes"],
              "--group-id", f"streamscore-test-{w.tag}"],  # fmt: skip

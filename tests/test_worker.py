@@ -32,7 +32,7 @@ SCORED_FIELDS = {
 
 
 def test_valid_texts_scored_exactly_once(worker, trained_registry):
-    from models.registry import Registry
+    from streamscore.models.registry import Registry
 
     artifact = Registry(trained_registry).load()
     rows = [r for r in small_clinc_rows() if r["split"] == "test" and r["label"] != "oos"][:120]

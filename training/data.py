@@ -12,7 +12,7 @@ the line. ``read_labelled`` reads the text, label and split columns (``Columns``
 >>> load_rows(path)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-training.data.DataError: ...d.jsonl:2: not valid JSON (...)
+streamscore.training.data.DataError: ...d.jsonl:2: not valid JSON (...)
 """
 
 from __future__ import annotations

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from models.artifact import ModelArtifact
-from models.drift import Signal
-from models.embedder import Embedder
-from training.data import load_rows
+from streamscore.models.artifact import ModelArtifact
+from streamscore.models.drift import Signal
+from streamscore.models.embedder import Embedder
+from streamscore.training.data import load_rows
 
 CHANGE_AT = 2_000  # messages of in-distribution text before the change
 AFTER = 2_000  # a change not detected within this many messages is missed

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from models.artifact import ModelArtifact
-from models.embedder import Embedder
-from models.scoring import Scores, score_embeddings
-from training.data import Row
+from streamscore.models.artifact import ModelArtifact
+from streamscore.models.embedder import Embedder
+from streamscore.models.scoring import Scores, score_embeddings
+from streamscore.training.data import Row
 
 
 def classification_metrics(y_true: list[str], y_pred: list[str]) -> dict[str, float]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from models.embedder import Embedder
+from streamscore.models.embedder import Embedder
 
 
 @dataclass

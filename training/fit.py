@@ -13,17 +13,23 @@ from typing import Any
 
 import numpy as np
 
-from models.artifact import ArtifactError, ModelArtifact, load_artifact, save_artifact, sha256_file
-from models.drift import calibrate_drift
-from models.drift.calibration import EmbeddingTest, LabelTest
-from models.embedder import DEFAULT_MODEL, Embedder, resolve_model_path
-from models.head import LinearHead
-from models.ood import KEEP_IN_DIST, OODScorer, ood_threshold
-from models.registry import Registry
-from models.themes import Background, label_centres
-from training.data import Columns, read_labelled, training_splits
-from training.evaluate import evaluate_embeddings
-from training.finetune import FinetuneConfig, finetune_encoder
+from streamscore.models.artifact import (
+    ArtifactError,
+    ModelArtifact,
+    load_artifact,
+    save_artifact,
+    sha256_file,
+)
+from streamscore.models.drift import calibrate_drift
+from streamscore.models.drift.calibration import EmbeddingTest, LabelTest
+from streamscore.models.embedder import DEFAULT_MODEL, Embedder, resolve_model_path
+from streamscore.models.head import LinearHead
+from streamscore.models.ood import KEEP_IN_DIST, OODScorer, ood_threshold
+from streamscore.models.registry import Registry
+from streamscore.models.themes import Background, label_centres
+from streamscore.training.data import Columns, read_labelled, training_splits
+from streamscore.training.evaluate import evaluate_embeddings
+from streamscore.training.finetune import FinetuneConfig, finetune_encoder
 
 HEAD_C_GRID = (3.0, 10.0, 30.0, 100.0)
 BACKGROUND_TOKENS = 20_000  # distinct tokens kept of the training texts' document frequencies

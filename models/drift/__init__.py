@@ -17,15 +17,19 @@ False
 True
 """
 
-from models.drift.calibration import HEADROOM, N_DETECTORS, DriftCalibration, calibrate_drift
-from models.drift.confidence_drop import ConfidenceDrop, calibrate_confidence_drop
-from models.drift.embedding_shift import EmbeddingCentre, EmbeddingShift, calibrate_embedding_shift
-from models.drift.embedding_spread import EmbeddingSpread, calibrate_embedding_spread
-from models.drift.label_mix import LabelMix, calibrate_label_mix
-from models.drift.label_shift import LabelShift, calibrate_label_shift, g_statistic
-from models.drift.monitor import DriftMonitor, Episode
-from models.drift.ood_cusum import OodCusum, calibrate_cusum
-from models.drift.signal import Detector, Signal
+from streamscore.models.drift.calibration import HEADROOM, N_DETECTORS, DriftCalibration, calibrate_drift
+from streamscore.models.drift.confidence_drop import ConfidenceDrop, calibrate_confidence_drop
+from streamscore.models.drift.embedding_shift import (
+    EmbeddingCentre,
+    EmbeddingShift,
+    calibrate_embedding_shift,
+)
+from streamscore.models.drift.embedding_spread import EmbeddingSpread, calibrate_embedding_spread
+from streamscore.models.drift.label_mix import LabelMix, calibrate_label_mix
+from streamscore.models.drift.label_shift import LabelShift, calibrate_label_shift, g_statistic
+from streamscore.models.drift.monitor import DriftMonitor, Episode
+from streamscore.models.drift.ood_cusum import OodCusum, calibrate_cusum
+from streamscore.models.drift.signal import Detector, Signal
 
 __all__ = [
     "HEADROOM",

@@ -7,15 +7,24 @@ from typing import Any, Literal
 
 import numpy as np
 
-from models.drift import embedding_shift, label_mix, label_shift
-from models.drift.confidence_drop import DELTA, MIN_INSTANCES, ConfidenceDrop, calibrate_confidence_drop
-from models.drift.embedding_shift import EmbeddingCentre, EmbeddingShift, calibrate_embedding_shift
-from models.drift.embedding_spread import EmbeddingSpread, calibrate_embedding_spread
-from models.drift.label_mix import LabelMix, calibrate_label_mix
-from models.drift.label_shift import LabelShift, calibrate_label_shift
-from models.drift.ood_cusum import OodCusum, calibrate_cusum
-from models.drift.signal import Detector
-from models.head import rowwise_matmul
+from streamscore.models.drift import embedding_shift, label_mix, label_shift
+from streamscore.models.drift.confidence_drop import (
+    DELTA,
+    MIN_INSTANCES,
+    ConfidenceDrop,
+    calibrate_confidence_drop,
+)
+from streamscore.models.drift.embedding_shift import (
+    EmbeddingCentre,
+    EmbeddingShift,
+    calibrate_embedding_shift,
+)
+from streamscore.models.drift.embedding_spread import EmbeddingSpread, calibrate_embedding_spread
+from streamscore.models.drift.label_mix import LabelMix, calibrate_label_mix
+from streamscore.models.drift.label_shift import LabelShift, calibrate_label_shift
+from streamscore.models.drift.ood_cusum import OodCusum, calibrate_cusum
+from streamscore.models.drift.signal import Detector
+from streamscore.models.head import rowwise_matmul
 
 
 @dataclass

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from models.drift import river_state
-from models.drift.signal import Signal, bisect_threshold
+from streamscore.models.drift import river_state
+from streamscore.models.drift.signal import Signal, bisect_threshold
 
 DELTA, MIN_INSTANCES = 0.005, 100
 

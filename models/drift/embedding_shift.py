@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from models.drift.embedding_spread import EmbeddingSpread
-from models.drift.signal import Signal
-from models.drift.window import WindowTest, window_threshold
+from streamscore.models.drift.embedding_spread import EmbeddingSpread
+from streamscore.models.drift.signal import Signal
+from streamscore.models.drift.window import WindowTest, window_threshold
 
 WINDOW, EVERY = 200, 10  # messages in the window; checked every this many
 

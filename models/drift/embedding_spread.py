@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from models.drift.ood_cusum import _cusum_alarms
-from models.drift.signal import Signal, bisect_threshold
+from streamscore.models.drift.ood_cusum import _cusum_alarms
+from streamscore.models.drift.signal import Signal, bisect_threshold
 
 K = 0.5  # allowance in standard deviations: foreign texts move the distance by about one
 
@@ -87,7 +87,7 @@ def calibrate_embedding_spread(
     """The reference (projection mean and precision, the distances' mean and spread) and a
     threshold from bootstrap streams of ``projections`` (held-out in-distribution texts), each
     standardised by the reference of its own bootstrap resample, as ``calibrate_cusum`` does."""
-    from models.drift.embedding_shift import embedding_moments
+    from streamscore.models.drift.embedding_shift import embedding_moments
 
     P = np.asarray(projections, dtype=np.float64)
     mean, precision = embedding_moments(P)

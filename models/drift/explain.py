@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from models.drift.evidence import EpisodeEvidence
-from models.themes import Background, find_themes
+from streamscore.models.drift.evidence import EpisodeEvidence
+from streamscore.models.themes import Background, find_themes
 
 MAX_BYTES = 16_384  # an explanation rides on an alert: it must stay small
 MIN_FOR_THEMES = 10  # fewer foreign texts than this are no basis for themes

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from models.drift.label_shift import label_prior
-from models.drift.signal import Signal
-from models.drift.window import SIM_STREAMS, window_threshold
+from streamscore.models.drift.label_shift import label_prior
+from streamscore.models.drift.signal import Signal
+from streamscore.models.drift.window import SIM_STREAMS, window_threshold
 
 # Weight of the newest message: the mix remembers about 2/λ ≈ 130 messages. Chosen among
 # 0.007-0.04 on drift-eval's CLINC150 streams in a prototype (docs/drift.md): shorter memories pay

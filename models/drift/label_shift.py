@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from models.drift.signal import Signal
-from models.drift.window import WindowTest, window_threshold
+from streamscore.models.drift.signal import Signal
+from streamscore.models.drift.window import WindowTest, window_threshold
 
 WINDOW, EVERY = 500, 25  # messages in the window; checked every this many
 

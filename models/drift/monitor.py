@@ -13,12 +13,12 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from models.drift.calibration import DriftCalibration
-from models.drift.evidence import EpisodeEvidence
-from models.drift.explain import Explainer
-from models.drift.signal import Detector, Signal
-from schemas.drift import AlertStatus, AlertWindow, DriftAlert, episode_record
-from schemas.messages import now_iso
+from streamscore.models.drift.calibration import DriftCalibration
+from streamscore.models.drift.evidence import EpisodeEvidence
+from streamscore.models.drift.explain import Explainer
+from streamscore.models.drift.signal import Detector, Signal
+from streamscore.schemas.drift import AlertStatus, AlertWindow, DriftAlert, episode_record
+from streamscore.schemas.messages import now_iso
 
 LEAD = 50  # latest foreign signals kept for an episode about to start
 HISTORY = 1_000  # latest messages' label, confidence and foreign flag, for the same

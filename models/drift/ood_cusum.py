@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from models.drift.signal import Signal, bisect_threshold
+from streamscore.models.drift.signal import Signal, bisect_threshold
 
 
 @dataclass

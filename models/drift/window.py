@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from models.drift.signal import Signal, bisect_threshold
+from streamscore.models.drift.signal import Signal, bisect_threshold
 
 SIM_STREAMS = 40  # simulated stationary streams per calibration
 

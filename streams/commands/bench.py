@@ -61,7 +61,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.commands.bench_worker import (
+from streamscore.streams.commands.bench_worker import (
     BENCH_DATA,
     WorkerProcess,
     bench_texts,
@@ -72,10 +72,10 @@ from streams.commands.bench_worker import (
     settled_counts,
     start_worker,
 )
-from streams.commands.cpu_use import CpuMeter
-from streams.kafka.broker import bootstrap_or_embedded
-from streams.settings import Settings
-from streams.worker.serving import batches_in_flight
+from streamscore.streams.commands.cpu_use import CpuMeter
+from streamscore.streams.kafka.broker import bootstrap_or_embedded
+from streamscore.streams.settings import Settings
+from streamscore.streams.worker.serving import batches_in_flight
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class RawEncoder:
 
     @classmethod
     def load(cls, batch_size: int, device: str) -> RawEncoder:
-        from models.embedder import Embedder
+        from streamscore.models.embedder import Embedder
 
         emb = Embedder.load(device=device, batch_size=batch_size)
         emb.model.encode(bench_texts(batch_size * 2), batch_size=batch_size)  # warm up
@@ -117,7 +117,7 @@ class RawEncoder:
 
 def worker_embedder(settings: Settings) -> Any:
     """The embedder as the worker loads it (no cache: the bench measures encoding)."""
-    from streams.worker.run import load_embedder
+    from streamscore.streams.worker.run import load_embedder
 
     return load_embedder(settings, cached=False)
 
@@ -428,8 +428,8 @@ async def naive_rate(bootstrap: str, raw: RawEncoder, artifact: Any, texts: list
     """Messages per second of one message at a time: read it, embed it alone with the raw
     encoder's sentence-transformers model, score it with ``artifact``'s head and OOD scorer,
     produce it and wait for the ack."""
-    from models.scoring import score_embeddings
-    from schemas.messages import InputText, Origin, scored_record
+    from streamscore.models.scoring import score_embeddings
+    from streamscore.schemas.messages import InputText, Origin, scored_record
 
     topic_in, topic_out = f"bench-naive-in-{tag}", f"bench-naive-out-{tag}"
     await produce(bootstrap, topic_in, texts, "naive", None)
@@ -498,7 +498,7 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
     """Every figure of the module docstring, for ``opts.backends`` (the first gets latency and memory)."""
-    from streams.commands.demo import ensure_model
+    from streamscore.streams.commands.demo import ensure_model
 
     say = opts.say or (lambda m: None)
     backends = list(opts.backends or (settings.backend,))
@@ -526,7 +526,7 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
             f"{opts.repeats} turns of {len(texts)} messages: raw encoder (batch {settings.embed_batch_size}), "
             f"{backends[0]}, raw encoder, " + "".join(f"{b}, " for b in backends[1:]) + "naive"
         )
-        from models.registry import Registry
+        from streamscore.models.registry import Registry
 
         artifact = Registry(settings.registry).load(settings.model)
         naive_texts, tag = texts[: opts.naive_messages], uuid.uuid4().hex[:8]

@@ -23,10 +23,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.kafka.broker import free_port, stop_process
-from streams.kafka.client import wait_for_partitions
-from streams.settings import Settings
-from training.data import SHIPPED_CLINC150
+from streamscore.streams.kafka.broker import free_port, stop_process
+from streamscore.streams.kafka.client import wait_for_partitions
+from streamscore.streams.settings import Settings
+from streamscore.training.data import SHIPPED_CLINC150
 
 BENCH_DATA = SHIPPED_CLINC150
 WARMUP_MESSAGES = 300  # through a new worker before it is measured: first batches, first fetches
@@ -207,7 +207,7 @@ def start_worker(
     log_path = log_dir / f"worker-{tag}{name}.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker"],
+            [sys.executable, "-m", "streamscore.streams.cli", "worker"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

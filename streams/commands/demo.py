@@ -21,15 +21,15 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from models.drift.explain import summary
-from models.ood import KEEP_IN_DIST
-from models.registry import Registry
-from streams.commands.replay import ReplayOptions, replay_file
-from streams.kafka.broker import bootstrap_or_embedded, stop_process
-from streams.kafka.client import format_scored, read_topic
-from streams.kafka.topics import ensure_topics, topic_configs, topic_plan
-from streams.settings import Settings
-from training.data import SHIPPED_CLINC150
+from streamscore.models.drift.explain import summary
+from streamscore.models.ood import KEEP_IN_DIST
+from streamscore.models.registry import Registry
+from streamscore.streams.commands.replay import ReplayOptions, replay_file
+from streamscore.streams.kafka.broker import bootstrap_or_embedded, stop_process
+from streamscore.streams.kafka.client import format_scored, read_topic
+from streamscore.streams.kafka.topics import ensure_topics, topic_configs, topic_plan
+from streamscore.streams.settings import Settings
+from streamscore.training.data import SHIPPED_CLINC150
 
 DEMO_DATA = SHIPPED_CLINC150
 
@@ -64,7 +64,7 @@ def demo_stream(
 def ensure_model(settings: Settings) -> str:
     registry = Registry(settings.registry)
     if registry.current() is None:
-        from training.fit import TrainConfig, train
+        from streamscore.training.fit import TrainConfig, train
 
         print(
             f"[demo] no model in {settings.registry}: training a quick model (frozen encoder) on "
@@ -175,7 +175,7 @@ def run_demo(
         env = {**os.environ, **settings.replace(bootstrap_servers=bootstrap).to_env()}
         with open(log_path, "w") as log_file:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"],
+                [sys.executable, "-m", "streamscore.streams.cli", "worker"],
                 env=env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,

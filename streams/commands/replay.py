@@ -29,7 +29,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from schemas.messages import (
+from streamscore.schemas.messages import (
     MAX_MESSAGE_BYTES,
     MAX_TEXT_CHARS,
     Origin,
@@ -38,9 +38,9 @@ from schemas.messages import (
     parse_input,
     ts_to_ms,
 )
-from streams.kafka.security import unreachable
-from streams.settings import Settings
-from training.data import BadRecord, count_records, field_specs, read_records
+from streamscore.streams.kafka.security import unreachable
+from streamscore.streams.settings import Settings
+from streamscore.training.data import BadRecord, count_records, field_specs, read_records
 
 FIELDS = ("id", "text", "ts", "source", "meta")
 MAX_REPORTED = 100  # malformed lines listed one by one in the summary; all are counted

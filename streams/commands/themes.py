@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer
 
-from models.scoring import Scorer
-from models.themes import Background, find_themes
-from schemas.messages import InputText, Origin, parse_input
-from streams.commands.rescore import PartitionRange, Window, plan_ranges, read_window
-from streams.kafka.security import client_options
-from streams.settings import Settings
+from streamscore.models.scoring import Scorer
+from streamscore.models.themes import Background, find_themes
+from streamscore.schemas.messages import InputText, Origin, parse_input
+from streamscore.streams.commands.rescore import PartitionRange, Window, plan_ranges, read_window
+from streamscore.streams.kafka.security import client_options
+from streamscore.streams.settings import Settings
 
 
 @dataclass

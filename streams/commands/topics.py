@@ -7,8 +7,8 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.kafka.topics import describe_configs, ensure_topics, topic_configs, topic_plan
-from streams.settings import Settings
+from streamscore.streams.kafka.topics import describe_configs, ensure_topics, topic_configs, topic_plan
+from streamscore.streams.settings import Settings
 
 ROLES = ("input", "scored", "dlq", "signals", "alerts", "drift_state", "episodes")
 

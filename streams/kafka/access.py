@@ -21,7 +21,7 @@ from typing import Any
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Boolean, Int16, Int32, Schema, String
 
-from streams.settings import Settings
+from streamscore.streams.settings import Settings
 
 # Kafka's AclOperation codes; bit ``code`` of an authorized-operations field is that operation.
 OPERATIONS = {"READ": 3, "WRITE": 4, "CREATE": 5, "DESCRIBE": 8, "IDEMPOTENT_WRITE": 12}
@@ -166,7 +166,7 @@ async def check_access(bootstrap_servers: str, settings: Settings, options: dict
     from aiokafka import TopicPartition
     from aiokafka.errors import GroupAuthorizationFailedError
 
-    from streams.kafka.client import group_offsets
+    from streamscore.streams.kafka.client import group_offsets
 
     principal = principal_of(settings)
     needs = worker_needs(settings)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streams.kafka.broker import dies_with_parent, exit_on_sigterm, free_port, stop_process
+from streamscore.streams.kafka.broker import dies_with_parent, exit_on_sigterm, free_port, stop_process
 
 USERS = {"streamscore": "streamscore-secret", "admin": "admin-secret"}
 SCRAM = ("SCRAM-SHA-256", "SCRAM-SHA-512")

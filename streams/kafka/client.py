@@ -16,7 +16,7 @@ from typing import IO, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.kafka import internals
+from streamscore.streams.kafka import internals
 
 
 def text_messages(lines: Iterable[str]) -> Iterator[dict[str, Any]]:

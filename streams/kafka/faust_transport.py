@@ -20,7 +20,7 @@ from typing import Any, cast
 import faust
 from faust.transport.drivers import aiokafka as driver
 
-from streams.kafka import internals
+from streamscore.streams.kafka import internals
 
 FETCH_MAX_WAIT_MS = 50
 

@@ -22,7 +22,7 @@ import logging
 import traceback
 from typing import Any, get_args
 
-from streams.settings import SaslMechanism, SecurityProtocol, Settings
+from streamscore.streams.settings import SaslMechanism, SecurityProtocol, Settings
 
 PROTOCOLS: tuple[str, ...] = get_args(SecurityProtocol)
 MECHANISMS: tuple[str, ...] = get_args(SaslMechanism)

@@ -16,10 +16,10 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from schemas.messages import KAFKA_MAX_MESSAGE_BYTES
-from streams.kafka.access import AccessError
-from streams.kafka.security import REFUSED_LOGINS, unreachable
-from streams.settings import Settings
+from streamscore.schemas.messages import KAFKA_MAX_MESSAGE_BYTES
+from streamscore.streams.kafka.access import AccessError
+from streamscore.streams.kafka.security import REFUSED_LOGINS, unreachable
+from streamscore.streams.settings import Settings
 
 log = logging.getLogger("streamscore.kafka")
 

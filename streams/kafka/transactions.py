@@ -31,9 +31,9 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
-from schemas.messages import PRODUCER_MAX_REQUEST_BYTES
-from streams.kafka.client import group_offsets
-from streams.kafka.delivery import TOO_LARGE, Record, RecordsTooLarge, send_batched
+from streamscore.schemas.messages import PRODUCER_MAX_REQUEST_BYTES
+from streamscore.streams.kafka.client import group_offsets
+from streamscore.streams.kafka.delivery import TOO_LARGE, Record, RecordsTooLarge, send_batched
 
 log = logging.getLogger("streamscore.worker")
 

@@ -16,10 +16,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.kafka import internals
-from streams.kafka.security import client_options
-from streams.settings import Settings
-from streams.ui.fleet import FleetView
+from streamscore.streams.kafka import internals
+from streamscore.streams.kafka.security import client_options
+from streamscore.streams.settings import Settings
+from streamscore.streams.ui.fleet import FleetView
 
 log = logging.getLogger("streamscore.ui")
 

@@ -18,9 +18,9 @@ from typing import Any
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from streams.settings import Settings
-from streams.ui.fleet import MAX_EPISODES, FleetView
-from streams.ui.reader import FleetReader
+from streamscore.streams.settings import Settings
+from streamscore.streams.ui.fleet import MAX_EPISODES, FleetView
+from streamscore.streams.ui.reader import FleetReader
 
 log = logging.getLogger("streamscore.ui")
 
@@ -36,7 +36,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def templates() -> Environment:
     env = Environment(
-        loader=PackageLoader("streams.ui", "templates"),
+        loader=PackageLoader("streamscore.streams.ui", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
         trim_blocks=True,
         lstrip_blocks=True,

@@ -22,23 +22,23 @@ from typing import Any, cast
 
 import faust
 
-from models.ood import KEEP_IN_DIST
-from models.scoring import Scorer
-from schemas.messages import PRODUCER_MAX_REQUEST_BYTES, Origin
-from streams.kafka import internals
-from streams.kafka.delivery import deliver
-from streams.kafka.faust_transport import StreamApp
-from streams.kafka.security import client_options, faust_credentials, faust_properties
-from streams.kafka.transactions import PartitionTransactions
-from streams.settings import Settings
-from streams.worker.batch import BatchOutput, OutputLimits, RawMessage, process_batch
-from streams.worker.broker_watch import BrokerWatch
-from streams.worker.drift_agent import DriftAgent, DriftTopics, ExplainSettings, artifacts_from
-from streams.worker.metrics import BatchStats, WorkerMetrics
-from streams.worker.offsets import OffsetTracker
-from streams.worker.output_limits import read_output_limits
-from streams.worker.serving import ModelHolder
-from streams.worker.stages import Batch, Intake, OutputTopics, Stages, Take
+from streamscore.models.ood import KEEP_IN_DIST
+from streamscore.models.scoring import Scorer
+from streamscore.schemas.messages import PRODUCER_MAX_REQUEST_BYTES, Origin
+from streamscore.streams.kafka import internals
+from streamscore.streams.kafka.delivery import deliver
+from streamscore.streams.kafka.faust_transport import StreamApp
+from streamscore.streams.kafka.security import client_options, faust_credentials, faust_properties
+from streamscore.streams.kafka.transactions import PartitionTransactions
+from streamscore.streams.settings import Settings
+from streamscore.streams.worker.batch import BatchOutput, OutputLimits, RawMessage, process_batch
+from streamscore.streams.worker.broker_watch import BrokerWatch
+from streamscore.streams.worker.drift_agent import DriftAgent, DriftTopics, ExplainSettings, artifacts_from
+from streamscore.streams.worker.metrics import BatchStats, WorkerMetrics
+from streamscore.streams.worker.offsets import OffsetTracker
+from streamscore.streams.worker.output_limits import read_output_limits
+from streamscore.streams.worker.serving import ModelHolder
+from streamscore.streams.worker.stages import Batch, Intake, OutputTopics, Stages, Take
 
 log = logging.getLogger("streamscore.worker")
 

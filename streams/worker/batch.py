@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.drift.evidence import pack
-from models.scoring import Scores
-from schemas.drift import SIGNAL_TEXT_CHARS, DriftSignal, SignalBatch, signal_id
-from schemas.messages import (
+from streamscore.models.drift.evidence import pack
+from streamscore.models.scoring import Scores
+from streamscore.schemas.drift import SIGNAL_TEXT_CHARS, DriftSignal, SignalBatch, signal_id
+from streamscore.schemas.messages import (
     DEAD_LETTER_VALUE_BYTES,
     MAX_MESSAGE_BYTES,
     MAX_TEXT_CHARS,

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.worker.metrics import WorkerMetrics
+from streamscore.streams.worker.metrics import WorkerMetrics
 
 log = logging.getLogger("streamscore.worker")
 

@@ -19,11 +19,11 @@ from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from models.artifact import ModelArtifact
-from models.drift.explain import Explainer
-from models.drift.monitor import DriftMonitor
-from schemas.drift import DriftAlert, episode_record, signals_in
-from streams.kafka.delivery import Record
+from streamscore.models.artifact import ModelArtifact
+from streamscore.models.drift.explain import Explainer
+from streamscore.models.drift.monitor import DriftMonitor
+from streamscore.schemas.drift import DriftAlert, episode_record, signals_in
+from streamscore.streams.kafka.delivery import Record
 
 log = logging.getLogger("streamscore.drift")
 

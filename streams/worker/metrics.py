@@ -39,8 +39,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from schemas.drift import DriftAlert
-from schemas.messages import DLQ_REASONS
+from streamscore.schemas.drift import DriftAlert
+from streamscore.schemas.messages import DLQ_REASONS
 
 log = logging.getLogger("streamscore.metrics")
 

@@ -20,10 +20,10 @@ import signal
 import sys
 from typing import Any
 
-from models.embedder import cpu_cores
-from streams.kafka.broker import bootstrap_or_embedded, require_broker
-from streams.settings import Settings
-from streams.worker.run import run_worker
+from streamscore.models.embedder import cpu_cores
+from streamscore.streams.kafka.broker import bootstrap_or_embedded, require_broker
+from streamscore.streams.settings import Settings
+from streamscore.streams.worker.run import run_worker
 
 
 def core_groups(cores: list[int], n: int) -> list[set[int]]:

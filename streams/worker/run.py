@@ -11,21 +11,21 @@ from typing import Any
 
 import faust
 
-from models.embedder import DEFAULT_MODEL, Embedder
-from models.registry import Registry
-from models.scoring import Scorer
-from streams.kafka.access import AccessError, check_access
-from streams.kafka.broker import bootstrap_or_embedded, require_broker
-from streams.kafka.guarantees import check_guarantee
-from streams.kafka.security import client_options
-from streams.kafka.topics import ensure_topics, topic_configs, topic_plan
-from streams.kafka.transactions import transactional_prefix
-from streams.settings import Settings
-from streams.worker.app import create_app
-from streams.worker.memory import freeze_long_lived
-from streams.worker.metrics import MetricsServer, WorkerMetrics
-from streams.worker.output_limits import read_output_limits
-from streams.worker.serving import ModelHolder
+from streamscore.models.embedder import DEFAULT_MODEL, Embedder
+from streamscore.models.registry import Registry
+from streamscore.models.scoring import Scorer
+from streamscore.streams.kafka.access import AccessError, check_access
+from streamscore.streams.kafka.broker import bootstrap_or_embedded, require_broker
+from streamscore.streams.kafka.guarantees import check_guarantee
+from streamscore.streams.kafka.security import client_options
+from streamscore.streams.kafka.topics import ensure_topics, topic_configs, topic_plan
+from streamscore.streams.kafka.transactions import transactional_prefix
+from streamscore.streams.settings import Settings
+from streamscore.streams.worker.app import create_app
+from streamscore.streams.worker.memory import freeze_long_lived
+from streamscore.streams.worker.metrics import MetricsServer, WorkerMetrics
+from streamscore.streams.worker.output_limits import read_output_limits
+from streamscore.streams.worker.serving import ModelHolder
 
 log = logging.getLogger("streamscore.worker")
 

@@ -14,11 +14,11 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from models.artifact import ArtifactError
-from models.embedder import Embedder, setup_encoder_thread
-from models.registry import Registry
-from models.scoring import Scorer, Scores
-from streams.worker.memory import Retirement
+from streamscore.models.artifact import ArtifactError
+from streamscore.models.embedder import Embedder, setup_encoder_thread
+from streamscore.models.registry import Registry
+from streamscore.models.scoring import Scorer, Scores
+from streamscore.streams.worker.memory import Retirement
 
 log = logging.getLogger("streamscore.worker")
 

@@ -30,11 +30,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.messages import Origin
-from streams.kafka.delivery import Delivery, Record, RecordsTooLarge, deliver, send_batched
-from streams.kafka.transactions import PartitionTransactions
-from streams.worker.batch import BatchOutput, RawMessage, signal_records, signals_by_partition
-from streams.worker.offsets import OffsetTracker
+from streamscore.schemas.messages import Origin
+from streamscore.streams.kafka.delivery import Delivery, Record, RecordsTooLarge, deliver, send_batched
+from streamscore.streams.kafka.transactions import PartitionTransactions
+from streamscore.streams.worker.batch import BatchOutput, RawMessage, signal_records, signals_by_partition
+from streamscore.streams.worker.offsets import OffsetTracker
 
 log = logging.getLogger("streamscore.worker")
 
