@@ -11,7 +11,7 @@ input could be recorded wrong. :func:`trace_encoder` therefore checks the traced
 against the eager one, bit for bit, on batches of several sizes and padded widths, and returns
 ``None`` (keep eager) when they differ in the last bit or tracing fails.
 
->>> from models.embedder import Embedder
+>>> from streamscore.models.embedder import Embedder
 >>> emb = Embedder.load(device="cpu", trace=False)
 >>> traced = trace_encoder(emb.model)
 >>> features = emb.model.preprocess(["where is my parcel?", "hello"])

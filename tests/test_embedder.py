@@ -204,8 +204,8 @@ def test_loading_a_model_prints_no_library_notices_but_keeps_other_messages(trai
 
     code = (
         "import logging; logging.basicConfig(level=logging.INFO)\n"
-        "from streams.settings import Settings\n"
-        "from streams.worker.run import load_scorer\n"
+        "from streamscore.streams.settings import Settings\n"
+        "from streamscore.streams.worker.run import load_scorer\n"
         f"load_scorer(Settings.from_env({{'STREAMSCORE_REGISTRY': {str(trained_registry)!r}}}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)

@@ -2,6 +2,7 @@
 everything is imported by its one installed name, ``streamscore``."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ ALLOWED = {
     "streams/ui": ("streams.settings", "streams.kafka", "streams.ui"),  # reads topics, never a model
 }
 PUBLIC_ALLOWED = ("models", "schemas", "streams.worker.batch")
+OLD_NAME_IN_TEXT = re.compile(r"""(>>> |\.\.\. |["'])(from|import) (streams|models|schemas|training)[. ]""")
 
 
 def imports_of(path: Path) -> set[str]:
@@ -71,6 +73,12 @@ def test_everything_is_imported_by_its_one_installed_name():
         for path in files
         for name in imports_of(path)
         if name.split(".")[0] != "streamscore"
+    }
+    # Doctests and code run from a string (a child process's script) import too.
+    wrong |= {
+        f"{path.relative_to(ROOT)}: {m.group(0).strip()}"
+        for path in files
+        for m in OLD_NAME_IN_TEXT.finditer(path.read_text())
     }
     assert not wrong, sorted(wrong)
 

@@ -4,6 +4,7 @@ project with packages of its own called ``models`` or ``training`` keeps them an
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,6 +14,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_wheel_installs_one_top_level_name_with_its_data(tmp_path):
+    source = tmp_path / "source"  # a copy: a build leaves build/ and *.egg-info beside its sources
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        (source / name).parent.mkdir(exist_ok=True)
+        shutil.copy(ROOT / name, source / name)
+    for name in ("streamscore", "streams", "models", "schemas", "training"):
+        shutil.copytree(
+            ROOT / name, source / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
+        )
     subprocess.run(
         [
             sys.executable,
@@ -24,7 +33,7 @@ def test_the_wheel_installs_one_top_level_name_with_its_data(tmp_path):
             "-q",
             "-w",
             str(tmp_path),
-            str(ROOT),
+            str(source),
         ],
         check=True,
         capture_output=True,

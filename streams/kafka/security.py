@@ -5,7 +5,7 @@ topic creation and the CLI tools all connect the same way. Secrets come from the
 (``STREAMSCORE_SASL_PASSWORD``) or a file (``sasl_password_file``), never from a command-line
 flag (flags show in ``ps``); the password is kept out of ``repr`` and never logged.
 
->>> from streams.settings import Settings
+>>> from streamscore.streams.settings import Settings
 >>> s = Settings.from_env({"STREAMSCORE_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
 ...     "STREAMSCORE_SASL_MECHANISM": "SCRAM-SHA-256", "STREAMSCORE_SASL_USERNAME": "scorer",
 ...     "STREAMSCORE_SASL_PASSWORD": "s3cret"})
@@ -144,7 +144,7 @@ def unreachable(bootstrap_servers: str, options: dict[str, Any] | None, cause: o
 def failure_message(exc: BaseException, settings: Settings) -> str | None:
     """What to tell a user when ``exc`` is a failure to connect or log in to Kafka; else None.
 
-    >>> from streams.settings import Settings
+    >>> from streamscore.streams.settings import Settings
     >>> from aiokafka.errors import KafkaConnectionError
     >>> failure_message(KafkaConnectionError("Unable to bootstrap"), Settings.from_env({}))[:52]
     'KafkaConnectionError: Unable to bootstrap: is the br'
