@@ -130,8 +130,10 @@ class Registry:
                     f"--registry {self.root}` first, or pass --model"
                 )
             return self.path_of(current)
-        if _VERSION.match(model) and self.path_of(model).is_dir():
-            return self.path_of(model)
+        if _VERSION.match(model):  # v0003, or v3 for it
+            for version in (model, f"v{int(model[1:]):04d}"):
+                if self.path_of(version).is_dir():
+                    return self.path_of(version)
         path = Path(model)
         if path.is_dir():
             return path

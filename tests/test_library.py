@@ -1,5 +1,6 @@
 """``import streamscore``: the public API and its three examples (docs/examples) run for real."""
 
+import asyncio
 import json
 import os
 import subprocess
@@ -28,16 +29,16 @@ def test_scores_texts_and_messages_into_the_workers_records(model, trained_regis
     out = model.score(
         ["my card was declined", {"id": "t2", "text": "book a flight", "meta": {"k": 1}}, b"{no"]
     )
-    assert [r["id"] for r in out.records] == ["texts-0-0", "t2"]
-    assert [d["reason"] for d in out.dead_letters] == ["invalid_json"]
+    assert [r.id for r in out.records] == ["texts-0-0", "t2"]
+    assert [d.reason for d in out.dead_letters] == ["invalid_json"]
+    assert out.dead_letters[0].value == b"{no"
     for r in out.records:
-        streamscore.validate("texts.scored", r)
-        assert r["label"] in model.labels and r["model_version"] == model.version
-    assert out.records[1]["meta"] == {"k": 1} and out.records[1]["origin"] == {
-        "topic": "texts",
-        "partition": 0,
-        "offset": 1,
-    }
+        streamscore.validate("texts.scored", r.to_json())
+        assert r.label in model.labels and r.model_version == model.version
+        assert r.top_k[0].label == r.label and r.is_ood == (r.ood_score > r.ood_threshold)
+    assert out.records[1].meta == {"k": 1} and out.records[1].origin == streamscore.Origin("texts", 0, 1)
+    for d in out.dead_letters:
+        streamscore.validate("texts.dlq", d.to_json())
     rows = streamscore.list_models(trained_registry)
     assert [r["version"] for r in rows if r["current"]] == [model.version]
 
@@ -52,9 +53,61 @@ def test_a_consumer_record_keeps_its_origin_key_and_time(model):
 
     out = model.score([Record(), Empty()])
     (rec,) = out.records
-    assert rec["id"] == "tickets-3-41" and rec["origin"] == {"topic": "tickets", "partition": 3, "offset": 41}
-    assert rec["latency_ms"] >= 50
-    assert [(d["reason"], d["key"]) for d in out.dead_letters] == [("empty_message", "k1")]
+    assert rec.id == "tickets-3-41" and rec.origin == streamscore.Origin("tickets", 3, 41)
+    assert rec.latency_ms >= 50
+    assert [(d.reason, d.key) for d in out.dead_letters] == [("empty_message", "k1")]
+    assert isinstance(model.score_one(Record()), streamscore.ScoredText)  # one record alone
+
+
+def test_typed_records_serialise_to_exactly_what_the_worker_writes(model):
+    from streamscore.streams.worker.batch import RawMessage, process_batch
+
+    values = [b'{"id": "a", "text": "book a flight", "ts": 1795430000000, "meta": {"n": [1, 2.5]}}', b"[1]"]
+    out = model.score(values)
+
+    async def score(texts):
+        return model.scorer.score(texts), model.version
+
+    raw = [RawMessage(None, v, streamscore.Origin("texts", 0, i)) for i, v in enumerate(values)]
+    worker = asyncio.run(process_batch(raw, score, model.limits))
+    (mine,), (theirs,) = [r.to_json() for r in out.records], [json.loads(v) for _, v in worker.scored]
+    assert mine == {**theirs, "scored_at": mine["scored_at"], "latency_ms": mine["latency_ms"]}
+    assert list(mine) == list(theirs)  # the same fields in the same order
+    (dead,) = out.dead_letters
+    assert dead.to_json() == {**json.loads(worker.dead[0][1]), "dead_lettered_at": dead.dead_lettered_at}
+
+
+def test_one_text_is_one_message_not_its_characters(model):
+    out = model.score("my card was declined")
+    assert len(out.records) == 1 and not out.dead_letters and out.records[0].id == "texts-0-0"
+    one = model.score_one({"id": "x", "text": "where is my parcel"})
+    assert isinstance(one, streamscore.ScoredText) and one.id == "x"
+    bad = model.score_one(b"{not json")  # a bad message comes back as its dead letter, no exception
+    assert isinstance(bad, streamscore.DeadLetterRecord) and bad.reason == "invalid_json"
+    assert model.score_one("   ").reason == "empty_text"
+
+
+def test_score_works_inside_a_running_event_loop_as_in_a_notebook(model):
+    async def cell() -> tuple[list[str], list[str]]:
+        asyncio.get_running_loop()  # a notebook's loop is running while a cell runs
+        out = model.score(["my card was declined", "book a flight"])
+        awaited = await model.ascore(["my card was declined"])
+        return [r.label for r in out.records], [r.label for r in awaited.records]
+
+    labels, awaited = asyncio.run(cell())
+    assert len(labels) == 2 and awaited == labels[:1]
+
+
+def test_load_model_reads_the_settings_the_cli_reads(trained_registry, monkeypatch):
+    monkeypatch.setenv("STREAMSCORE_REGISTRY", str(trained_registry))
+    monkeypatch.setenv("STREAMSCORE_TOP_K", "2")
+    monkeypatch.setenv("STREAMSCORE_MAX_TEXT_CHARS", "20")
+    model = streamscore.load_model()
+    assert model.version == streamscore.load_model("v1").version == "v0001"  # v1 names v0001
+    out = model.score(["book a flight", "x" * 21])
+    assert len(out.records[0].top_k) == 2
+    assert [d.reason for d in out.dead_letters] == ["text_too_long"]
+    assert [r["version"] for r in streamscore.list_models()] == ["v0001"]
 
 
 def test_a_missing_model_says_how_to_make_one(tmp_path):
@@ -66,16 +119,29 @@ def _example_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
-def test_notebook_example(trained_registry):
+def test_notebook_example_inside_a_running_event_loop(trained_registry):
+    """As a notebook runs a cell: the example's code while an event loop is running."""
+    cell = (
+        "import asyncio, runpy, sys\n"
+        "async def kernel():\n"
+        f"    sys.argv = ['notebook.py', {str(trained_registry)!r}]\n"
+        f"    runpy.run_path({str(EXAMPLES / 'notebook.py')!r}, run_name='__main__')\n"
+        "asyncio.run(kernel())\n"
+    )
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "notebook.py"), str(trained_registry)],
-        capture_output=True, text=True, timeout=300, env=_example_env(), cwd=ROOT,
-    )  # fmt: skip
+        [sys.executable, "-c", cell],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_example_env(),
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     scored = [x for x in lines if "label" in x]
     assert [x["id"] for x in scored] == ["texts-0-0", "t2"]
     assert [x["dead_letter"] for x in lines if "dead_letter" in x] == ["empty_text"]
+    assert len([x["one"] for x in lines if "one" in x]) == 1
     assert "(current)" in proc.stdout
 
 

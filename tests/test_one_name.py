@@ -61,7 +61,7 @@ import json, models, training
 import streamscore
 out = streamscore.load_model(registry={str(trained_registry)!r}).score(["my card was declined"])
 import models as again
-print(json.dumps({{"models": again.WHO, "training": training.WHO, "label": out.records[0]["label"]}}))
+print(json.dumps({{"models": again.WHO, "training": training.WHO, "label": out.records[0].label}}))
 """
     proc = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300

@@ -34,10 +34,12 @@ async def main(args: argparse.Namespace) -> None:
                 continue
             out = await model.ascore(records)  # aiokafka's records as they are
             sent = [
-                await producer.send(args.scored, json.dumps(r).encode(), key=r["id"].encode())
+                await producer.send(args.scored, json.dumps(r.to_json()).encode(), key=r.id.encode())
                 for r in out.records
             ] + [
-                await producer.send(args.dlq, json.dumps(d).encode(), key=(d["key"] or "").encode() or None)
+                await producer.send(
+                    args.dlq, json.dumps(d.to_json()).encode(), key=(d.key or "").encode() or None
+                )
                 for d in out.dead_letters
             ]
             await asyncio.gather(*sent)

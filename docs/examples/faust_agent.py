@@ -28,9 +28,11 @@ async def score(stream):
     async for events in stream.take_events(64, within=0.5):
         out = await model.ascore(event.message for event in events)
         for record in out.records:
-            await scored.send(key=record["id"].encode(), value=json.dumps(record).encode())
+            await scored.send(key=record.id.encode(), value=json.dumps(record.to_json()).encode())
         for letter in out.dead_letters:
-            await dead.send(key=(letter["key"] or "").encode() or None, value=json.dumps(letter).encode())
+            await dead.send(
+                key=(letter.key or "").encode() or None, value=json.dumps(letter.to_json()).encode()
+            )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ registry = sys.argv[1] if len(sys.argv) > 1 else "artifacts"
 for row in streamscore.list_models(registry):
     print("model", row["version"], "(current)" if row["current"] else "", row["val"])
 
-model = streamscore.load_model(registry=registry)  # CURRENT; or a version: load_model("v2", registry)
+model = streamscore.load_model(registry=registry)  # CURRENT; or a version: load_model("v1", registry)
 print("labels:", len(model.labels), "OOD threshold:", round(model.ood_threshold, 3))
 
 out = model.score(
@@ -25,7 +25,10 @@ out = model.score(
     ]
 )
 for record in out.records:
-    streamscore.validate("texts.scored", record)  # the same record the worker writes
-    print(json.dumps({k: record[k] for k in ("id", "label", "confidence", "ood_score", "is_ood")}))
+    streamscore.validate("texts.scored", record.to_json())  # the same record the worker writes
+    print(json.dumps({k: getattr(record, k) for k in ("id", "label", "confidence", "ood_score", "is_ood")}))
 for dead in out.dead_letters:
-    print(json.dumps({"dead_letter": dead["reason"], "detail": dead["detail"]}))
+    print(json.dumps({"dead_letter": dead.reason, "detail": dead.detail}))
+
+one = model.score_one("i lost my card")  # one text alone: a ScoredText, or a DeadLetterRecord
+print(json.dumps({"one": one.label if isinstance(one, streamscore.ScoredText) else one.reason}))
