@@ -40,6 +40,18 @@ class Registry:
         found = [p.name for p in self.models_dir.iterdir() if p.is_dir() and _VERSION.match(p.name)]
         return sorted(found, key=lambda v: int(v[1:]))
 
+    def find(self, name: str) -> str | None:
+        """The version ``name`` stands for (``v0003``, or ``v3`` for it), None if there is none.
+
+        >>> import tempfile
+        >>> reg = Registry(tempfile.mkdtemp()); reg.path_of("v0003").mkdir(parents=True)
+        >>> reg.find("v3"), reg.find("v0003"), reg.find("v4"), reg.find("three")
+        ('v0003', 'v0003', None, None)
+        """
+        if not _VERSION.match(name):
+            return None
+        return next((v for v in (name, f"v{int(name[1:]):04d}") if self.path_of(v).is_dir()), None)
+
     def next_version(self) -> str:
         existing = [int(v[1:]) for v in self.versions()]
         return f"v{(max(existing) + 1) if existing else 1:04d}"
@@ -130,10 +142,9 @@ class Registry:
                     f"--registry {self.root}` first, or pass --model"
                 )
             return self.path_of(current)
-        if _VERSION.match(model):  # v0003, or v3 for it
-            for version in (model, f"v{int(model[1:]):04d}"):
-                if self.path_of(version).is_dir():
-                    return self.path_of(version)
+        version = self.find(model)
+        if version is not None:
+            return self.path_of(version)
         path = Path(model)
         if path.is_dir():
             return path

@@ -6,10 +6,12 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import sys
 import time
+from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, NoReturn, get_args
 
 from streamscore.models.artifact import ArtifactError
 from streamscore.models.backends import BACKENDS
@@ -404,16 +406,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     from streamscore.models.registry import Registry
 
     reg = Registry(args.registry)
+    before = reg.current()
     if args.action == "promote":
         if not args.version:
             raise ValueError("usage: streamscore models promote VERSION")
-        before = reg.current()
-        reg.set_current(args.version)
-        print(f"CURRENT: {before} → {args.version}")
+        version = reg.find(args.version)
+        if version is None:
+            there = ", ".join(reg.versions()) or "none"
+            raise ValueError(f"no version {args.version!r} in {reg.models_dir} (there: {there})")
+        reg.set_current(version)
+        _emit_change(before, version, "promoted", args.json)
         return 0
     if args.action == "rollback":
-        version = reg.rollback()
-        print(f"rolled back: CURRENT is now {version}")
+        _emit_change(before, reg.rollback(), "rolled back", args.json)
         return 0
     rows = reg.describe()
     if args.json:
@@ -426,6 +431,13 @@ def cmd_models(args: argparse.Namespace) -> int:
         metrics = ", ".join(f"{k}={v:.4f}" for k, v in row["val"].items())
         print(f"{mark} {row['version']}  {row['created_at']}  {row['ood_strategy']:<20} {metrics}")
     return 0
+
+
+def _emit_change(before: str | None, current: str, what: str, as_json: bool) -> None:
+    if as_json:
+        _emit({"before": before, "current": current, "action": what}, True)
+    else:
+        print(f"{what}: CURRENT {before} → {current}")
 
 
 def cmd_drift_eval(args: argparse.Namespace) -> int:
@@ -489,7 +501,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="streamscore", description="Streaming text scoring on Kafka.")
+    p = Parser(prog="streamscore", description="Streaming text scoring on Kafka.")
     p.add_argument("--version", action="version", version=f"streamscore {_version()}")
     levels = list(get_args(LogLevel))
     log_help = f"{', '.join(levels)} (default info)"
@@ -936,8 +948,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class CommandParser(argparse.ArgumentParser):
-    """A command's parser: a flag without help of its own gets the shared one (FLAG_HELP)."""
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, and under ``--json`` also as the one JSON object on stdout."""
+
+    def error(self, message: str) -> NoReturn:
+        if "--json" in sys.argv[1:]:
+            command = self.prog.removeprefix("streamscore").strip() or next(
+                (a for a in sys.argv[1:] if a in EXAMPLES), None
+            )
+            print(json.dumps({"error": message, "command": command}))
+        self.exit(USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# A flag whose default is None takes the setting's (environment, then Settings' own default).
+SETTING_DEFAULTS = {f.name: f.default for f in fields(Settings) if f.default is not MISSING}
+
+
+class CommandParser(Parser):
+    """A command's parser: a flag without help of its own gets the shared one (FLAG_HELP), and
+    every flag's help says its default."""
 
     flags: list[argparse.Action]
 
@@ -947,6 +976,12 @@ class CommandParser(argparse.ArgumentParser):
             action.help = FLAG_HELP[action.dest]
         if action.option_strings:
             self.__dict__.setdefault("flags", []).append(action)
+            default = action.default
+            if default is None:
+                default = SETTING_DEFAULTS.get(action.dest)
+            shown = default not in (None, False, True, argparse.SUPPRESS) and not isinstance(default, list)
+            if shown and action.help and "default" not in action.help:
+                action.help += f" (default: {str(default).replace('%', '%%')})"
         return action
 
 
@@ -1016,7 +1051,12 @@ EXAMPLES = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(_relative_times(argv))
     try:
         if getattr(args, "registry", False) is None:
             # Every command sees the same registry: --registry, else STREAMSCORE_REGISTRY, else the default.
@@ -1033,6 +1073,8 @@ def main(argv: list[str] | None = None) -> int:
         ):
             raise
         message = said or str(exc)
+        if isinstance(exc, FileNotFoundError) and exc.filename:
+            message = f"no such file: {exc.filename}"
         if getattr(args, "json", False):  # the last line of stdout stays one JSON object
             print(json.dumps({"error": message, "command": args.command}))
         print(f"streamscore {args.command}: error: {message}", file=sys.stderr)
@@ -1042,6 +1084,21 @@ def main(argv: list[str] | None = None) -> int:
 USAGE, FAILURE = 2, 1
 
 
+def _relative_times(argv: list[str]) -> list[str]:
+    """``--from -2h`` as ``--from=-2h``: argparse takes a value that starts with '-' for a flag.
+
+    >>> _relative_times(["rescore", "--from", "-2h", "--to", "-15m", "--json"])
+    ['rescore', '--from=-2h', '--to=-15m', '--json']
+    """
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in ("--from", "--to") and re.fullmatch(r"-\d+(\.\d+)?[smhd]", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def exit_code(exc: Exception, said: str | None = None) -> int:
     """2 when what was asked cannot work as asked (a setting, an argument, an input file: fix the
     command), 1 when it failed while running (a broker, a login, an ACL, a model on disk).
@@ -1049,7 +1106,7 @@ def exit_code(exc: Exception, said: str | None = None) -> int:
     >>> exit_code(ValueError("--to must be later than --from")), exit_code(RuntimeError("refused"))
     (2, 1)
     """
-    return USAGE if isinstance(exc, ValueError) and said is None else FAILURE
+    return USAGE if isinstance(exc, ValueError | FileNotFoundError) and said is None else FAILURE
 
 
 def _set_up_logging(level: str | None) -> None:

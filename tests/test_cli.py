@@ -204,3 +204,62 @@ def test_every_command_has_examples_that_parse_and_every_flag_has_help():
             assert parser.parse_args(words).command == name, line
     shown = cli("train", "--help", timeout=60).stdout
     assert "examples:\n  streamscore train --data" in shown and "--field FIELD=COLUMN" in shown
+
+
+# ------------------------------------------------------------------ the CLI contract (issue 36)
+
+
+def test_bare_streamscore_prints_help():
+    proc = cli(check=False)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: streamscore") and "COMMAND" in proc.stdout
+
+
+def test_every_flag_of_every_command_says_its_default():
+    """A generic check over every command: a flag with a default (its own or the setting's) says it."""
+    import argparse
+
+    from streamscore.streams.cli import SETTING_DEFAULTS, build_parser
+
+    silent = []
+    for name, command in build_parser().get_default("commands").items():
+        for action in command.flags:
+            default = SETTING_DEFAULTS.get(action.dest) if action.default is None else action.default
+            if default in (None, False, True, argparse.SUPPRESS) or isinstance(default, list):
+                continue
+            if "default" not in (action.help or ""):
+                silent.append(f"{name} {action.option_strings[0]}")
+    assert not silent, silent
+    help_text = cli("train", "--help").stdout
+    assert "(default: 2.0)" in help_text.replace("\n", " ").replace("  ", " ")  # --finetune-epochs
+
+
+def test_a_usage_error_under_json_is_one_json_document_on_stdout():
+    proc = cli("rescore", "--json", "--frm", "x", check=False)
+    assert proc.returncode == 2
+    (line,) = proc.stdout.splitlines()
+    assert json.loads(line) == {"error": "unrecognized arguments: --frm x", "command": "rescore"}
+    assert "see streamscore --help" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_relative_time_after_from_is_a_value_not_a_flag():
+    from streamscore.streams.cli import _relative_times, build_parser
+
+    args = build_parser().parse_args(_relative_times(["rescore", "--from", "-2h", "--to", "-15m", "--json"]))
+    assert (args.from_time, args.to_time, args.json) == ("-2h", "-15m", True)
+
+
+def test_a_missing_input_file_exits_2_in_one_line():
+    proc = cli("produce", "nofile.jsonl", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["streamscore produce: error: no such file: nofile.jsonl"]
+
+
+def test_promote_names_the_versions_there_are_and_speaks_json(trained_registry, tmp_path):
+    import shutil
+
+    root = tmp_path / "reg"
+    shutil.copytree(trained_registry, root)
+    proc = cli("models", "promote", "v0009", "--registry", str(root), check=False)
+    assert proc.returncode == 2 and "no version 'v0009'" in proc.stderr and "(there: v0001)" in proc.stderr
+    said = json.loads(cli("models", "promote", "v1", "--registry", str(root), "--json").stdout)
+    assert said == {"action": "promoted", "before": "v0001", "current": "v0001"}
