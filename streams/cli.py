@@ -17,6 +17,7 @@ from streamscore.models.artifact import ArtifactError
 from streamscore.models.backends import BACKENDS
 from streamscore.models.drift.calibration import EmbeddingTest, LabelTest
 from streamscore.models.ood import KEEP_IN_DIST, STRATEGIES
+from streamscore.streams.commands.progress import say
 from streamscore.streams.kafka.security import REFUSED_LOGINS, client_options, failure_message
 from streamscore.streams.settings import LogLevel, Settings
 from streamscore.training.fit import TrainConfig
@@ -93,7 +94,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg,
         force=args.force,
         promote=not args.no_promote,
-        quiet=args.json,
         columns=_columns(args),
     )
     _emit(result.as_json(), args.json) if args.json else _print_train(result.as_json())
@@ -159,7 +159,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         embedder,
         rows,
         args.ood_label,
-        progress=not args.json and sys.stderr.isatty(),
+        progress=sys.stderr.isatty(),  # a bar on a terminal; the lines around it otherwise
         near_labels=withheld,
     )
     metrics["seconds"] = round(time.perf_counter() - t, 2)
@@ -183,7 +183,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         backends=tuple(b for b in (args.backends or "").split(",") if b),
         scale_out=not args.no_scale_out,
         exactly_once=args.exactly_once,
-        say=None if args.json else (lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True)),
+        say=say("bench"),
     )
     result = run_bench(settings, opts)
     if args.json:
@@ -249,7 +249,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             state_dir=settings.registry,
             max_text_chars=settings.max_text_chars,
             max_message_bytes=settings.max_message_bytes,
-            progress=not args.json and sys.stderr.isatty(),
+            progress=True,  # on stderr: a bar on a terminal, plain lines otherwise
             stop=stop,
             client_options=client_options(settings),
         )
@@ -303,7 +303,7 @@ def cmd_rescore(args: argparse.Namespace) -> int:
                 output,
                 compare=args.compare,
                 max_changed=args.max_changed,
-                progress=not args.json and sys.stderr.isatty(),
+                progress=True,  # on stderr: a bar on a terminal, plain lines otherwise
             )
         )
     if args.json:
@@ -335,6 +335,7 @@ def cmd_themes(args: argparse.Namespace) -> int:
                 max_texts=args.max_texts,
                 text_chars=args.text_chars,
                 with_texts=not args.no_texts,
+                progress=True,
             )
         )
     if args.json:
@@ -459,7 +460,7 @@ def cmd_drift_eval(args: argparse.Namespace) -> int:
         )
         for path in args.shift
     }
-    result = drift_eval(artifact, ins, shifts, seeds=args.seeds)
+    result = drift_eval(artifact, ins, shifts, seeds=args.seeds, say=say("drift-eval"))
     if args.json:
         _emit(result, True)
     else:

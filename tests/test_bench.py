@@ -28,6 +28,7 @@ def test_bench_reports_every_figure(kafka, trained_registry):
         timeout=900,
     )  # fmt: skip
     out = last_json(proc)
+    assert len(proc.stdout.strip().splitlines()) == 1 and "[bench]" in proc.stderr  # progress under --json
     for key in (
         "raw_encode_per_s",
         "worker_encode_per_s",

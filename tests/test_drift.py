@@ -116,7 +116,7 @@ def test_embedding_centre_respects_ert_and_fires_on_moved_mean():
 
 
 def _spread_detector(P: np.ndarray, ert: float) -> EmbeddingSpread:
-    from streamscore.models.drift.embedding_shift import embedding_moments
+    from streamscore.models.drift.embedding_spread import embedding_moments
 
     mean, precision = embedding_moments(P)
     cal = calibrate_embedding_spread(P, ert, seed=15)
@@ -234,7 +234,10 @@ def test_calibration_ships_in_artifact_and_drift_eval_reports_every_scenario(
         cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    (line,) = proc.stdout.strip().splitlines()  # --json: one JSON document on stdout...
+    out = json.loads(line)
+    assert "[drift-eval] stationary (small): 3 streams" in proc.stderr  # ...and progress on stderr
+    assert "[drift-eval] abrupt (other): 3 streams" in proc.stderr
     assert out["ert"] == 1_000 and set(out["scenarios"]) == {
         "stationary",
         "abrupt",

@@ -54,7 +54,9 @@ def test_mixed_file_sends_good_rows_and_reports_bad_lines(kafka, tmp_path):
     path = tmp_path / "mixed.jsonl"
     _write_jsonl(path, lines)
     topic = _topic()
-    summary = last_json(cli("replay", str(path), "--topic", topic, "--bootstrap-servers", kafka, "--json"))
+    proc = cli("replay", str(path), "--topic", topic, "--bootstrap-servers", kafka, "--json")
+    assert len(proc.stdout.strip().splitlines()) == 1 and f"replay → {topic}: done" in proc.stderr
+    summary = last_json(proc)
     assert summary["complete"] and summary["sent"] == 4
     assert summary["malformed"] == {
         "invalid_json": 1,

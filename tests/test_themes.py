@@ -129,10 +129,11 @@ def test_themes_command_finds_a_new_intent_in_a_range_of_the_input_topic(kafka, 
     send_raw(kafka, topic, [(b"bad", b"{not json")])
 
     def themes(*extra: str) -> dict:
-        return last_json(
-            cli("themes", "--registry", str(trained_registry), "--bootstrap-servers", kafka,
-                "--input-topic", topic, "--from-offset", "0", "--json", *extra)
-        )  # fmt: skip
+        proc = cli("themes", "--registry", str(trained_registry), "--bootstrap-servers", kafka,
+                   "--input-topic", topic, "--from-offset", "0", "--json", *extra)  # fmt: skip
+        assert len(proc.stdout.strip().splitlines()) == 1  # --json: one document; progress on stderr
+        assert f"themes ← {topic}: done" in proc.stderr and "[themes] grouping" in proc.stderr
+        return last_json(proc)
 
     res = themes()
     assert res["texts"] == len(stream) and res["not_texts"] == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,12 +137,14 @@ def drift_eval(
     shifts: dict[str, Signals],
     seeds: int = 10,
     episode_gap: int = 1_000,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Every scenario for each shifted data set (the stationary and label-shift streams use only
     the in-distribution texts, so they run once), and what the detectors cost per message.
 
     ``scenarios`` is the first data set's, ``by_shift`` every data set's; ``cost`` is the time of
-    ``update`` per message, all detectors together and each, on one core."""
+    ``update`` per message, all detectors together and each, on one core. ``say`` is told of
+    each scenario as it starts (progress)."""
     assert artifact.drift is not None, "this model has no drift calibration: retrain it"
     ert = artifact.drift.ert
     seconds: dict[str, float] = {}
@@ -154,6 +157,8 @@ def drift_eval(
             if scenario not in SHIFTED and scenario in shared:
                 by_shift[name][scenario] = shared[scenario]
                 continue
+            if say is not None:
+                say(f"{scenario} ({name}): {seeds} streams")
             result, n = _scenario(artifact, scenario, ins, shift, seeds, episode_gap, seconds)
             messages += n
             by_shift[name][scenario] = result

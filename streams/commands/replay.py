@@ -38,6 +38,7 @@ from streamscore.schemas.messages import (
     parse_input,
     ts_to_ms,
 )
+from streamscore.streams.commands.progress import bar
 from streamscore.streams.kafka.security import unreachable
 from streamscore.streams.settings import Settings
 from streamscore.training.data import BadRecord, count_records, field_specs, read_records
@@ -344,11 +345,9 @@ def _where_to_start(
 
 
 def _progress_bar(path: Path, start: int, end: int | None, topic: str) -> Any:
-    from tqdm import tqdm
-
     total = count_records(path)
     total = max(0, min(total, end) if end is not None else total) - start
-    return tqdm(total=total, unit="row", desc=f"replay → {topic}", smoothing=0.05)
+    return bar(total, f"replay → {topic}", unit="row")
 
 
 async def replay_file(

@@ -37,6 +37,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streamscore.schemas.messages import Origin, record_bytes_allowed, ts_to_ms
+from streamscore.streams.commands.progress import bar
 from streamscore.streams.kafka.client import wait_for_partitions
 from streamscore.streams.kafka.security import client_options
 from streamscore.streams.kafka.topics import ensure_topics, max_message_bytes
@@ -356,11 +357,7 @@ def _window_json(window: Window) -> dict[str, Any]:
 
 
 def _bar(total: int, show: bool, desc: str) -> Any:
-    if not show:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="msg", desc=desc)
+    return bar(total, desc) if show else None
 
 
 async def live_results(

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer
 from streamscore.models.scoring import Scorer
 from streamscore.models.themes import Background, find_themes
 from streamscore.schemas.messages import InputText, Origin, parse_input
+from streamscore.streams.commands.progress import bar, say
 from streamscore.streams.commands.rescore import PartitionRange, Window, plan_ranges, read_window
 from streamscore.streams.kafka.security import client_options
 from streamscore.streams.settings import Settings
@@ -78,8 +79,10 @@ async def range_themes(
     max_texts: int = 5_000,
     text_chars: int = 200,
     with_texts: bool = True,
+    progress: bool = False,
 ) -> ThemesResult:
-    """Themes among the texts of ``window`` in ``settings.input_topic`` that ``scorer`` flags."""
+    """Themes among the texts of ``window`` in ``settings.input_topic`` that ``scorer`` flags;
+    ``progress``: on stderr, the range as it is read, then the clustering."""
     window.check()
     began = time.monotonic()
     consumer = AIOKafkaConsumer(
@@ -98,6 +101,8 @@ async def range_themes(
             {k: v for k, v in vars(window).items() if v is not None},
             ranges,
         )
+        total = sum(r.stop - r.start for r in ranges)
+        reading = bar(total, f"themes ← {settings.input_topic}") if progress else None
         background = Background()
         texts: list[str] = []
         vectors: list[np.ndarray] = []
@@ -111,6 +116,8 @@ async def range_themes(
             ]
             valid = [p.text for p in parsed if isinstance(p, InputText)]
             result.not_texts += len(parsed) - len(valid)
+            if reading is not None:
+                reading.update(len(records))
             if not valid:
                 continue
             X = scorer.embedder.encode(valid)
@@ -130,6 +137,9 @@ async def range_themes(
                         texts[j], vectors[j] = text, x
     finally:
         await consumer.stop()
+    if reading is not None:
+        reading.close()
+        say("themes")(f"grouping {len(texts):,} of {result.foreign:,} foreign texts into themes")
     result.clustered = len(texts)
     art = scorer.artifact
     report = find_themes(
