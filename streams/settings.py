@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, Literal, get_args, get_type_hints
 
 from streamscore.models.backends import Backend
 from streamscore.schemas.messages import MAX_MESSAGE_BYTES, MAX_TEXT_CHARS
+from streamscore.streams.kafka.security import SaslMechanism, SecurityProtocol
+from streamscore.streams.kafka.security import problems as security_problems
 
-SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
-SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 Guarantee = Literal["at_least_once", "exactly_once"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -166,8 +166,6 @@ class Settings:
         ]
         if len(set(names)) < len(names):
             problems.append("input, scored, DLQ and drift topics must all differ")
-        from streamscore.streams.kafka.security import problems as security_problems
-
         problems += security_problems(self)
         if problems:
             raise ValueError("invalid settings: " + "; ".join(problems))

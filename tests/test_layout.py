@@ -107,3 +107,48 @@ def test_nothing_of_ours_imports_the_public_api():
         if path not in PUBLIC and any(name in PUBLIC_MODULES for name in imports_of(path))
     }
     assert not users, users
+
+
+def _runtime_imports(path: Path, modules: set[str]) -> set[str]:
+    """The modules of ``modules`` that ``path`` imports when it runs (not under ``if TYPE_CHECKING:``);
+    ``from package import module`` imports that module, not the package's other modules."""
+    tree = ast.parse(path.read_text())
+    skipped = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            subs = {f"{node.module}.{alias.name}" for alias in node.names}
+            found |= (subs & modules) or {node.module}
+    return found & modules
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = rel.parts if rel.parts[0] == "streamscore" else ("streamscore", *rel.parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_import_circles():
+    """Nothing of ours imports, at the top or in a function, a module that imports it back."""
+    modules = {module_name(p): p for p in product_files()}
+    graph = {m: _runtime_imports(p, set(modules)) - {m} for m, p in modules.items()}
+    circles = set()
+    for start in graph:  # depth-first from each module: a path that comes back is a circle
+        stack = [(start, [start])]
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    circles.add(" -> ".join([*path, start]))
+                elif nxt not in path and len(path) < 8:
+                    stack.append((nxt, [*path, nxt]))
+    assert not circles, sorted(circles)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from streamscore.models.drift.embedding_spread import EmbeddingSpread
+from streamscore.models.drift.embedding_spread import EmbeddingSpread, embedding_moments
 from streamscore.models.drift.signal import Signal
 from streamscore.models.drift.window import WindowTest, window_threshold
 
@@ -93,17 +93,6 @@ class EmbeddingCentre(WindowTest):
     def _stat(self, values: list[Any]) -> float:
         d = np.asarray(values, dtype=np.float64).mean(axis=0) - self.mean
         return float(len(values) * d @ self.precision @ d)
-
-
-def embedding_moments(projections: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and precision (inverse covariance, lightly regularised) of reference projections.
-
-    >>> mean, precision = embedding_moments(np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]]))
-    >>> mean.tolist(), precision.round(3).tolist()
-    ([1.0, 1.0], [[0.75, 0.0], [0.0, 0.75]])
-    """
-    P = np.asarray(projections, dtype=np.float64)
-    return P.mean(axis=0), np.linalg.inv(np.cov(P, rowvar=False) + 1e-6 * np.eye(P.shape[1]))
 
 
 def calibrate_embedding_shift(

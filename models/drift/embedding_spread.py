@@ -76,6 +76,17 @@ def distances(projections: np.ndarray, mean: np.ndarray, precision: np.ndarray) 
     return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, precision, d), 0.0))
 
 
+def embedding_moments(projections: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and precision (inverse covariance, lightly regularised) of reference projections.
+
+    >>> mean, precision = embedding_moments(np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0]]))
+    >>> mean.tolist(), precision.round(3).tolist()
+    ([1.0, 1.0], [[0.75, 0.0], [0.0, 0.75]])
+    """
+    P = np.asarray(projections, dtype=np.float64)
+    return P.mean(axis=0), np.linalg.inv(np.cov(P, rowvar=False) + 1e-6 * np.eye(P.shape[1]))
+
+
 def calibrate_embedding_spread(
     projections: np.ndarray,
     ert: float,
@@ -87,8 +98,6 @@ def calibrate_embedding_spread(
     """The reference (projection mean and precision, the distances' mean and spread) and a
     threshold from bootstrap streams of ``projections`` (held-out in-distribution texts), each
     standardised by the reference of its own bootstrap resample, as ``calibrate_cusum`` does."""
-    from streamscore.models.drift.embedding_shift import embedding_moments
-
     P = np.asarray(projections, dtype=np.float64)
     mean, precision = embedding_moments(P)
     dist = distances(P, mean, precision)

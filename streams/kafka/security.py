@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import logging
 import traceback
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from streamscore.streams.settings import SaslMechanism, SecurityProtocol, Settings
+if TYPE_CHECKING:  # settings.py reads this module's types and checks: the import goes one way
+    from streamscore.streams.settings import Settings
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 PROTOCOLS: tuple[str, ...] = get_args(SecurityProtocol)
 MECHANISMS: tuple[str, ...] = get_args(SaslMechanism)
 
