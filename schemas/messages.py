@@ -259,7 +259,7 @@ def record_bytes_allowed(max_message_bytes: int = KAFKA_MAX_MESSAGE_BYTES) -> in
 
 
 # A dead letter carries at most this many bytes of the original value (base64: 4/3 of it), fewer
-# when the dead-letter topic takes less (streams/worker/batch.py fits it), and at most
+# when the dead-letter topic takes less (models/batch.py fits it), and at most
 # DEAD_LETTER_KEY_BYTES of its key: a record the broker refuses would stop the worker at that
 # message again after every restart. The whole message stays in the input topic at ``origin``;
 # ``value_sha256`` identifies it there.

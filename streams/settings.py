@@ -26,7 +26,7 @@ Guarantee = Literal["at_least_once", "exactly_once"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 if TYPE_CHECKING:
-    from streamscore.streams.worker.batch import BatchLimits
+    from streamscore.models.batch import BatchLimits
 
 
 # Variables read when a field's own is unset: the conventional Kafka one, and old names.
@@ -172,7 +172,7 @@ class Settings:
 
     @property
     def batch_limits(self) -> BatchLimits:
-        from streamscore.streams.worker.batch import BatchLimits
+        from streamscore.models.batch import BatchLimits
 
         return BatchLimits(self.max_text_chars, self.max_message_bytes, self.score_retries)
 

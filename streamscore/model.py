@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamscore.models.batch import BatchLimits, BatchOutput, RawMessage, process_batch
 from streamscore.models.embedder import Embedder
 from streamscore.models.registry import Registry
 from streamscore.models.scoring import Scorer, Scores
 from streamscore.results import DeadLetterRecord, Result, Scored, ScoredText
 from streamscore.schemas.messages import Origin
 from streamscore.streams.settings import Settings
-from streamscore.streams.worker.batch import BatchLimits, BatchOutput, RawMessage, process_batch
 
 Item = Any
 """What :meth:`Model.score` takes: a text, a message as a dict or as the bytes of a Kafka value,

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from streamscore.models.batch import BatchLimits, RawMessage, process_batch
 from streamscore.schemas.messages import DLQ_REASONS, Origin
-from streamscore.streams.worker.batch import BatchLimits, RawMessage, process_batch
 from streamscore.streams.worker.serving import ModelHolder
 
 LIMITS = BatchLimits(max_text_chars=2_000, max_message_bytes=20_000)

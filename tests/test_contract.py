@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streamscore.models.batch import BatchLimits, RawMessage, process_batch
 from streamscore.models.scoring import Scores
 from streamscore.schemas.contract import SCHEMAS, SchemaError, schema_role, validate
 from streamscore.schemas.drift import AlertWindow, DriftAlert, DriftSignal, SignalBatch
@@ -20,7 +21,6 @@ from streamscore.schemas.messages import (
     dead_letter_record,
     parse_input,
 )
-from streamscore.streams.worker.batch import BatchLimits, RawMessage, process_batch
 
 ORIGIN = Origin("texts", 1, 9)
 

@@ -9,6 +9,7 @@ import random
 import numpy as np
 import pytest
 
+from streamscore.models.batch import BatchLimits, RawMessage, process_batch
 from streamscore.models.drift.evidence import SAMPLE, pack
 from streamscore.models.drift.explain import MAX_BYTES
 from streamscore.models.drift.monitor import LEAD, DriftMonitor
@@ -16,7 +17,6 @@ from streamscore.models.registry import Registry
 from streamscore.models.scoring import Scorer
 from streamscore.schemas.contract import validate
 from streamscore.schemas.messages import Origin
-from streamscore.streams.worker.batch import BatchLimits, RawMessage, process_batch
 from streamscore.streams.worker.drift_agent import ExplainSettings, episode_record_of, explainer_of
 from tests.conftest import CLINC, small_clinc_rows
 

@@ -22,7 +22,7 @@ ALLOWED = {
     "streams/worker": ("models", "schemas", "streams.settings", "streams.kafka", "streams.worker"),
     "streams/ui": ("streams.settings", "streams.kafka", "streams.ui"),  # reads topics, never a model
 }
-PUBLIC_ALLOWED = ("models", "schemas", "streams.settings", "streams.worker.batch")
+PUBLIC_ALLOWED = ("models", "schemas", "streams.settings")
 OLD_NAME_IN_TEXT = re.compile(r"""(>>> |\.\.\. |["'])(from|import) (streams|models|schemas|training)[. ]""")
 
 

@@ -60,7 +60,7 @@ def test_a_consumer_record_keeps_its_origin_key_and_time(model):
 
 
 def test_typed_records_serialise_to_exactly_what_the_worker_writes(model):
-    from streamscore.streams.worker.batch import RawMessage, process_batch
+    from streamscore.models.batch import RawMessage, process_batch
 
     values = [b'{"id": "a", "text": "book a flight", "ts": 1795430000000, "meta": {"n": [1, 2.5]}}', b"[1]"]
     out = model.score(values)

@@ -6,9 +6,7 @@ import json
 
 import numpy as np
 
-from streamscore.models.scoring import Scores
-from streamscore.schemas.messages import Origin
-from streamscore.streams.worker.batch import (
+from streamscore.models.batch import (
     BatchLimits,
     OutputLimits,
     RawMessage,
@@ -16,6 +14,8 @@ from streamscore.streams.worker.batch import (
     signal_records,
     signals_by_partition,
 )
+from streamscore.models.scoring import Scores
+from streamscore.schemas.messages import Origin
 
 
 def fake_scores(texts):

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from aiokafka.errors import MessageSizeTooLargeError
 
+from streamscore.models.batch import BatchLimits, BatchOutput, OutputLimits, RawMessage, process_batch
 from streamscore.models.scoring import Scores
-from streamscore.streams.worker.batch import BatchLimits, BatchOutput, OutputLimits, RawMessage, process_batch
 from streamscore.streams.worker.offsets import OffsetTracker
 from streamscore.streams.worker.stages import Batch, Intake, OutputTopics, Stages, Take, raw
 

@@ -36,13 +36,13 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from streamscore.models.batch import OutputLimits, RawMessage, process_batch
 from streamscore.schemas.messages import Origin, record_bytes_allowed, ts_to_ms
 from streamscore.streams.commands.progress import bar
 from streamscore.streams.kafka.client import wait_for_partitions
 from streamscore.streams.kafka.security import client_options
 from streamscore.streams.kafka.topics import ensure_topics, max_message_bytes
 from streamscore.streams.settings import Settings
-from streamscore.streams.worker.batch import OutputLimits, RawMessage, process_batch
 from streamscore.streams.worker.serving import ModelHolder
 
 SCAN = "scan from beginning"

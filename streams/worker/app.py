@@ -22,6 +22,7 @@ from typing import Any, cast
 
 import faust
 
+from streamscore.models.batch import BatchOutput, OutputLimits, RawMessage, process_batch
 from streamscore.models.ood import KEEP_IN_DIST
 from streamscore.models.scoring import Scorer
 from streamscore.schemas.messages import PRODUCER_MAX_REQUEST_BYTES, Origin
@@ -31,7 +32,6 @@ from streamscore.streams.kafka.faust_transport import StreamApp
 from streamscore.streams.kafka.security import client_options, faust_credentials, faust_properties
 from streamscore.streams.kafka.transactions import PartitionTransactions
 from streamscore.streams.settings import Settings
-from streamscore.streams.worker.batch import BatchOutput, OutputLimits, RawMessage, process_batch
 from streamscore.streams.worker.broker_watch import BrokerWatch
 from streamscore.streams.worker.drift_agent import DriftAgent, DriftTopics, ExplainSettings, artifacts_from
 from streamscore.streams.worker.metrics import BatchStats, WorkerMetrics

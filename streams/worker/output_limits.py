@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from streamscore.models.batch import MIN_RECORD_BYTES, OutputLimits
 from streamscore.schemas.messages import RECORD_OVERHEAD_BYTES, record_bytes_allowed
 from streamscore.streams.kafka.topics import max_message_bytes
 from streamscore.streams.settings import Settings
-from streamscore.streams.worker.batch import MIN_RECORD_BYTES, OutputLimits
 
 
 async def read_output_limits(bootstrap: str, settings: Settings, security: dict[str, Any]) -> OutputLimits:

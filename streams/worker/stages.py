@@ -6,7 +6,7 @@ models/encode_pool.py), their outputs are sent in input order, and the broker co
 batch while the next ones are scored. A batch's messages are acknowledged (so their offsets may
 be committed) only once all its outputs are confirmed. Every queue is bounded: a slow broker
 stops the intake (backpressure). Nothing here knows Faust: messages arrive as
-:class:`~streams.worker.batch.RawMessage` with an opaque handle each, which goes back to
+:class:`~models.batch.RawMessage` with an opaque handle each, which goes back to
 ``ack`` once confirmed.
 
 >>> async def demo():
@@ -30,10 +30,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamscore.models.batch import BatchOutput, RawMessage, signal_records, signals_by_partition
 from streamscore.schemas.messages import Origin
 from streamscore.streams.kafka.delivery import Delivery, Record, RecordsTooLarge, deliver, send_batched
 from streamscore.streams.kafka.transactions import PartitionTransactions
-from streamscore.streams.worker.batch import BatchOutput, RawMessage, signal_records, signals_by_partition
 from streamscore.streams.worker.offsets import OffsetTracker
 
 log = logging.getLogger("streamscore.worker")
@@ -67,7 +67,7 @@ class Batch:
 
 @dataclass(slots=True)
 class Scoring:
-    """A batch handed to the scorers; ``job`` never raises (streams/worker/batch.py)."""
+    """A batch handed to the scorers; ``job`` never raises (models/batch.py)."""
 
     batch: Batch
     job: asyncio.Future[BatchOutput]
@@ -142,7 +142,7 @@ class Intake:
 
 
 ScoreBatch = Callable[[list[RawMessage]], Awaitable[BatchOutput]]
-"""Scores a batch's messages into its outputs; never raises (streams/worker/batch.py)."""
+"""Scores a batch's messages into its outputs; never raises (models/batch.py)."""
 Confirmed = Callable[[Batch, BatchOutput, float], None]
 """Told of each confirmed batch, its outputs and seconds since it was formed (metrics, logs)."""
 Refit = Callable[[], Awaitable[None]]
