@@ -265,7 +265,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def _window(args: argparse.Namespace, lateness_s: float = 0.0) -> Any:
     """The time or offset range of ``--from/--to`` or ``--from-offset/--to-offset`` (rescore, themes)."""
-    from streamscore.streams.commands.rescore import Window, parse_offsets, parse_time
+    from streamscore.streams.kafka.ranges import Window, parse_offsets, parse_time
 
     now = int(time.time() * 1000)
     return Window(

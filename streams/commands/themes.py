@@ -21,7 +21,7 @@ from streamscore.models.scoring import Scorer
 from streamscore.models.themes import Background, find_themes
 from streamscore.schemas.messages import InputText, Origin, parse_input
 from streamscore.streams.commands.progress import bar, say
-from streamscore.streams.commands.rescore import PartitionRange, Window, plan_ranges, read_window
+from streamscore.streams.kafka.ranges import PartitionRange, Window, plan_ranges, read_window
 from streamscore.streams.kafka.security import client_options
 from streamscore.streams.settings import Settings
 
