@@ -18,6 +18,11 @@ class ConfidenceDrop:
     """Page-Hinkley learns the stream's own mean, so it reports a change in the stream, not a
     distance to the reference; it complements the reference-based tests.
 
+    When to choose it: to see the model grow less sure while the texts do not look foreign (new
+    wording of known intents), including a slow slide that no fixed reference would date.
+    Method: the Page-Hinkley test (Page 1954; Hinkley 1971, Biometrika 58) of a fall in the mean
+    confidence, as River's ``drift.PageHinkley`` runs it.
+
     >>> det = ConfidenceDrop(threshold=2.0, min_instances=10)
     >>> any(det.update(Signal(0.0, 0.95, 0, ())) for _ in range(200))
     False

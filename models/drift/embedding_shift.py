@@ -23,6 +23,12 @@ class EmbeddingShift:
     its own threshold, so the threshold is 1. Without a spread (a model trained before
     2026-12-05) it is the centre test alone, with its own statistic and threshold.
 
+    When to choose it: the embedding detector a model ships by default, for a shift of what the
+    texts are about whether it comes text by text or as a new mix (``--drift-embedding-test
+    centre`` keeps the centre test alone).
+    Method: the union of its two parts' alarms, each calibrated at twice the detector's run time
+    so their false-alarm rates add up to its share (a Bonferroni split).
+
     >>> centre = EmbeddingCentre(threshold=3.0, window=2, every=1, mean=np.zeros(1), precision=np.eye(1))
     >>> det = EmbeddingShift(centre)
     >>> det.update(Signal(0.0, 0.9, 0, (1.0,))), det.update(Signal(0.0, 0.9, 0, (2.0,))), det.threshold
@@ -71,6 +77,11 @@ class EmbeddingShift:
 @dataclass
 class EmbeddingCentre(WindowTest):
     """Is the window's mean projection far from the reference mean?
+
+    When to choose it: to see a new mix of familiar texts move the embeddings as a whole, a small
+    lasting shift that no single text shows; slower than :class:`EmbeddingSpread`.
+    Method: Hotelling's T-squared (Hotelling 1931, Ann. Math. Statist. 2) of the window mean of
+    the projections against the reference mean and precision.
 
     ``n (m - mu)^T P (m - mu)`` with the reference precision ``P`` of the projection.
 

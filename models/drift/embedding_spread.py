@@ -17,6 +17,11 @@ K = 0.5  # allowance in standard deviations: foreign texts move the distance by 
 class EmbeddingSpread:
     """Are texts nearer to or further from the centre of the training embeddings than they were?
 
+    When to choose it: to see texts unlike the training ones arrive, text by text and fast,
+    whatever their labels; it misses a shift that keeps each text's distance.
+    Method: a two-sided CUSUM (Page 1954) on each projection's Mahalanobis distance (Mahalanobis
+    1936) standardised by the reference distances.
+
     Each message's Mahalanobis distance ``sqrt((x - mu)^T P (x - mu))`` of its projection,
     standardised by the reference distances, feeds an upward and a downward CUSUM; alarm when
     either passes the threshold, then both restart. Texts unlike the training ones often sit

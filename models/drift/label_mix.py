@@ -22,6 +22,11 @@ LAMBDA = 0.015
 class LabelMix:
     """Is the recent label mix far from the reference mix? Every message updates it.
 
+    When to choose it: to see the mix of predicted labels move (a campaign, a season, a new
+    product line); the default label test, faster than a window because it needs no refill.
+    Method: an exponentially weighted moving average chart (Roberts 1959, Technometrics 1) of the
+    label proportions, with Pearson's chi-square statistic against the reference prior.
+
     ``z ← (1 − λ)·z + λ·(onehot(label) − prior)`` and the statistic is ``(2 − λ)/λ · Σ z²/prior``:
     Pearson's chi-square of an exponentially weighted label mix (an EWMA chart of a multinomial).
     Alarm above the threshold, then ``z`` restarts at 0. A windowed test must wait until new

@@ -17,6 +17,11 @@ WINDOW, EVERY = 500, 25  # messages in the window; checked every this many
 class LabelShift(WindowTest):
     """G-test of the predicted-label counts in the window against the reference label mix.
 
+    When to choose it: a label test over a fixed window of messages, easy to read and to explain
+    (``train --drift-label-test window``); slower than :class:`LabelMix` on the same shift.
+    Method: the G-test (the log-likelihood ratio test of Wilks 1938, Ann. Math. Statist. 9) of the
+    window's label counts against the reference prior.
+
     >>> det = LabelShift(threshold=10.0, window=4, every=2, prior=np.array([0.5, 0.5]))
     >>> [det.update(Signal(0.0, 0.9, 1, ())) for _ in range(4)]
     [False, False, False, False]

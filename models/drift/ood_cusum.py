@@ -14,6 +14,11 @@ from streamscore.models.drift.signal import Signal, bisect_threshold
 class OodCusum:
     """Upward CUSUM on the standardised OOD score.
 
+    When to choose it: to see foreign texts arrive; the fastest of the four on an abrupt rise of
+    the OOD rate, and it needs only the reference mean and spread of the scores.
+    Method: one-sided cumulative sum (CUSUM) of Page (1954), "Continuous inspection schemes",
+    Biometrika 41, on clipped z-scores with allowance ``k``.
+
     ``s = max(0, s + clip(z) - k)``; alarm when ``s > threshold``, then ``s`` restarts at 0.
 
     >>> det = OodCusum(mean=0.0, std=1.0, threshold=5.0)
