@@ -74,15 +74,14 @@ def signals(cal: DriftCalibration, n: int, shifted: bool, seed: int) -> list[Sig
     rng = np.random.default_rng(seed)
     prior = np.asarray(cal.labels["prior"])
     mean, precision = np.asarray(cal.embedding["mean"]), np.asarray(cal.embedding["precision"])
-    cov = np.linalg.inv(precision)
-    out = []
-    for _ in range(n):
-        label = 5 if shifted else int(rng.choice(N_LABELS, p=prior))
-        projection = rng.multivariate_normal(mean + (3.0 if shifted else 0.0), cov)
-        ood = rng.normal(cal.ood["mean"] + (3 * cal.ood["std"] if shifted else 0.0), cal.ood["std"])
-        confidence = float(np.clip(rng.beta(9, 1) - (0.4 if shifted else 0.0), 0.0, 1.0))
-        out.append(Signal(float(ood), confidence, label, tuple(float(v) for v in projection)))
-    return out
+    labels = np.full(n, 5) if shifted else rng.choice(N_LABELS, size=n, p=prior)
+    projections = rng.multivariate_normal(mean + (3.0 if shifted else 0.0), np.linalg.inv(precision), size=n)
+    ood = rng.normal(cal.ood["mean"] + (3 * cal.ood["std"] if shifted else 0.0), cal.ood["std"], size=n)
+    confidence = np.clip(rng.beta(9, 1, size=n) - (0.4 if shifted else 0.0), 0.0, 1.0)
+    return [
+        Signal(float(o), float(c), int(label), tuple(float(v) for v in x))
+        for o, c, label, x in zip(ood, confidence, labels, projections, strict=True)
+    ]
 
 
 def test_every_exported_detector_is_checked(calibrations):

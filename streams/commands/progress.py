@@ -52,5 +52,5 @@ def bar(total: int | None, desc: str, unit: str = "msg") -> Any:
 
 
 def say(command: str) -> Callable[[str], None]:
-    """A step of ``command``, as one line on stderr: ``[drift-eval] abrupt, seed 3 of 10``."""
+    """A step of ``command``, as one line on stderr: ``[drift-eval] abrupt (clinc150): 10 streams``."""
     return lambda message: print(f"[{command}] {message}", file=sys.stderr, flush=True)
