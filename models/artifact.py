@@ -189,6 +189,12 @@ def load_artifact(directory: Path) -> ModelArtifact:
             background = Background.from_state(json.loads((directory / BACKGROUND).read_text()))
     except (ValueError, KeyError, OSError) as exc:
         raise ArtifactError(f"{directory}: arrays do not load ({exc}); retrain the model") from exc
+    encoder = manifest["embedder"].get("path")
+    if encoder and not (directory / str(encoder)).resolve().is_relative_to(directory.resolve()):
+        raise ArtifactError(
+            f"{directory}: the manifest's embedder path {str(encoder)!r} points outside the artifact; "
+            "an artifact carries its own encoder: retrain or restore it"
+        )
     dim = int(manifest["embedder"].get("dim", -1))
     if head.weights.shape[1] != dim:
         raise ArtifactError(

@@ -78,3 +78,14 @@ def test_compose_serves_the_page_on_the_hosts_loopback_only():
     assert settings.ui_host == "0.0.0.0"
     assert ui["ports"] == [f"127.0.0.1:{settings.ui_port}:{settings.ui_port}"]
     assert f":{settings.ui_port}/healthz" in ui["healthcheck"]["test"][-1]
+
+
+def test_compose_publishes_every_port_on_the_hosts_loopback_only():
+    """Kafka, Prometheus, Alertmanager and Grafana have no login in front of them (Grafana's is the
+    default one): reachable from this host only (issue 37, item 7)."""
+    published = {
+        name: port for name, service in COMPOSE["services"].items() for port in service.get("ports", [])
+    }
+    assert {"kafka", "prometheus", "alertmanager", "grafana", "ui"} <= set(published)
+    wide = {name: port for name, port in published.items() if not str(port).startswith("127.0.0.1:")}
+    assert not wide, wide

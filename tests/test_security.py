@@ -147,3 +147,10 @@ def test_a_refused_scram_login_is_named_and_the_password_is_not_shown(
     assert proc.returncode == 1, out[-3000:]
     assert "the broker refused the SCRAM-SHA-512 login of user 'scorer'" in proc.stderr, out[-3000:]
     assert "Traceback" not in out and SECRET not in out
+
+
+def test_the_transactional_producers_repr_keeps_the_password_out():
+    from streamscore.streams.kafka.transactions import PartitionTransactions
+
+    options = {"sasl_plain_username": "scorer", "sasl_plain_password": "s3cret"}
+    assert "s3cret" not in repr(PartitionTransactions("127.0.0.1:9092", "g", "texts", options))

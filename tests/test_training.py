@@ -185,3 +185,35 @@ def test_every_ood_strategy_ranks_unrelated_text_higher(
         embedder.encode(["the mitochondria is the powerhouse of the cell", "zxqv blorp"]), artifact.head
     )
     assert out.min() > ins.max()
+
+
+def test_an_encoder_path_outside_the_artifact_is_refused(trained_registry, tmp_path):
+    """A manifest may not send the worker to load an encoder from elsewhere (issue 37, item 7)."""
+    src = Registry(trained_registry).load().path
+    for path in ("../../elsewhere", "/etc"):
+        moved = tmp_path / f"moved-{len(path)}"
+        shutil.copytree(src, moved)
+        manifest = json.loads((moved / "manifest.json").read_text())
+        manifest["embedder"]["path"] = path
+        (moved / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ArtifactError, match="points outside the artifact"):
+            load_artifact(moved)
+
+
+def test_the_drift_agent_loads_only_versions_of_its_registry(trained_registry, tmp_path):
+    """A model_version read from drift.signals that names a folder is not loaded (issue 37, item 7)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from streamscore.streams.worker.drift_agent import artifacts_from
+
+    registry = Registry(trained_registry)
+    serving = registry.load()
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(serving.path, elsewhere)  # a valid artifact, outside the registry
+    holder = SimpleNamespace(
+        scorer=SimpleNamespace(artifact=SimpleNamespace(version="v0099")), registry=registry
+    )
+    artifact_of = artifacts_from(holder)
+    assert asyncio.run(artifact_of(str(elsewhere))) is None
+    assert asyncio.run(artifact_of("v1")).version == serving.version  # a version of the registry is

@@ -69,7 +69,7 @@ class PartitionTransactions:
     bootstrap_servers: str
     group_id: str
     topic: str
-    options: dict[str, Any] = field(default_factory=dict)  # security
+    options: dict[str, Any] = field(default_factory=dict, repr=False)  # security: may hold a password
     producers: dict[int, AIOKafkaProducer] = field(default_factory=dict)
     starts: dict[int, asyncio.Future[int]] = field(default_factory=dict)  # committed offset once fenced in
     next_offset: dict[int, int] = field(default_factory=dict)  # the next message new to this owner

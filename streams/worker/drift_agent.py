@@ -203,14 +203,17 @@ def episode_record_of(alert: DriftAlert) -> dict[str, Any]:
 
 
 def artifacts_from(holder: Any) -> ArtifactOf:
-    """The serving model's artifact, or another version's from the registry it follows."""
+    """The serving model's artifact, or another version's from the registry it follows. A
+    version is read from ``drift.signals``, which anyone who may write there can fill: only a
+    version of that registry is loaded, never a folder it names."""
 
     async def artifact_of(version: str) -> ModelArtifact | None:
         artifact = holder.scorer.artifact
         if artifact.version == version:
             return artifact
-        if holder.registry is None:
+        found = holder.registry.find(version) if holder.registry is not None else None
+        if found is None:
             return None
-        return await asyncio.get_running_loop().run_in_executor(None, holder.registry.load, version)
+        return await asyncio.get_running_loop().run_in_executor(None, holder.registry.load, found)
 
     return artifact_of
