@@ -145,6 +145,7 @@ class Embedder:
         encoder_threads: int = 0,
         shared_cache_url: str | None = None,
         shared_cache_ttl_s: int = 7 * 24 * 3600,
+        shared_cache_secret: str | None = None,
         trace: bool = True,
     ) -> Embedder:
         """Load ``name`` offline on ``device`` with ``backend``; ``cache_size`` > 0 keeps an LRU
@@ -202,7 +203,9 @@ class Embedder:
             trace=trace,
         )
         if shared_cache_url:
-            emb.shared = SharedCache.connect(shared_cache_url, emb.fingerprint, emb.dim, shared_cache_ttl_s)
+            emb.shared = SharedCache.connect(
+                shared_cache_url, emb.fingerprint, emb.dim, shared_cache_ttl_s, shared_cache_secret
+            )
         return emb
 
     @functools.cached_property

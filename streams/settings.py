@@ -68,6 +68,9 @@ class Settings:
     # out of repr and messages; give it through the environment, not a command-line flag.
     embed_cache_url: str | None = field(default=None, repr=False)
     embed_cache_ttl_s: int = 7 * 24 * 3600  # how long Redis keeps a shared embedding
+    # Signs every shared embedding (HMAC-SHA256), so one that whoever may write to Redis put there
+    # is not used; environment only, like the password. None: a checksum against corruption.
+    embed_cache_secret: str | None = field(default=None, repr=False)
     cache_dir: Path = Path("~/.cache/streamscore")  # ONNX exports
     input_topic: str = "texts"
     scored_topic: str = "texts.scored"

@@ -122,6 +122,27 @@ def test_local_lru_answers_first_and_a_new_text_costs_one_encode(redis_url, flus
     assert counts[("shared", "miss")] == len(set(TEXTS[:10])) + 1
 
 
+def test_a_vector_no_worker_wrote_is_never_used(redis_url, flushed):
+    """Whoever may write to Redis cannot choose what a worker scores (issue 37, item 7): a vector
+    under another secret, a bare vector of the right length and a checksummed vector of NaNs are
+    each refused, and the text is encoded instead."""
+    emb = Embedder.load(device="cpu", shared_cache_url=redis_url, shared_cache_secret="ours")
+    true = Embedder.load(device="cpu").encode(TEXTS[:1])
+    key = emb.shared.key(" ".join(TEXTS[0].split()))
+    forged = np.full(emb.dim, 0.5, dtype=np.float32)
+    values = [
+        SharedCache(None, emb.fingerprint, emb.dim, secret="theirs").seal(key, forged),
+        forged.tobytes(),
+        SharedCache(None, emb.fingerprint, emb.dim).seal(key, np.full(emb.dim, np.nan, dtype=np.float32)),
+    ]
+    calls = _count_encodes(emb)
+    for value in values:
+        flushed.set(key, value)
+        assert emb.encode(TEXTS[:1]).tobytes() == true.tobytes()
+    assert calls == [1, 1, 1] and emb.shared.refused == 2  # the bare vector is a miss by its length
+    assert emb.encode(TEXTS[:1]).tobytes() == true.tobytes() and calls == [1, 1, 1]  # its own: a hit
+
+
 def test_different_encoders_never_share_vectors(redis_url, flushed, tmp_path):
     emb = Embedder.load(device="cpu", shared_cache_url=redis_url)
     emb.encode(TEXTS[:5])

@@ -43,6 +43,7 @@ def load_embedder(settings: Settings, name: str = DEFAULT_MODEL, cached: bool = 
         encoder_threads=settings.encoder_threads,
         shared_cache_url=settings.embed_cache_url if cached else None,
         shared_cache_ttl_s=settings.embed_cache_ttl_s,
+        shared_cache_secret=settings.embed_cache_secret,
         trace=settings.trace_encoder,
     )
 
