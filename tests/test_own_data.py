@@ -102,5 +102,9 @@ def test_a_data_file_it_cannot_use_is_one_line_and_exit_code_2(tmp_path, args, s
 
 
 def test_a_failure_while_running_exits_1_not_2(tmp_path):
+    """A model on disk that does not load is a failure (1); a version that is not there is an
+    argument that cannot work (2, with the versions there are: tests/test_cli.py)."""
+    (tmp_path / "models" / "v0009").mkdir(parents=True)  # a version folder without its files
     proc = cli("models", "promote", "v0009", "--registry", str(tmp_path), check=False, timeout=60)
     assert proc.returncode == 1 and "v0009" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "manifest.json is missing" in proc.stderr
