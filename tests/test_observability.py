@@ -156,7 +156,7 @@ def test_compose_prometheus_and_grafana_files_refer_to_each_other():
     assert mounted["./deploy/prometheus/alerts.yml"] in prom["rule_files"]
     am_target = prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"][0]
     assert am_target.split(":")[0] in services and services["alertmanager"]["ports"] == [
-        f"{am_target.split(':')[1]}:9093"
+        f"127.0.0.1:{am_target.split(':')[1]}:9093"  # published on the host's loopback only
     ]
     # Grafana: the provisioned datasource uid is the one every rule uses (dashboards choose theirs).
     ds = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
