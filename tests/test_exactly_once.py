@@ -9,16 +9,20 @@ tests/test_reliability.py checks that the worker refuses exactly_once there.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
+from streamscore.streams.kafka.transactions import transactional_id
 from tests.conftest import stop_worker
 from tests.kafka_helpers import send_raw
 from tests.test_reliability import (
     health,
     kill_9_then_restart,
+    metric,
     outcome,
     report,
     start,
@@ -52,10 +56,13 @@ def test_two_workers_one_killed_the_other_repeats_nothing(kafka, trained_registr
     assert partitions == [0, 1, 2], "the survivor should hold every partition"
 
 
-def test_a_paused_worker_is_fenced_and_its_late_transaction_refused(kafka, trained_registry, tmp_path):
+def test_a_paused_worker_is_fenced_its_late_transaction_refused_and_it_comes_back(
+    kafka, trained_registry, tmp_path
+):
     """SIGSTOP a worker mid-stream until a second one holds all its partitions, then let it go on:
-    the batches it was scoring must not be committed (the new owner redid them)."""
-    zombie, _ = start(kafka, trained_registry, tmp_path, **EXACTLY_ONCE)
+    the batches it was scoring must not be committed (the new owner redid them), and the paused
+    worker must rejoin the group and score again (no partition of it left waiting)."""
+    zombie, zombie_url = start(kafka, trained_registry, tmp_path, **EXACTLY_ONCE)
     messages, good, bad = stream(12_000, "zombie")
     send_raw(kafka, zombie.topics["input"], messages)
     wait_scored(kafka, zombie.topics["scored"], "zombie-", 1_500)
@@ -73,11 +80,55 @@ def test_a_paused_worker_is_fenced_and_its_late_transaction_refused(kafka, train
         result = outcome(kafka, zombie.topics, "zombie", good, bad)
         time.sleep(3)  # the zombie's late commits, if any, would land by now
         late = outcome(kafka, zombie.topics, "zombie", good, bad)
+        deadline = time.monotonic() + 120
+        while not health(zombie_url).get("partitions") and time.monotonic() < deadline:
+            time.sleep(1)  # back in the group, it gets a share of the partitions again
+        held = health(zombie_url).get("partitions")
+        before = metric(zombie_url, "streamscore_messages_scored_total") or 0.0
+        more, more_good, more_bad = stream(3_000, "back", seed=4)
+        send_raw(kafka, zombie.topics["input"], more)
+        after = outcome(kafka, zombie.topics, "back", more_good, more_bad)
+        scored_since = (metric(zombie_url, "streamscore_messages_scored_total") or 0.0) - before
     finally:
         stop_worker(heir)
         stop_worker(zombie)
     log = zombie.log()
-    report("exactly_once_paused_worker", sent=len(messages), **result)
+    report("exactly_once_paused_worker", sent=len(messages) + len(more), **result)
     assert result == {"lost": 0, "duplicated": 0, "wrong_topic": 0}
     assert late == result
     assert "now belongs to another worker" in log, log[-3000:]
+    assert held, f"the paused worker holds no partition again: {log[-3000:]}"
+    assert after == {"lost": 0, "duplicated": 0, "wrong_topic": 0}
+    assert scored_since > 0, f"the paused worker scored nothing after it came back: {log[-3000:]}"
+
+
+def test_a_worker_fenced_while_the_group_still_gives_it_its_partitions_goes_on(
+    kafka, trained_registry, tmp_path
+):
+    """Fence every partition's producer mid-stream (as a transaction the broker timed out does)
+    while the group changes nothing: the worker must ask for a rebalance, take its partitions
+    again and score the whole stream once (its partitions used to wait forever)."""
+    worker, url = start(kafka, trained_registry, tmp_path, **EXACTLY_ONCE)
+    messages, good, bad = stream(6_000, "fenced")
+    try:
+        send_raw(kafka, worker.topics["input"], messages)
+        wait_scored(kafka, worker.topics["scored"], "fenced-", 500)
+        asyncio.run(_fence(kafka, f"streamscore-test-{worker.tag}", worker.topics["input"]))
+        result = outcome(kafka, worker.topics, "fenced", good, bad)
+        partitions = health(url).get("partitions")
+    finally:
+        stop_worker(worker)
+    log = worker.log()
+    report("exactly_once_fenced_in_place", sent=len(messages), **result)
+    assert "asked to rebalance" in log, log[-3000:]
+    assert result == {"lost": 0, "duplicated": 0, "wrong_topic": 0}, log[-3000:]
+    assert partitions == [0, 1, 2]
+
+
+async def _fence(bootstrap: str, group: str, topic: str) -> None:
+    for partition in range(3):
+        rival = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, transactional_id=transactional_id(group, topic, partition)
+        )
+        await rival.start()  # a new epoch under the worker's transactional id
+        await rival.stop()

@@ -3,8 +3,9 @@
 Neither library offers these publicly: a full metadata refresh (aiokafka's consumer refreshes
 only the topics it tracks), Faust's running producer (we hand it whole partition batches, not
 ``Topic.send`` records), the consumer's fetch wait (Faust fixes it at 1.5 s) and isolation level
-(Faust reads ``read_committed`` only in its own exactly-once mode), and Faust's offset commit
-(streams/kafka/faust_transport.py filters it). :func:`check`
+(Faust reads ``read_committed`` only in its own exactly-once mode), Faust's offset commit
+(streams/kafka/faust_transport.py filters it), and a request that the group rebalance (aiokafka
+has no ``enforce_rebalance``; exactly-once asks for one when a partition's producer is fenced). :func:`check`
 fails loudly, naming what moved, when an upgrade renames one; tests/test_kafka_internals.py runs
 it against the installed versions.
 """
@@ -46,12 +47,21 @@ def fetch_wait(consumer: Any) -> int:
     return int(consumer._fetch_max_wait_ms)  # noqa: SLF001 - aiokafka has no getter
 
 
+def request_rejoin(app: Any) -> None:
+    """Ask a running Faust app's consumer to rejoin its group, so the group rebalances; safe from
+    the app's loop (the consumer runs on a thread of its own)."""
+    thread = app.consumer._thread  # noqa: SLF001 - Faust has no public accessor
+    consumer = thread._ensure_consumer()  # noqa: SLF001
+    thread.thread_loop.call_soon_threadsafe(consumer._coordinator.request_rejoin)  # noqa: SLF001
+
+
 def check() -> None:
     """Raise if the installed aiokafka or Faust lacks what this module uses."""
     from aiokafka import AIOKafkaConsumer
     from aiokafka.client import AIOKafkaClient
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer
     from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
-    from faust.transport.drivers.aiokafka import Producer
 
     missing = [
         name
@@ -59,13 +69,15 @@ def check() -> None:
             (AIOKafkaClient, "fetch_all_metadata", "aiokafka AIOKafkaClient.fetch_all_metadata"),
             (Producer, "_ensure_producer", "faust Producer._ensure_producer"),
             (FaustConsumer, "_commit", "faust Consumer._commit"),
+            (AIOKafkaConsumerThread, "_ensure_consumer", "faust AIOKafkaConsumerThread._ensure_consumer"),
+            (GroupCoordinator, "request_rejoin", "aiokafka GroupCoordinator.request_rejoin"),
         )
         if not hasattr(owner, attr)
     ]
     init = inspect.getsource(AIOKafkaConsumer.__init__)  # the attributes are set there
     missing += [
         f"aiokafka AIOKafkaConsumer.{a}"
-        for a in ("_client", "_fetch_max_wait_ms", "_isolation_level")
+        for a in ("_client", "_fetch_max_wait_ms", "_isolation_level", "_coordinator")
         if f"self.{a} =" not in init
     ]
     if missing:

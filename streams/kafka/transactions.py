@@ -11,6 +11,15 @@ committed offset read, so it is final; a message below it (a consumer that sough
 the old owner's last transaction ended) is a repeat and is dropped.
 
 Readers of the outputs must read ``read_committed`` to skip aborted transactions' records.
+
+Whatever goes wrong in a transaction, the partition goes on. A refused or failed step aborts the
+transaction by starting a new producer epoch under the same id (it also resets the sequence
+numbers a refused batch left out of step), and before trying again the committed offset says
+what happened: moved to the batch's end, the commit did land; moved elsewhere, another worker
+owns the partition. A fenced producer (another worker started one under the id, or the broker
+aborted a transaction that outlived ``transaction.timeout.ms``) marks its partition *lost*: its
+messages are let go without output and the consumer group is asked to rebalance, after which
+the partition's owner, perhaps this worker again, resumes from the committed offset.
 """
 
 from __future__ import annotations
@@ -18,17 +27,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
+    IllegalOperation,
     InvalidProducerEpoch,
     KafkaError,
-    OutOfOrderSequenceNumber,
     ProducerFenced,
-    UnknownProducerId,
 )
 
 from streamscore.schemas.messages import PRODUCER_MAX_REQUEST_BYTES
@@ -38,10 +46,10 @@ from streamscore.streams.kafka.delivery import TOO_LARGE, Record, RecordsTooLarg
 log = logging.getLogger("streamscore.worker")
 
 FENCED = (ProducerFenced, InvalidProducerEpoch)
-# The broker and the producer no longer agree on the partition's sequence numbers (a batch the
-# broker refused still counted on the producer's side): every later transaction would be refused
-# the same way until the producer starts a new epoch, as the Java client does (KIP-360).
-SEQUENCE_LOST = (OutOfOrderSequenceNumber, UnknownProducerId)
+# What a transaction's steps raise when they fail (IllegalOperation: a producer left in a state
+# where it cannot begin or end one). A new epoch follows each, as the Java client does after a
+# refused batch (KIP-360): the broker and the producer may no longer agree on sequence numbers.
+FAILED = (KafkaError, IllegalOperation)
 
 
 def transactional_prefix(group_id: str) -> str:
@@ -64,20 +72,29 @@ class PartitionTransactions:
 
     ``assign`` and ``revoke`` follow the consumer group; ``is_new`` says whether a message is
     this owner's to score; ``commit`` writes a batch's records and its next offset atomically.
+    ``on_lost`` is told when a partition's producer was fenced while the group still gives it
+    to this worker (the worker then asks the group to rebalance).
     """
 
     bootstrap_servers: str
     group_id: str
     topic: str
     options: dict[str, Any] = field(default_factory=dict, repr=False)  # security: may hold a password
+    on_lost: Callable[[int], None] = field(default=lambda partition: None, repr=False)
+    make_producer: Callable[..., AIOKafkaProducer] = field(default=AIOKafkaProducer, repr=False)
     producers: dict[int, AIOKafkaProducer] = field(default_factory=dict)
     starts: dict[int, asyncio.Future[int]] = field(default_factory=dict)  # committed offset once fenced in
     next_offset: dict[int, int] = field(default_factory=dict)  # the next message new to this owner
+    committed: dict[int, int] = field(default_factory=dict)  # the input offset our last commit wrote
+    stale: set[int] = field(default_factory=set)  # partitions whose producer needs a new epoch first
+    lost: set[int] = field(default_factory=set)  # fenced, awaiting the group's next word on them
+    opening: set[int] = field(default_factory=set)  # being fenced in
     fenced: int = 0  # batches dropped because another worker had taken their partition
+    retry_pause_s: float = 0.5  # the first pause before a refused transaction is tried again
 
     async def assign(self, partitions: Iterable[int]) -> None:
         """Fence the previous owners of ``partitions`` and read where each resumes."""
-        new = [p for p in partitions if p not in self.producers]
+        new = [p for p in partitions if p not in self.producers and p not in self.opening]
         await asyncio.gather(*(self._open(p) for p in new))
 
     async def revoke(self, partitions: Iterable[int]) -> None:
@@ -87,13 +104,13 @@ class PartitionTransactions:
             if start is not None and not start.done():
                 start.cancel()  # a take waiting for it drops its messages
             self.next_offset.pop(p, None)
-            producer = self.producers.pop(p, None)
-            if producer is not None:
-                with contextlib.suppress(Exception):
-                    await producer.stop()
+            self.committed.pop(p, None)
+            self.stale.discard(p)
+            self.lost.discard(p)
+            await self._stop(self.producers.pop(p, None))
 
     async def close(self) -> None:
-        await self.revoke(list(self.starts) + list(self.producers))
+        await self.revoke(set(self.starts) | set(self.producers) | self.lost)
 
     def _start(self, partition: int) -> asyncio.Future[int]:
         if partition not in self.starts:
@@ -101,39 +118,93 @@ class PartitionTransactions:
         return self.starts[partition]
 
     def _producer(self, partition: int) -> AIOKafkaProducer:
-        return AIOKafkaProducer(
+        return self.make_producer(
             bootstrap_servers=self.bootstrap_servers,
             transactional_id=transactional_id(self.group_id, self.topic, partition),
             max_request_size=PRODUCER_MAX_REQUEST_BYTES,  # as the at-least-once producer
             **self.options,
         )
 
+    @staticmethod
+    async def _stop(producer: AIOKafkaProducer | None) -> None:
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+
     async def _open(self, partition: int) -> None:
-        start = self._start(partition)
-        producer = self._producer(partition)
-        await producer.start()  # InitProducerId: fences the previous owner, ends its transaction
-        self.producers[partition] = producer
-        offset = await self._committed(partition)
-        self.next_offset[partition] = offset
-        if not start.done():
+        """Start the partition's producer (fencing any earlier one) and read its committed
+        offset; while the broker cannot be reached, try again until it can or the partition goes."""
+        self.lost.discard(partition)
+        self.opening.add(partition)
+        try:
+            await self._fence_in(partition, self._start(partition))
+        finally:
+            self.opening.discard(partition)
+
+    async def _fence_in(self, partition: int, start: asyncio.Future[int]) -> None:
+        delay = self.retry_pause_s
+        while not start.done():
+            producer = self._producer(partition)
+            try:
+                await producer.start()  # InitProducerId: fences the previous owner, ends its transaction
+                offset = await self._committed(partition)
+            except KafkaError as exc:
+                await self._stop(producer)
+                log.warning(
+                    "partition %d of %s: could not fence it in (%s: %s); trying again in %.1fs",
+                    partition, self.topic, type(exc).__name__, exc, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            if start.done():  # revoked while it started
+                await self._stop(producer)
+                return
+            self.producers[partition] = producer
+            self.next_offset[partition] = self.committed[partition] = offset
             start.set_result(offset)
-        log.info("partition %d of %s: transactional, resuming at offset %d", partition, self.topic, offset)
+            log.info(
+                "partition %d of %s: transactional, resuming at offset %d", partition, self.topic, offset
+            )
 
     async def _renew(self, partition: int) -> None:
         """A new producer for a partition still ours, under the same transactional id: a new
-        epoch, whose sequence numbers start afresh (SEQUENCE_LOST)."""
+        epoch, which aborts the transaction left open and starts the sequence numbers afresh."""
         old = self.producers.get(partition)
         if old is None:
             return  # revoked meanwhile
-        with contextlib.suppress(Exception):
-            await old.stop()
+        await self._stop(old)
         producer = self._producer(partition)
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            await self._stop(producer)
+            raise
         if self.producers.get(partition) is old:
             self.producers[partition] = producer
+            self.stale.discard(partition)
+            log.info("partition %d of %s: a new transactional producer (new epoch)", partition, self.topic)
         else:  # revoked while it started
-            await producer.stop()
-        log.info("partition %d of %s: a new transactional producer (new epoch)", partition, self.topic)
+            await self._stop(producer)
+
+    async def _lose(self, partition: int, next_offset: int) -> None:
+        """Our producer of ``partition`` was fenced: let its messages go until the group speaks."""
+        self.fenced += 1
+        log.warning(
+            "partition %d of %s now belongs to another worker, or its transaction outlived the "
+            "broker's timeout; its batch (up to offset %d) is left to its owner and the group is "
+            "asked to rebalance",
+            partition,
+            self.topic,
+            next_offset,
+        )
+        self.starts.pop(partition, None)
+        self.next_offset.pop(partition, None)
+        self.committed.pop(partition, None)
+        self.stale.discard(partition)
+        self.lost.add(partition)
+        await self._stop(self.producers.pop(partition, None))
+        self.on_lost(partition)
 
     async def _committed(self, partition: int) -> int:
         tp = TopicPartition(self.topic, partition)
@@ -143,6 +214,8 @@ class PartitionTransactions:
     async def is_new(self, partition: int, offset: int) -> bool:
         """Whether this owner should score the message at ``offset``: its partition is ours and
         no earlier transaction of ours or of a previous owner has committed it."""
+        if partition in self.lost:
+            return False  # its owner, after the rebalance, resumes from the committed offset
         start = self._start(partition)
         try:
             await start  # the partition's producer fenced in
@@ -159,49 +232,33 @@ class PartitionTransactions:
         """Write ``records`` and commit ``next_offset`` for ``partition`` in one transaction.
 
         Returns False when the partition is no longer ours (its producer was fenced or closed):
-        the batch is then left to the new owner. Records the broker refuses as too large abort
+        the batch is then left to the owner. Records the broker refuses as too large abort
         the transaction and raise :class:`RecordsTooLarge` (sent again they would be refused
-        again). A transaction the broker refuses for another reason is aborted and tried again,
-        with a growing pause.
+        again). A transaction that fails for another reason is aborted (a new producer epoch)
+        and tried again, with a growing pause, unless the committed offset shows it landed.
         """
-        delay = 0.5
+        delay = self.retry_pause_s
         while True:
-            producer = self.producers.get(partition)
-            if producer is None:
-                return False
             try:
-                await producer.begin_transaction()
-                sent = await send_batched(producer, records)
-                results = await asyncio.gather(*(d.future for d in sent), return_exceptions=True)
-                too_large = [
-                    r
-                    for d, res in zip(sent, results, strict=True)
-                    if isinstance(res, TOO_LARGE)
-                    for r in d.records
-                ]
-                if too_large:
-                    await producer.abort_transaction()
-                    await self._renew(partition)  # the refused batch still counted on its side
-                    raise RecordsTooLarge(too_large)
-                for res in results:
-                    if isinstance(res, BaseException):
-                        raise res
-                offsets = {TopicPartition(self.topic, partition): next_offset}
-                await producer.send_offsets_to_transaction(offsets, self.group_id)
-                await producer.commit_transaction()
+                if partition in self.stale:
+                    await self._renew(partition)
+                    landed = await self._landed(partition, next_offset)
+                    if landed is not None:
+                        return landed
+                producer = self.producers.get(partition)
+                if producer is None:
+                    return False
+                await self._transact(producer, partition, records, next_offset)
+                self.committed[partition] = next_offset
                 return True
             except FENCED:
-                self.fenced += 1
-                log.warning(
-                    "partition %d of %s now belongs to another worker; its batch (up to offset %d) "
-                    "is left to the new owner",
-                    partition,
-                    self.topic,
-                    next_offset,
-                )
-                await self.revoke([partition])
+                await self._lose(partition, next_offset)
                 return False
-            except KafkaError as exc:
+            except RecordsTooLarge:
+                self.stale.add(partition)  # the refused batch still counted on the producer's side
+                raise
+            except FAILED as exc:
+                self.stale.add(partition)
                 log.warning(
                     "a transaction for partition %d was refused (%s: %s); aborting and retrying in %.1fs",
                     partition,
@@ -209,8 +266,35 @@ class PartitionTransactions:
                     exc,
                     delay,
                 )
-                await producer.abort_transaction()  # raises when the producer cannot go on
-                if isinstance(exc, SEQUENCE_LOST):
-                    await self._renew(partition)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+    async def _landed(self, partition: int, next_offset: int) -> bool | None:
+        """After a failed transaction and a new epoch: True if it committed after all, False if
+        another worker has committed the partition since (it is no longer ours), None if not."""
+        offset = await self._committed(partition)
+        if offset == next_offset:
+            self.committed[partition] = offset
+            return True
+        if offset != self.committed.get(partition, offset):
+            await self._lose(partition, next_offset)
+            return False
+        return None
+
+    async def _transact(
+        self, producer: AIOKafkaProducer, partition: int, records: list[Record], next_offset: int
+    ) -> None:
+        await producer.begin_transaction()
+        sent = await send_batched(producer, records)
+        results = await asyncio.gather(*(d.future for d in sent), return_exceptions=True)
+        too_large = [
+            r for d, res in zip(sent, results, strict=True) if isinstance(res, TOO_LARGE) for r in d.records
+        ]
+        if too_large:
+            raise RecordsTooLarge(too_large)
+        for res in results:
+            if isinstance(res, BaseException):
+                raise res
+        offsets = {TopicPartition(self.topic, partition): next_offset}
+        await producer.send_offsets_to_transaction(offsets, self.group_id)
+        await producer.commit_transaction()

@@ -60,7 +60,12 @@ def create_app(
     transactions = None
     if settings.processing_guarantee == "exactly_once":
         transactions = PartitionTransactions(
-            bootstrap_servers, settings.group_id, settings.input_topic, security
+            bootstrap_servers,
+            settings.group_id,
+            settings.input_topic,
+            security,
+            # fenced while the group still gives it to us: the rebalance says whose it is now
+            on_lost=lambda _: internals.request_rejoin(app),
         )
     app = faust_app(
         settings,
