@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from streamscore.models.batch import BatchLimits, RawMessage, process_batch
-from streamscore.models.drift.evidence import SAMPLE, pack
+from streamscore.models.drift.evidence import SAMPLE, pack, priority
 from streamscore.models.drift.explain import MAX_BYTES
 from streamscore.models.drift.monitor import LEAD, DriftMonitor
+from streamscore.models.drift.snapshot import SNAPSHOT_MAX_BYTES
 from streamscore.models.registry import Registry
 from streamscore.models.scoring import Scorer
 from streamscore.schemas.contract import validate
@@ -180,3 +181,51 @@ def test_evidence_stays_bounded_in_an_episode_of_50000_foreign_texts(serving):
     record = monitor.episode_record(monitor.open_episodes[0])
     assert len(json.dumps(record["explanation"]).encode()) <= MAX_BYTES
     assert len(record["explanation"]["themes"]) == 3, record["explanation"]["themes_summary"]
+
+
+def _emoji_stream(artifact, n: int) -> list[dict]:
+    """Foreign signals as big as a signal gets: ids of 200 characters and texts of 200 emoji (4
+    bytes each in UTF-8, 12 escaped as JSON), mostly of one label, in three clusters."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, artifact.dim))
+    labels = len(artifact.head.labels)
+    return [
+        {
+            "id": f"{i:06d}" + "😀" * 194,
+            "ood_score": 50.0,
+            "confidence": 0.2,
+            "label": 0 if i % 5 else i % labels,
+            "projection": [0.0] * artifact.drift.projection_components.shape[0],
+            "text": "".join(chr(0x1F600 + (i * 7 + j) % 80) for j in range(200)),
+            "embedding": pack(centres[i % 3] + 0.3 * rng.normal(size=artifact.dim)),
+        }
+        for i in range(n)
+    ]
+
+
+def test_a_snapshot_of_open_episodes_of_emoji_texts_fits_512_kib_and_resumes(serving):
+    """Three open episodes of the largest signals: written as they were (escaped JSON), the
+    snapshot was 2.7 MB, over Kafka's default 1 MB, and its send failed again and again."""
+    artifact, _ = serving
+    signals = _emoji_stream(artifact, 6_000)
+    monitor = _monitor(artifact)
+    _run(monitor, signals)
+    assert len(monitor.open_episodes) >= 3, monitor.open_episodes
+    assert len(json.dumps(monitor.state()).encode()) > 1024 * 1024  # what was written before
+    data = monitor.snapshot()
+    assert len(data) <= SNAPSHOT_MAX_BYTES
+    resumed = _monitor(artifact)
+    resumed.load_state(json.loads(data))
+    assert resumed.open_episodes == monitor.open_episodes
+    assert resumed.state()["detectors"] == monitor.state()["detectors"]
+    for name, ev in monitor.evidence.items():
+        kept = resumed.evidence[name]
+        assert (kept.messages, kept.foreign, kept.label_counts) == (ev.messages, ev.foreign, ev.label_counts)
+        assert kept.most_foreign == ev.most_foreign  # never cut
+        # Cut to the messages whose ids hash lowest: still a uniform sample of the episode.
+        lowest = sorted(ev.sample, key=lambda x: priority(x.id))[: len(kept.sample)]
+        assert 20 <= len(kept.sample) < SAMPLE and kept.sample == lowest
+    more = _emoji_stream(artifact, 6_200)[6_000:]  # the evidence goes on filling after the restart
+    _run(resumed, more, start=6_000)
+    assert all(len(ev.sample) > 0 for ev in resumed.evidence.values())
+    assert resumed.episode_record(resumed.open_episodes[0])["explanation"]["themes"]

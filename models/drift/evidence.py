@@ -48,7 +48,8 @@ def unpack(packed: str) -> np.ndarray:
     return v / (np.linalg.norm(v) or 1.0)
 
 
-def _priority(message_id: str) -> int:
+def priority(message_id: str) -> int:
+    """Where a message ranks for the sample: the lowest are kept (a hash of its id)."""
     return int.from_bytes(hashlib.blake2b(message_id.encode(), digest_size=8).digest(), "big")
 
 
@@ -112,9 +113,9 @@ class EpisodeEvidence:
             self._worst = None
         else:
             if self._worst is None:  # found again only after a replacement: rare once the sample is full
-                i = max(range(len(self.sample)), key=lambda j: _priority(self.sample[j].id))
-                self._worst = (i, _priority(self.sample[i].id))
-            if _priority(item.id) < self._worst[1]:
+                i = max(range(len(self.sample)), key=lambda j: priority(self.sample[j].id))
+                self._worst = (i, priority(self.sample[i].id))
+            if priority(item.id) < self._worst[1]:
                 self.sample[self._worst[0]] = item
                 self._worst = None
         self.most_foreign = sorted([*self.most_foreign, item], key=lambda x: -x.ood_score)[:MOST_FOREIGN]

@@ -9,10 +9,10 @@ restarted worker carries on mid-episode without relearning or repeating an alert
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from streamscore.models.drift import snapshot
 from streamscore.models.drift.calibration import DriftCalibration
 from streamscore.models.drift.evidence import EpisodeEvidence
 from streamscore.models.drift.explain import Explainer
@@ -226,6 +226,7 @@ class DriftMonitor:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        state = snapshot.decode(state)  # texts shared between episodes back in place
         self.seen, self.last_offset = int(state["seen"]), int(state["last_offset"])
         # Snapshots from before signals were batched held one signal per offset.
         self.last_index = int(state.get("last_index", 0))
@@ -242,4 +243,5 @@ class DriftMonitor:
         self.published = {name: int(seen) for name, seen in state.get("published", {}).items()}
 
     def snapshot(self) -> bytes:
-        return json.dumps(self.state(), separators=(",", ":")).encode()
+        """The state as one ``drift.state`` record, within its byte budget (models/drift/snapshot.py)."""
+        return snapshot.encode(self.state())

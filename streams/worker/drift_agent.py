@@ -20,6 +20,7 @@ from typing import Any, Literal
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streamscore.models.artifact import ModelArtifact
+from streamscore.models.drift import snapshot
 from streamscore.models.drift.explain import Explainer
 from streamscore.models.drift.monitor import DriftMonitor
 from streamscore.schemas.drift import DriftAlert, episode_record, signals_in
@@ -104,7 +105,7 @@ class DriftAgent:
             batch = await consumer.getmany(tp, timeout_ms=5_000)
             records = batch.get(tp, [])
             if records:
-                self.restored = json.loads(records[-1].value)
+                self.restored = snapshot.decode(records[-1].value)
                 log.info(
                     "drift detectors resume from snapshot: model %s, signal offset %s, open episodes %s",
                     self.restored["model_version"],
