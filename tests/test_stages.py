@@ -20,6 +20,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from streamscore.models.batch import BatchLimits, BatchOutput, OutputLimits, RawMessage, process_batch
 from streamscore.models.scoring import Scores
 from streamscore.streams.worker.offsets import OffsetTracker
+from streamscore.streams.worker.scoring_guard import ScoringGuard
 from streamscore.streams.worker.stages import Batch, Intake, OutputTopics, Stages, Take, raw
 
 
@@ -376,3 +377,90 @@ def test_exactly_once_splits_a_batch_into_one_set_of_records_per_input_partition
     # No scored or dead record lost or repeated in the split.
     split = sorted(r for rs in parts.values() for r in rs if r[0] != "signals")
     assert split == sorted(r for r in TOPICS.records(out) if r[0] != "signals")
+
+
+def test_a_model_that_fails_on_every_text_holds_the_stream_and_dead_letters_nothing():
+    """A broken encoder used to dead-letter the whole stream as scoring_failed at full speed and
+    commit it. Now the batch is held (nothing acknowledged, no more input taken, the worker
+    reported failing) until the model scores again; then every message is scored once."""
+    model = {"broken": True}
+
+    async def score(texts: list[str]) -> tuple[Scores, str]:
+        if model["broken"]:
+            raise RuntimeError("CUDA error: device lost")
+        return fake_scores(texts), "v1"
+
+    async def run() -> tuple[list[str], list[str], list[Any], list[Any], list[str | None], bool]:
+        producer = HeldProducer()
+        said: list[str | None] = []
+        guard = ScoringGuard(score, said.append, first_pause_s=0.01, max_pause_s=0.05)
+
+        def guarded(messages: list[RawMessage]) -> Any:
+            return guard.score(messages, lambda m: process_batch(m, score, BatchLimits(score_retries=0)))
+
+        stages, acked, _ = make_stages(producer, score=guarded, batch_size=4, in_flight=1)
+        stages.ensure_running(lambda error: pytest.fail(f"a stage failed: {error!r}"))
+        await stages.take(take([0, 1, 2, 3]))
+        for n in range(20):  # more input than the queues hold: the intake must stop taking
+            taking = asyncio.ensure_future(stages.take(take([4 + 4 * n, 5 + 4 * n, 6 + 4 * n, 7 + 4 * n])))
+            await asyncio.sleep(0.02)
+            if not taking.done():
+                break
+        stopped_taking = not taking.done()
+        await asyncio.sleep(0.2)
+        producer.settle()
+        held_acked = list(acked)
+        model["broken"] = False
+        await taking
+        while len(acked) < 4 * (n + 2):
+            producer.settle()
+            await asyncio.sleep(0.01)
+        for task in stages.tasks:
+            task.cancel()
+        return (
+            [r["id"] for r in producer.values("scored")],
+            producer.values("dlq"),
+            held_acked,
+            acked,
+            said,
+            stopped_taking,
+        )
+
+    scored, dead, held_acked, acked, said, stopped_taking = asyncio.run(run())
+    assert held_acked == [], "nothing may be acknowledged while the model cannot score"
+    assert stopped_taking, "the worker must stop taking input while it holds a batch"
+    assert dead == []
+    assert sorted(scored, key=lambda i: int(i[1:])) == [f"m{i}" for i in range(len(acked))]
+    assert said == ["RuntimeError: CUDA error: device lost", None]
+
+
+def test_a_batch_of_poison_messages_alone_is_still_dead_lettered_when_the_model_works():
+    async def score(texts: list[str]) -> tuple[Scores, str]:
+        if any("poison" in t for t in texts):
+            raise RuntimeError("tokenizer blew up on this text")
+        return fake_scores(texts), "v1"
+
+    async def run() -> tuple[list[str], list[str | None]]:
+        said: list[str | None] = []
+        guard = ScoringGuard(score, said.append, first_pause_s=0.01)
+        poison = [RawMessage(b"p", b'{"id": "p", "text": "poison"}', raw(0).origin)]
+        out = await asyncio.wait_for(
+            guard.score(poison, lambda m: process_batch(m, score, BatchLimits(score_retries=0))), 5
+        )
+        return [json.loads(v)["reason"] for _, v in out.dead], said
+
+    reasons, said = asyncio.run(run())
+    assert reasons == ["scoring_failed"] and said == []
+
+
+def test_a_model_that_cannot_score_turns_health_to_failing_until_it_scores_again():
+    from streamscore.streams.worker.metrics import WorkerMetrics
+
+    metrics = WorkerMetrics.create()
+    metrics.set_ready(True)
+    assert metrics.health["status"] == "ok" and metrics.value("streamscore_scoring_up") == 1
+    metrics.set_scoring("RuntimeError: CUDA error: device lost")
+    assert metrics.health["status"] == "failing" and metrics.value("streamscore_scoring_up") == 0
+    assert "device lost" in metrics.health["scoring"]
+    metrics.set_scoring(None)
+    assert metrics.health["status"] == "ok" and metrics.value("streamscore_scoring_up") == 1

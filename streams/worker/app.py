@@ -37,6 +37,7 @@ from streamscore.streams.worker.drift_agent import DriftAgent, DriftTopics, Expl
 from streamscore.streams.worker.metrics import BatchStats, WorkerMetrics
 from streamscore.streams.worker.offsets import OffsetTracker
 from streamscore.streams.worker.output_limits import read_output_limits
+from streamscore.streams.worker.scoring_guard import ScoringGuard
 from streamscore.streams.worker.serving import ModelHolder
 from streamscore.streams.worker.stages import Batch, Intake, OutputTopics, Stages, Take
 
@@ -202,8 +203,13 @@ def score_stages(
     ``output``: how big a record may be on each output topic; ``read_limits`` reads that again."""
     limits = dataclasses.replace(settings.batch_limits, output=output or OutputLimits())
 
-    async def score(messages: list[RawMessage]) -> BatchOutput:
+    guard = ScoringGuard(holder.score, metrics.set_scoring)
+
+    async def process(messages: list[RawMessage]) -> BatchOutput:
         return await process_batch(messages, holder.score, limits)  # never raises
+
+    async def score(messages: list[RawMessage]) -> BatchOutput:
+        return await guard.score(messages, process)  # held while the model fails on every text
 
     async def refit() -> None:
         nonlocal limits

@@ -171,11 +171,13 @@ class WorkerMetrics:
             "started": Gauge(p + "worker_start_time_seconds", "When the worker started", registry=r),
             "ready": Gauge(p + "worker_ready", "1 once the worker has partitions and a model", registry=r),
             "broker_up": Gauge(p + "broker_up", "1 while the broker answers the worker's probe", registry=r),
+            "scoring_up": Gauge(p + "scoring_up", "1 while the model can score a text", registry=r),
         }
         for reason in DLQ_REASONS:  # zero series up front, so rate() sees the first dead letter
             m["dead"].labels(reason)
         m["build"].info(_build_info())
         m["started"].set(time.time())
+        m["scoring_up"].set(1)  # until a probe says otherwise (streams/worker/scoring_guard.py)
         metrics = cls(r, m)
         r.register(_CacheLookups(metrics))  # type: ignore[arg-type]
         r.register(_EncoderForwards(metrics))  # type: ignore[arg-type]
@@ -246,10 +248,19 @@ class WorkerMetrics:
             self.health["broker"] = f"unreachable for {time.time() - since:.0f} s"
         self._status()
 
+    def set_scoring(self, failing: str | None) -> None:
+        """What the model fails with on every text (streams/worker/scoring_guard.py), or None."""
+        self.m["scoring_up"].set(0 if failing else 1)
+        self.health["scoring"] = f"failing: {failing}" if failing else "ok"
+        self._status()
+
     def _status(self) -> None:
-        # starting → ok; degraded (HTTP 503) while the broker does not answer.
+        # starting → ok; failing while the model cannot score (input held); degraded while the
+        # broker does not answer. Both HTTP 503.
         if not self.health.get("ready"):
             self.health["status"] = "starting"
+        elif self.health.get("scoring", "ok") != "ok":
+            self.health["status"] = "failing"
         elif self.health.get("broker", "ok") != "ok":
             self.health["status"] = "degraded"
         else:
