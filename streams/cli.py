@@ -17,6 +17,7 @@ from streamscore.models.artifact import ArtifactError
 from streamscore.models.backends import BACKENDS
 from streamscore.models.drift.calibration import EmbeddingTest, LabelTest
 from streamscore.models.ood import KEEP_IN_DIST, STRATEGIES
+from streamscore.schemas.messages import DLQ_REASONS
 from streamscore.streams.commands.progress import say
 from streamscore.streams.kafka.security import REFUSED_LOGINS, client_options, failure_message
 from streamscore.streams.settings import LogLevel, Settings
@@ -389,6 +390,20 @@ def cmd_tail(args: argparse.Namespace) -> int:
             asyncio.run(run(bootstrap))
         except KeyboardInterrupt:
             pass
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from streamscore.streams.commands.dlq import dead_letters, describe
+    from streamscore.streams.kafka.broker import bootstrap_or_embedded
+
+    settings = _settings(args)
+    with bootstrap_or_embedded(settings.bootstrap_servers, settings.embedded_broker) as bootstrap:
+        found = asyncio.run(dead_letters(bootstrap, settings, client_options(settings), args.resend or []))
+    if args.json:
+        _emit(found.as_json(), True)
+    else:
+        print(describe(found), flush=True)
     return 0
 
 
@@ -898,6 +913,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--group-id", dest="group_id", default=None, help="the workers' group (for the lag)")
     sp.set_defaults(func=cmd_ui)
 
+    sp = sub.add_parser(
+        "dlq",
+        help="dead letters by reason; --resend REASON sends them back to be scored",
+        description="Resent dead letters go to the input topic as they first came; a consumer group "
+        "per reason (<group-id>.dlq-resend.<reason>) keeps how far, so each is resent once. Those "
+        "that carry only part of their value are counted and left.",
+    )
+    common(sp, kafka=True, as_json=True)
+    sp.add_argument(
+        "--resend",
+        action="append",
+        choices=DLQ_REASONS,
+        metavar="REASON",
+        help="send the dead letters of REASON (scoring_failed, output_too_large, ...) not resent "
+        "before back to the input topic; repeatable",
+    )
+    sp.add_argument("--dlq-topic", dest="dlq_topic", default=None)
+    sp.add_argument("--input-topic", dest="input_topic", default=None)
+    sp.add_argument("--group-id", dest="group_id", default=None)
+    sp.set_defaults(func=cmd_dlq)
+
     sp = sub.add_parser("tail", help="print records of a topic as they arrive")
     common(sp, kafka=True)
     sp.add_argument("--topic", default=None, help="default texts.scored")
@@ -1042,6 +1078,10 @@ EXAMPLES = {
         "streamscore ui --host 0.0.0.0 --port 8090 --refresh 10 --group-id streamscore",
     ],
     "tail": ["streamscore tail --pretty --from-beginning -n 20 --bootstrap-servers localhost:9092"],
+    "dlq": [
+        "streamscore dlq --bootstrap-servers localhost:9092",
+        "streamscore dlq --resend scoring_failed --bootstrap-servers localhost:9092 --json",
+    ],
     "models": ["streamscore models", "streamscore models promote v0003", "streamscore models rollback"],
     "drift-eval": [
         "streamscore drift-eval --in datasets/clinc150/clinc150_full.jsonl "
