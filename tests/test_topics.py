@@ -123,3 +123,32 @@ def test_extra_client_properties_reach_every_client(kafka, trained_registry, tmp
         and "'linger.ms' is not one streamscore passes on; allowed: client.id" in bad.stderr
     )
     assert "Traceback" not in bad.stderr
+
+
+def test_a_drift_signals_topic_with_several_partitions_stops_the_start_with_one_line(
+    kafka, trained_registry, tmp_path
+):
+    """The drift agent reads drift.signals as one ordered stream and drops signals by offset: on
+    three partitions it silently dropped signals. Now the worker refuses, and says the fix."""
+    from aiokafka.admin import NewTopic
+
+    from tests.conftest import start_worker
+
+    tag = uuid.uuid4().hex[:8]
+
+    async def create() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(f"drift.signals-{tag}", 3, 1)])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    worker = start_worker(kafka, trained_registry, tmp_path, tag=tag, metrics_port="0")
+    code = worker.process.wait(timeout=180)
+    log = worker.log()
+    assert code == 2, log[-2000:]
+    said = log.strip().splitlines()[-1]
+    assert said.startswith(f"streamscore worker: error: topic 'drift.signals-{tag}' has 3 partitions"), said
+    assert "exactly 1" in said and "Traceback" not in log

@@ -11,6 +11,7 @@ from streamscore.streams.kafka.topics import describe_configs, ensure_topics, to
 from streamscore.streams.settings import Settings
 
 ROLES = ("input", "scored", "dlq", "signals", "alerts", "drift_state", "episodes")
+ONE_PARTITION = ("signals", "drift_state")  # streams/kafka/topics.py: one_partition_topics
 
 
 @dataclass
@@ -34,6 +35,10 @@ class TopicState:
         out = []
         if self.partitions < self.want_partitions:
             out.append(f"{self.partitions} partitions, settings want {self.want_partitions}")
+        elif self.role in ONE_PARTITION and self.partitions > 1:
+            out.append(
+                f"{self.partitions} partitions: the drift agent needs exactly 1 (the worker refuses to start)"
+            )
         if self.replication is not None and self.replication < self.want_replication:
             out.append(f"replication factor {self.replication}, settings want {self.want_replication}")
         for key, value in self.want_configs.items():

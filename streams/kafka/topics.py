@@ -37,6 +37,51 @@ def topic_plan(settings: Settings) -> dict[str, int]:
     }
 
 
+def one_partition_topics(settings: Settings) -> dict[str, str]:
+    """Topics read as one ordered stream (name → what breaks with more partitions): the drift
+    agent de-duplicates signals by offset and resumes from the one snapshot record."""
+    return {
+        settings.signals_topic: "the drift agent reads it as one ordered stream and drops signals by offset",
+        settings.drift_state_topic: "the drift agent resumes from its one latest snapshot",
+    }
+
+
+async def partition_counts(
+    bootstrap_servers: str, topics: list[str], options: dict[str, Any] | None = None
+) -> dict[str, int]:
+    """How many partitions each of ``topics`` that exists has."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, **{"request_timeout_ms": 10_000, **(options or {})}
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        present = [t for t in topics if t in existing]
+        found = await admin.describe_topics(present) if present else []
+        return {meta["topic"]: len(meta["partitions"]) for meta in found}
+    finally:
+        await admin.close()
+
+
+def check_one_partition(settings: Settings, counts: dict[str, int]) -> None:
+    """Raise, in one line with the fix, if a topic read as one ordered stream has several partitions.
+
+    >>> s = Settings()
+    >>> check_one_partition(s, {"drift.signals": 1})
+    >>> check_one_partition(s, {"drift.signals": 3})
+    Traceback (most recent call last):
+    ...
+    ValueError: topic 'drift.signals' has 3 partitions, but the drift agent reads it as one ordered stream and drops signals by offset: it needs exactly 1. Delete it and let the worker create it again, or name a new one (STREAMSCORE_SIGNALS_TOPIC)
+    """
+    for topic, why in one_partition_topics(settings).items():
+        if counts.get(topic, 1) > 1:
+            setting = "SIGNALS_TOPIC" if topic == settings.signals_topic else "DRIFT_STATE_TOPIC"
+            raise ValueError(
+                f"topic '{topic}' has {counts[topic]} partitions, but {why}: it needs exactly 1. "
+                f"Delete it and let the worker create it again, or name a new one (STREAMSCORE_{setting})"
+            )
+
+
 def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
     """Topic configs beyond the broker's defaults: the drift state is a snapshot under one key
     and an episode's record is rewritten as it grows, so compaction keeps the latest of each (docker-compose.yml creates it the same);

@@ -18,7 +18,14 @@ from streamscore.streams.kafka.access import AccessError, check_access
 from streamscore.streams.kafka.broker import bootstrap_or_embedded, require_broker
 from streamscore.streams.kafka.guarantees import check_guarantee
 from streamscore.streams.kafka.security import client_options
-from streamscore.streams.kafka.topics import ensure_topics, topic_configs, topic_plan
+from streamscore.streams.kafka.topics import (
+    check_one_partition,
+    ensure_topics,
+    one_partition_topics,
+    partition_counts,
+    topic_configs,
+    topic_plan,
+)
 from streamscore.streams.kafka.transactions import transactional_prefix
 from streamscore.streams.settings import Settings
 from streamscore.streams.worker.app import create_app
@@ -91,6 +98,8 @@ def run_worker(settings: Settings) -> int:
             asyncio.run(check_access(bootstrap, settings, security))
             raise
         asyncio.run(check_access(bootstrap, settings, security))  # ACLs: one clear line, not a late failure
+        singles = list(one_partition_topics(settings))
+        check_one_partition(settings, asyncio.run(partition_counts(bootstrap, singles, security)))
         output = asyncio.run(read_output_limits(bootstrap, settings, security))
         asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed the last one
         # A pinned --model never changes; otherwise follow the registry's CURRENT pointer.
