@@ -164,3 +164,74 @@ def test_drift_episode_alerts_once_resolves_and_survives_restart(kafka, drift_re
             assert len(drift_ids) == len(set(drift_ids)), (name, drift_ids)
     finally:
         stop_worker(w)
+
+
+def test_the_worker_that_takes_over_drift_signals_resumes_the_open_episode(kafka, drift_registry, tmp_path):
+    """Two workers start before any drift; the one holding ``drift.signals`` is killed (kill -9)
+    mid-episode. The other takes the partition over and must resume the open episode from
+    ``drift.state``, not from what it read at its own start (nothing): no second alert for the
+    same foreign phase, and the episode it took over is the one resolved."""
+    rng = random.Random(12)
+    rows = small_clinc_rows()
+    normal = [r["text"] for r in rows if r["split"] in ("test", "val") and r["label"] != "oos"]
+    foreign = [r["text"] for r in rows if r["split"] == "test" and r["label"] == "oos"]
+    flags = {"drift_quiet": "300", "drift_cooldown": "100"}
+    first = start_worker(kafka, drift_registry, tmp_path, **flags)
+    second = start_worker(kafka, drift_registry, tmp_path, tag=first.tag, **flags)
+    workers = [first, second]
+    topics = first.topics
+    try:
+        send_json(kafka, topics["input"], _messages("a", normal, 1200, rng))
+        assert len(collect(kafka, topics["scored"], 1200, settle_s=0)) == 1200
+        b_sent_ms = time.time() * 1000
+        send_json(kafka, topics["input"], _messages("b", foreign, 400, rng))
+        opened = collect(
+            kafka,
+            topics["alerts"],
+            1,
+            timeout_s=90,
+            settle_s=1,
+            match=lambda a: a["detector"] == "ood_cusum" and a["window"]["last_time_ms"] >= b_sent_ms,
+        )
+        if not opened:  # a rare false alarm late in ``a`` opened the episode ``b`` joined
+            so_far = _cusum(collect(kafka, topics["alerts"], 0, timeout_s=10, settle_s=1))
+            closed = {a["alert_id"] for a in so_far if a["status"] == "resolved"}
+            opened = [a for a in so_far if a["status"] == "drift" and a["alert_id"] not in closed]
+        assert [a["status"] for a in opened] == ["drift"], opened
+        alert = opened[0]
+        holders = [w for w in workers if alert["alert_id"] in w.log()]
+        assert len(holders) == 1, [w.log()[-1500:] for w in workers]
+        holder = holders[0]
+        heir = next(w for w in workers if w is not holder)
+        holder.process.kill()  # kill -9, mid-episode
+        holder.process.wait(timeout=30)
+        send_json(kafka, topics["input"], _messages("c", foreign, 200, rng))
+        c_scored = collect(
+            kafka, topics["scored"], 200, timeout_s=120, settle_s=0, match=lambda r: r["id"][0] == "c"
+        )
+        assert len({r["id"] for r in c_scored}) == 200
+        send_json(kafka, topics["input"], _messages("d", normal, 1500, rng))
+        episode = collect(
+            kafka,
+            topics["alerts"],
+            2,
+            timeout_s=150,
+            settle_s=3,
+            match=lambda a: a["alert_id"] == alert["alert_id"],
+        )
+        assert [a["status"] for a in episode] == ["drift", "resolved"], (episode, heir.log()[-3000:])
+        assert "drift detectors resume from snapshot" in heir.log(), heir.log()[-3000:]
+        signals = _signals(kafka, topics["signals"])
+        foreign_offsets = [offset for offset, i in signals if i[0] in "bc"]
+        every = _cusum(collect(kafka, topics["alerts"], 0, timeout_s=10, settle_s=2))
+        repeated = [
+            a
+            for a in every
+            if a["alert_id"] != alert["alert_id"]
+            and a["status"] == "drift"
+            and min(foreign_offsets) <= a["window"]["last_offset"] <= episode[1]["window"]["last_offset"]
+        ]
+        assert repeated == [], repeated
+    finally:
+        for w in workers:
+            stop_worker(w)

@@ -5,11 +5,13 @@ texts when told so."""
 import asyncio
 import json
 import random
+import time
 
 import numpy as np
 import pytest
 
 from streamscore.models.batch import BatchLimits, RawMessage, process_batch
+from streamscore.models.drift import snapshot
 from streamscore.models.drift.evidence import SAMPLE, pack, priority
 from streamscore.models.drift.explain import MAX_BYTES
 from streamscore.models.drift.monitor import LEAD, DriftMonitor
@@ -18,7 +20,13 @@ from streamscore.models.registry import Registry
 from streamscore.models.scoring import Scorer
 from streamscore.schemas.contract import validate
 from streamscore.schemas.messages import Origin
-from streamscore.streams.worker.drift_agent import ExplainSettings, episode_record_of, explainer_of
+from streamscore.streams.worker.drift_agent import (
+    DriftAgent,
+    DriftTopics,
+    ExplainSettings,
+    episode_record_of,
+    explainer_of,
+)
 from tests.conftest import CLINC, small_clinc_rows
 
 ROWS = [json.loads(line) for line in open(CLINC, encoding="utf-8")]
@@ -229,3 +237,45 @@ def test_a_snapshot_of_open_episodes_of_emoji_texts_fits_512_kib_and_resumes(ser
     _run(resumed, more, start=6_000)
     assert all(len(ev.sample) > 0 for ev in resumed.evidence.values())
     assert resumed.episode_record(resumed.open_episodes[0])["explanation"]["themes"]
+
+
+def test_two_model_versions_whose_signals_interleave_keep_their_own_episodes(serving, stream):
+    """Workers reloading a new model each at its own time interleave two versions' signals in
+    one stream. Flipping one monitor at every record closed the other version's episodes and
+    restarted its detectors; each version now keeps its own monitor, and the one whose signals
+    stop is retired (its open episodes resolved) once another's flow on."""
+    artifact, _ = serving
+
+    async def artifact_of(version: str):
+        return artifact  # the same model under two versions: both must see the drift
+
+    agent = DriftAgent(
+        DriftTopics("alerts", "state"), artifact_of, quiet=100, cooldown=50, retire_after_s=0.3
+    )
+    agent.stale = False  # no drift.state to read here
+
+    def records(signals: list[dict], start: int, version_of) -> list[tuple[int, bytes]]:
+        return [
+            (start + i, json.dumps({"model_version": version_of(i), "signals": [s]}).encode())
+            for i, s in enumerate(signals)
+        ]
+
+    mixed = records(stream, 0, lambda i: ("v0001", "v0002")[(i // 3) % 2])
+    alerts = asyncio.run(agent.handle(mixed)).alerts
+    opened = [(a.model_version, a.detector) for a in alerts if a.status == "drift"]
+    assert ("v0001", "ood_cusum") in opened and ("v0002", "ood_cusum") in opened, opened
+    assert [a for a in alerts if a.status == "resolved"] == [], "no episode closed by the interleaving"
+    assert set(agent.monitors) == {"v0001", "v0002"}
+    state = snapshot.decode_many(agent.snapshot())
+    assert set(state) == {"v0001", "v0002"} and all(
+        s["episodes"]["ood_cusum"]["open"] for s in state.values()
+    )
+
+    time.sleep(0.4)  # v0001's workers have all moved to v0002
+    later = asyncio.run(agent.handle(records(stream[:5], len(stream), lambda i: "v0002"))).alerts
+    closed = [a for a in later if a.status == "resolved"]
+    assert closed and {a.model_version for a in closed} == {"v0001"}, [
+        (a.model_version, a.status) for a in later
+    ]
+    assert "model changed to v0002" in closed[0].message
+    assert set(agent.monitors) == {"v0002"}

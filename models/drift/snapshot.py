@@ -54,6 +54,27 @@ def encode(state: dict[str, Any], max_bytes: int = SNAPSHOT_MAX_BYTES) -> bytes:
     raise ValueError(f"a drift snapshot without texts is still over {max_bytes:,} bytes")
 
 
+def encode_many(states: dict[str, dict[str, Any]], max_bytes: int = SNAPSHOT_MAX_BYTES) -> bytes:
+    """The states of several monitors (model version → state: versions whose signals interleave
+    while workers reload) in one record, each within an equal share of ``max_bytes``.
+
+    >>> data = encode_many({"v0001": {"seen": 1}, "v0002": {"seen": 2}})
+    >>> {version: state["seen"] for version, state in decode_many(data).items()}
+    {'v0001': 1, 'v0002': 2}
+    """
+    share = max_bytes // max(len(states), 1) - 200  # the version keys and the braces around
+    parts = [json.dumps(version).encode() + b":" + encode(state, share) for version, state in states.items()]
+    return b'{"monitors":{' + b",".join(parts) + b"}}"
+
+
+def decode_many(data: bytes) -> dict[str, dict[str, Any]]:
+    """Model version → state, from :func:`encode_many` or a one-monitor snapshot of before."""
+    state = json.loads(data)
+    if "monitors" in state:
+        return {version: decode(s) for version, s in state["monitors"].items()}
+    return {state["model_version"]: decode(state)}
+
+
 def decode(data: bytes | dict[str, Any]) -> dict[str, Any]:
     """The state :func:`encode` wrote (a snapshot of the earlier format passes unchanged)."""
     state = json.loads(data) if isinstance(data, bytes | str) else copy.deepcopy(data)

@@ -33,7 +33,13 @@ from streamscore.streams.kafka.security import client_options, faust_credentials
 from streamscore.streams.kafka.transactions import PartitionTransactions
 from streamscore.streams.settings import Settings
 from streamscore.streams.worker.broker_watch import BrokerWatch
-from streamscore.streams.worker.drift_agent import DriftAgent, DriftTopics, ExplainSettings, artifacts_from
+from streamscore.streams.worker.drift_agent import (
+    RETIRE_AFTER_S,
+    DriftAgent,
+    DriftTopics,
+    ExplainSettings,
+    artifacts_from,
+)
 from streamscore.streams.worker.metrics import BatchStats, WorkerMetrics
 from streamscore.streams.worker.offsets import OffsetTracker
 from streamscore.streams.worker.output_limits import read_output_limits
@@ -107,12 +113,15 @@ def create_app(
         settings.drift_cooldown,
         {"bootstrap_servers": bootstrap_servers, **security},
         ExplainSettings(settings.explain_texts, settings.explain_text_chars),
+        # workers reload each at its own time: a version is retired once all have moved on
+        retire_after_s=max(RETIRE_AFTER_S, 3 * settings.reload_interval_s),
     )
+
+    follow_signals(app, settings.signals_topic, drift, producer)
 
     @app.agent(signals)
     async def watch_drift(stream: Any) -> None:
-        await drift.restore()
-        async for events in stream.take_events(100, within=0.2):
+        async for events in stream.take_events(100, within=0.2):  # restores from drift.state first
             await run_drift_agent(
                 drift, [(e.message.offset, e.message.value) for e in events], metrics, producer
             )
@@ -188,6 +197,25 @@ def follow_partitions(app: faust.App, topic: str, transactions: PartitionTransac
     app.on_partitions_revoked.connect(cast(Any, let_go))
     app.on_partitions_assigned.connect(cast(Any, fence_in))
     app.on_before_shutdown.connect(cast(Any, close))
+
+
+def follow_signals(app: faust.App, topic: str, drift: DriftAgent, producer: Callable[[], Any]) -> None:
+    """The drift state follows ``drift.signals``: before the partition goes, its last snapshot is
+    written and the detectors forgotten; whoever gets it next reads the latest snapshot first."""
+
+    async def let_go(sender: Any, revoked: set[Any], **_: Any) -> None:
+        if not any(tp.topic == topic for tp in revoked):
+            return
+        record = drift.last_snapshot_record()
+        drift.forget()
+        if record is not None:
+            try:
+                # bounded: a broker that does not answer must not hold up the rebalance
+                await asyncio.wait_for(deliver(producer(), [(drift.topics.state, b"drift", record)]), 10)
+            except Exception as exc:  # the next owner resumes from the snapshot before it
+                log.warning("could not write the drift snapshot before giving up %s: %s", topic, exc)
+
+    app.on_partitions_revoked.connect(cast(Any, let_go))
 
 
 def score_stages(

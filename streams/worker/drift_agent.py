@@ -1,10 +1,16 @@
 """The drift agent: ``drift.signals`` → the model version's :class:`DriftMonitor` → alerts, snapshots.
 
 One agent reads the one-partition ``drift.signals`` topic, so it sees the whole stream. Each
-record's signals go to the monitor of the model version that scored them (a new version closes
-the old one's open episodes and starts on its own reference). Alerts go out before the snapshot
+record's signals go to the monitor of the model version that scored them, on that version's
+reference. While workers reload a new model each at its own time, two versions' signals
+interleave: each keeps its own monitor, and a version whose signals stopped for
+``retire_after_s`` is retired, its open episodes resolved as "model changed" (flipping monitors
+at every record used to close the other version's episodes and restart its detectors). Alerts go out before the snapshot
 of the detectors that follows them, so a restarted worker resumes from ``drift.state`` without
-relearning and never repeats an alert.
+relearning and never repeats an alert. The state follows the partition: whichever worker the
+group gives ``drift.signals`` reads the latest snapshot then, not at its own start (another
+worker may have moved the episodes on since), and a worker that gives it up writes its last
+snapshot and forgets its detectors.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ log = logging.getLogger("streamscore.drift")
 
 SNAPSHOT_EVERY_S = 1.0  # at most this long between snapshots while signals flow without alerts
 EPISODE_EVERY = 250  # messages between updates of an open episode's drift.episodes record
+RETIRE_AFTER_S = 60.0  # a model version without signals this long, while another's flow, is retired
 
 
 @dataclass(frozen=True)
@@ -77,20 +84,44 @@ class DriftAgent:
         cooldown: int,
         consumer_options: dict[str, Any] | None = None,
         explain: ExplainSettings | None = None,
+        retire_after_s: float = RETIRE_AFTER_S,
     ) -> None:
         self.topics = topics
         self.explain = explain or ExplainSettings()
         self.artifact_of = artifact_of
         self.quiet, self.cooldown = quiet, cooldown
+        self.retire_after_s = retire_after_s
         self.consumer_options = consumer_options or {}  # bootstrap servers and security
-        self.monitor: DriftMonitor | None = None
-        self.restored: dict[str, Any] | None = None
+        self.monitors: dict[str, DriftMonitor] = {}  # model version → its detectors
+        self.last_seen: dict[str, float] = {}  # model version → when its last record came
+        self.monitor: DriftMonitor | None = None  # the monitor of the latest record
+        self.restored: dict[str, dict[str, Any]] = {}  # model version → state from drift.state
         self.closing: list[DriftAlert] = []
         self.no_calibration: set[str] = set()
         self.last_snapshot = 0.0
+        self.stale = True  # read drift.state before the next signals: the partition is new to us
+
+    def forget(self) -> None:
+        """``drift.signals`` went to another worker: drop the detectors; read the state again if
+        it comes back (the other worker may have moved the episodes on meanwhile)."""
+        self._reset()
+        self.stale = True
+
+    def _reset(self) -> None:
+        self.monitors, self.last_seen, self.monitor, self.restored, self.closing = {}, {}, None, {}, []
+
+    def last_snapshot_record(self) -> bytes | None:
+        """The detectors' snapshot now (None: no detectors), written before the partition goes."""
+        return self.snapshot() if self.monitors else None
+
+    def snapshot(self) -> bytes:
+        """Every live monitor's state, in one ``drift.state`` record (models/drift/snapshot.py)."""
+        return snapshot.encode_many({v: m.state() for v, m in self.monitors.items()})
 
     async def restore(self) -> None:
         """Read the last snapshot of ``drift.state`` (if any) so detectors resume where they were."""
+        self.stale = False
+        self._reset()
         consumer = AIOKafkaConsumer(
             enable_auto_commit=False, isolation_level="read_committed", **self.consumer_options
         )
@@ -105,19 +136,20 @@ class DriftAgent:
             batch = await consumer.getmany(tp, timeout_ms=5_000)
             records = batch.get(tp, [])
             if records:
-                self.restored = snapshot.decode(records[-1].value)
-                log.info(
-                    "drift detectors resume from snapshot: model %s, signal offset %s, open episodes %s",
-                    self.restored["model_version"],
-                    self.restored["last_offset"],
-                    [n for n, ep in self.restored["episodes"].items() if ep["open"]],
-                )
+                self.restored = snapshot.decode_many(records[-1].value)
+                for version, state in self.restored.items():
+                    log.info(
+                        "drift detectors resume from snapshot: model %s, signal offset %s, open episodes %s",
+                        version,
+                        state["last_offset"],
+                        [n for n, ep in state["episodes"].items() if ep["open"]],
+                    )
         finally:
             await consumer.stop()
 
     async def monitor_for(self, version: str) -> DriftMonitor | None:
-        if self.monitor is not None and self.monitor.model_version == version:
-            return self.monitor
+        if version in self.monitors:
+            return self.monitors[version]
         if version in self.no_calibration:
             return None
         artifact = await self.artifact_of(version)
@@ -127,8 +159,6 @@ class DriftAgent:
             log.error("model %s has no drift calibration: drift is not watched for it; retrain it", version)
             self.no_calibration.add(version)
             return None
-        if self.monitor is not None:
-            self.closing += self.monitor.close_all(f"model changed to {version}")
         monitor = DriftMonitor(
             artifact.drift,
             version,
@@ -137,17 +167,39 @@ class DriftAgent:
             explainer=explainer_of(artifact, self.explain),
             ood_threshold=artifact.ood_threshold,
         )
-        if self.restored is not None and self.restored.get("model_version") == version:
-            monitor.load_state(self.restored)
-        self.restored = None
-        self.monitor = monitor
+        state = self.restored.pop(version, None)
+        if state is not None:
+            monitor.load_state(state)
+        if self.monitors:
+            log.info(
+                "signals of model %s arrive beside those of %s (workers reloading each at its own time): "
+                "each keeps its own detectors until its signals stop",
+                version,
+                ", ".join(self.monitors),
+            )
+        self.monitors[version] = monitor
+        self.last_seen[version] = time.monotonic()
         return monitor
+
+    def retire_quiet_versions(self, current: str) -> None:
+        """Versions whose signals stopped ``retire_after_s`` ago, while ``current``'s flow: their
+        open episodes are resolved, their detectors dropped."""
+        now = time.monotonic()
+        for version in [v for v in self.monitors if v != current]:
+            if now - self.last_seen.get(version, now) >= self.retire_after_s:
+                self.closing += self.monitors.pop(version).close_all(f"model changed to {current}")
+                self.last_seen.pop(version, None)
 
     async def handle(self, records: list[tuple[int, bytes]]) -> Handled:
         """``(offset, value)`` of ``drift.signals`` records → alerts, and the snapshot when due.
 
         A record or signal that cannot be read is logged and skipped: it must not stop drift
         watching."""
+        if self.stale:
+            await self.restore()
+            for version in list(self.restored):  # each version's detectors, retired in turn if it stays quiet
+                await self.monitor_for(version)
+                self.restored.pop(version, None)
         out = Handled()
         for offset, value in records:
             try:
@@ -160,6 +212,9 @@ class DriftAgent:
             out.signals += len(signals)
             if monitor is None:
                 continue
+            self.monitor = monitor
+            self.last_seen[monitor.model_version] = time.monotonic()
+            self.retire_quiet_versions(monitor.model_version)
             out.alerts += self.closing
             self.closing = []
             for index, signal in enumerate(signals):
@@ -168,12 +223,12 @@ class DriftAgent:
                 except Exception:
                     log.exception("skipping unreadable drift signal %s of offset %s", index, offset)
         out.episodes = [episode_record_of(a) for a in out.alerts if a.explanation is not None]
-        if self.monitor is not None:
-            out.episodes += self.monitor.due_records(self.explain.every)
+        for m in self.monitors.values():
+            out.episodes += m.due_records(self.explain.every)
         now = time.monotonic()
         # The snapshot follows every alert, so a restart never repeats one; else once a second.
-        if self.monitor is not None and (out.alerts or now - self.last_snapshot > SNAPSHOT_EVERY_S):
-            out.snapshot = self.monitor.snapshot()
+        if self.monitors and (out.alerts or now - self.last_snapshot > SNAPSHOT_EVERY_S):
+            out.snapshot = self.snapshot()
             self.last_snapshot = now
         return out
 
