@@ -290,3 +290,35 @@ def test_a_partition_given_while_the_broker_cannot_be_reached_is_fenced_in_once_
     assert run.faults.fired == ["start"]
     assert news == [True] * 5
     assert outputs == names(batch(run, "a"))
+
+
+def test_a_hundred_partitions_are_fenced_in_together_and_each_resumes_at_its_own_offset(kafka):
+    async def scenario() -> tuple[list[int], list[int], list[str]]:
+        tag = uuid.uuid4().hex[:8]
+        topic, out, group = f"tx-in-{tag}", f"tx-out-{tag}", f"tx-{tag}"
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, 100, 1), NewTopic(out, 1, 1)])
+        finally:
+            await admin.close()
+        first = PartitionTransactions(kafka, group, topic)
+        await first.assign(range(100))
+        for p in range(0, 100, 10):  # ten partitions move on by p + 1 messages
+            assert [await first.is_new(p, o) for o in range(p + 1)] == [True] * (p + 1)
+            assert await first.commit(p, [(out, None, f"p{p}".encode())], p + 1)
+        await first.close()
+        heir = PartitionTransactions(kafka, group, topic)  # the next owner of all of them
+        await heir.assign(range(100))
+        try:
+            resumed = [heir.next_offset[p] for p in range(100)]
+            news = [p for p in range(100) if await heir.is_new(p, heir.next_offset[p])]
+            run = Run(kafka, group, topic, out, Faults(), [], heir)
+            return resumed, news, await committed_outputs(run)
+        finally:
+            await heir.close()
+
+    resumed, news, outputs = asyncio.run(scenario())
+    assert resumed == [p + 1 if p % 10 == 0 else 0 for p in range(100)]
+    assert news == list(range(100))
+    assert sorted(outputs) == sorted(f"p{p}" for p in range(0, 100, 10))

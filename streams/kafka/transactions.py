@@ -93,9 +93,36 @@ class PartitionTransactions:
     retry_pause_s: float = 0.5  # the first pause before a refused transaction is tried again
 
     async def assign(self, partitions: Iterable[int]) -> None:
-        """Fence the previous owners of ``partitions`` and read where each resumes."""
+        """Fence the previous owners of ``partitions`` and read where each resumes: a producer
+        per partition, started together, then one read of the group's offsets for them all."""
         new = [p for p in partitions if p not in self.producers and p not in self.opening]
-        await asyncio.gather(*(self._open(p) for p in new))
+        if not new:
+            return
+        starts = {p: self._start(p) for p in new}
+        self.lost.difference_update(new)
+        self.opening.update(new)
+        try:
+            started = await asyncio.gather(*(self._fence_in(p, starts[p]) for p in new))
+            fenced_in = {
+                p: producer for p, producer in zip(new, started, strict=True) if producer is not None
+            }
+            offsets = await self._committed_of(fenced_in, starts)
+            for p, producer in fenced_in.items():
+                if self.starts.get(p) is not starts[p] or starts[p].done():  # revoked meanwhile
+                    await self._stop(producer)
+                    continue
+                self.producers[p] = producer
+                self.next_offset[p] = self.committed[p] = offsets[p]
+                starts[p].set_result(offsets[p])
+            if fenced_in:
+                log.info(
+                    "%d partition(s) of %s transactional, resuming at %s",
+                    len(fenced_in),
+                    self.topic,
+                    ", ".join(f"{p}: {offsets[p]}" for p in sorted(fenced_in)),
+                )
+        finally:
+            self.opening.difference_update(new)
 
     async def revoke(self, partitions: Iterable[int]) -> None:
         """Close the producers of partitions that go (their batches are committed by then)."""
@@ -131,23 +158,15 @@ class PartitionTransactions:
             with contextlib.suppress(Exception):
                 await producer.stop()
 
-    async def _open(self, partition: int) -> None:
-        """Start the partition's producer (fencing any earlier one) and read its committed
-        offset; while the broker cannot be reached, try again until it can or the partition goes."""
-        self.lost.discard(partition)
-        self.opening.add(partition)
-        try:
-            await self._fence_in(partition, self._start(partition))
-        finally:
-            self.opening.discard(partition)
-
-    async def _fence_in(self, partition: int, start: asyncio.Future[int]) -> None:
+    async def _fence_in(self, partition: int, start: asyncio.Future[int]) -> AIOKafkaProducer | None:
+        """The partition's producer, started (which fences any earlier one); tried again while
+        the broker cannot be reached; None if the partition goes meanwhile."""
         delay = self.retry_pause_s
         while not start.done():
             producer = self._producer(partition)
             try:
                 await producer.start()  # InitProducerId: fences the previous owner, ends its transaction
-                offset = await self._committed(partition)
+                return producer
             except KafkaError as exc:
                 await self._stop(producer)
                 log.warning(
@@ -156,16 +175,29 @@ class PartitionTransactions:
                 )  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-                continue
-            if start.done():  # revoked while it started
-                await self._stop(producer)
-                return
-            self.producers[partition] = producer
-            self.next_offset[partition] = self.committed[partition] = offset
-            start.set_result(offset)
-            log.info(
-                "partition %d of %s: transactional, resuming at offset %d", partition, self.topic, offset
-            )
+        return None
+
+    async def _committed_of(
+        self, producers: dict[int, AIOKafkaProducer], starts: dict[int, asyncio.Future[int]]
+    ) -> dict[int, int]:
+        """The committed offset of each partition of ``producers``, in one request, read once
+        they are fenced in (so final); tried again while the broker cannot be reached."""
+        delay = self.retry_pause_s
+        while producers and not all(starts[p].done() for p in producers):
+            tps = [TopicPartition(self.topic, p) for p in producers]
+            try:
+                found = await group_offsets(self.bootstrap_servers, self.group_id, tps, self.options)
+                return {tp.partition: max(found.get(tp, -1), 0) for tp in tps}
+            except KafkaError as exc:
+                log.warning(
+                    "could not read the committed offsets of %s (%s); trying again in %.1fs",
+                    self.topic,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        return {p: 0 for p in producers}  # all revoked meanwhile: unused
 
     async def _renew(self, partition: int) -> None:
         """A new producer for a partition still ours, under the same transactional id: a new
