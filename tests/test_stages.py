@@ -434,6 +434,22 @@ def test_a_model_that_fails_on_every_text_holds_the_stream_and_dead_letters_noth
     assert said == ["RuntimeError: CUDA error: device lost", None]
 
 
+def test_the_probe_is_a_new_text_each_time_so_no_cached_embedding_answers_it():
+    probes: list[str] = []
+
+    async def model(texts: list[str]) -> None:
+        probes.extend(texts)
+        raise RuntimeError("encoder gone")
+
+    async def run() -> None:
+        guard = ScoringGuard(model, lambda _: None)
+        await guard.probe()
+        await guard.probe()
+
+    asyncio.run(run())
+    assert len(probes) == 2 and probes[0] != probes[1]
+
+
 def test_a_batch_of_poison_messages_alone_is_still_dead_lettered_when_the_model_works():
     async def score(texts: list[str]) -> tuple[Scores, str]:
         if any("poison" in t for t in texts):

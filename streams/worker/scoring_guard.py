@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -77,7 +78,7 @@ class ScoringGuard:
         out = await process(messages)
         pause, held = self.first_pause_s, False
         while failed_whole(out):
-            error = await self._probe()
+            error = await self.probe()
             if error is None:
                 if not held:
                     return out  # the model works: these messages are at fault, dead-lettered
@@ -97,9 +98,11 @@ class ScoringGuard:
             pause = min(pause * 2, self.max_pause_s)
         return out
 
-    async def _probe(self) -> str | None:
+    async def probe(self) -> str | None:
+        """What the model raises on a text (one line), or None when it scores it."""
         try:
-            await self.model([PROBE_TEXT])
+            # A text never seen before: a cached embedding would answer without the encoder.
+            await self.model([f"{PROBE_TEXT} ({uuid.uuid4().hex[:12]})"])
             return None
         except Exception as exc:
             return f"{type(exc).__name__}: {str(exc)[:200]}"
