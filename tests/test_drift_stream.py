@@ -48,6 +48,26 @@ def _signals(kafka, topic):
     ]
 
 
+def _episode_seen_after(kafka, alerts_topic, sent_ms):
+    """The ``ood_cusum`` drift alert whose window reaches a text sent after ``sent_ms`` (the
+    foreign phase's), or, when a false alarm late in the normal phase opened an episode that
+    the foreign alarms then joined (rare: see the docstring below), that open episode's."""
+    opened = collect(
+        kafka,
+        alerts_topic,
+        1,
+        timeout_s=90,
+        settle_s=1,
+        match=lambda a: a["detector"] == "ood_cusum" and a["window"]["last_time_ms"] >= sent_ms,
+    )
+    if not opened:
+        so_far = _cusum(collect(kafka, alerts_topic, 0, timeout_s=10, settle_s=1))
+        closed = {a["alert_id"] for a in so_far if a["status"] == "resolved"}
+        opened = [a for a in so_far if a["status"] == "drift" and a["alert_id"] not in closed]
+    assert [a["status"] for a in opened] == ["drift"], opened
+    return opened[0]
+
+
 def test_drift_episode_alerts_once_resolves_and_survives_restart(kafka, drift_registry, tmp_path):
     """The foreign phase (``b``, then ``c`` after a restart) is one ``ood_cusum`` episode: one
     ``drift`` alert, one ``resolved`` after the stream is back to normal (``d``).
@@ -70,22 +90,7 @@ def test_drift_episode_alerts_once_resolves_and_survives_restart(kafka, drift_re
         send_json(kafka, w.topics["input"], _messages("b", foreign, 400, rng))
         # The foreign texts open an episode; restart once it is open, while ``b`` is still
         # being scored. An alert whose window reaches a text sent after ``b_sent_ms`` saw ``b``.
-        first = collect(
-            kafka,
-            w.topics["alerts"],
-            1,
-            timeout_s=90,
-            settle_s=1,
-            match=lambda a: a["detector"] == "ood_cusum" and a["window"]["last_time_ms"] >= b_sent_ms,
-        )
-        if not first:
-            # A false alarm late in ``a`` opened an episode that ``b``'s alarms then joined (rare:
-            # see the docstring); that open episode is the one under test.
-            so_far = _cusum(collect(kafka, w.topics["alerts"], 0, timeout_s=10, settle_s=1))
-            closed = {a["alert_id"] for a in so_far if a["status"] == "resolved"}
-            first = [a for a in so_far if a["status"] == "drift" and a["alert_id"] not in closed]
-        assert [a["status"] for a in first] == ["drift"], first
-        alert = first[0]
+        alert = _episode_seen_after(kafka, w.topics["alerts"], b_sent_ms)
         assert alert["model_version"] == Registry(drift_registry).current()
         assert alert["statistic"] > alert["threshold"] and alert["window"]["n"] >= 1
         assert alert["window"]["first_offset"] <= alert["window"]["last_offset"]
@@ -185,20 +190,7 @@ def test_the_worker_that_takes_over_drift_signals_resumes_the_open_episode(kafka
         assert len(collect(kafka, topics["scored"], 1200, settle_s=0)) == 1200
         b_sent_ms = time.time() * 1000
         send_json(kafka, topics["input"], _messages("b", foreign, 400, rng))
-        opened = collect(
-            kafka,
-            topics["alerts"],
-            1,
-            timeout_s=90,
-            settle_s=1,
-            match=lambda a: a["detector"] == "ood_cusum" and a["window"]["last_time_ms"] >= b_sent_ms,
-        )
-        if not opened:  # a rare false alarm late in ``a`` opened the episode ``b`` joined
-            so_far = _cusum(collect(kafka, topics["alerts"], 0, timeout_s=10, settle_s=1))
-            closed = {a["alert_id"] for a in so_far if a["status"] == "resolved"}
-            opened = [a for a in so_far if a["status"] == "drift" and a["alert_id"] not in closed]
-        assert [a["status"] for a in opened] == ["drift"], opened
-        alert = opened[0]
+        alert = _episode_seen_after(kafka, topics["alerts"], b_sent_ms)
         holders = [w for w in workers if alert["alert_id"] in w.log()]
         assert len(holders) == 1, [w.log()[-1500:] for w in workers]
         holder = holders[0]
