@@ -2,7 +2,7 @@
 
 ``worker/`` the running service (Faust app, stages, drift agent, serving, metrics);
 ``kafka/`` Kafka plumbing (clients, delivery, topics, security, guarantees, embedded broker);
-``commands/`` the CLI's longer jobs (replay, rescore, demo, bench). ``cli.py`` only parses
-and dispatches. May import ``models``, ``schemas`` and ``training``; nothing imports it but
+``commands/`` a module per command: its flags, its run and its job. ``cli.py`` is ``main``:
+global flags, logging, exit codes. May import ``models``, ``schemas`` and ``training``; nothing imports it but
 its own rooms.
 """

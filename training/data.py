@@ -178,6 +178,22 @@ class Labelled:
     rows: list[Row]
     split_made: str | None = None
 
+    def of_split(self, split: str | None) -> list[Row]:
+        """The rows of ``split`` (``None`` or ``any``: all); none is an error naming the splits there are.
+
+        >>> Labelled([Row("a", "x", "train"), Row("b", "x", "test")]).of_split("test")
+        [Row(text='b', label='x', split='test')]
+        >>> Labelled([Row("a", "x", "train")]).of_split("val")
+        Traceback (most recent call last):
+        ...
+        ValueError: no rows with split 'val' (there are: train); pass --split any for all
+        """
+        rows = [r for r in self.rows if split in (None, "any") or r.split == split]
+        if not rows:
+            have = ", ".join(sorted({r.split for r in self.rows}))
+            raise ValueError(f"no rows with split {split!r} (there are: {have}); pass --split any for all")
+        return rows
+
 
 def read_labelled(path: str | Path, columns: Columns | None = None) -> Labelled:
     """Read labelled rows; a missing column or an unusable row is an error that names it.

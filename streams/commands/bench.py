@@ -45,6 +45,7 @@ run are what to compare across machines; absolute rates depend on the CPU.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import dataclasses
@@ -61,6 +62,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from streamscore.streams.commands import progress
+from streamscore.streams.commands.base import Command, common, count, settings_of, show
 from streamscore.streams.commands.bench_worker import (
     BENCH_DATA,
     WorkerProcess,
@@ -613,3 +616,75 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+# ------------------------------------------------------------------ the command
+
+
+def options(sp: argparse.ArgumentParser) -> None:
+    common(sp, kafka=True, as_json=True)
+    sp.add_argument("--messages", type=count, default=4_000, help="per end-to-end run")
+    sp.add_argument(
+        "--repeats",
+        type=count,
+        default=3,
+        help="turns of end-to-end runs, each next to raw-encoder passes (ratios: median over turns)",
+    )
+    sp.add_argument("--naive-messages", dest="naive_messages", type=count, default=800)
+    sp.add_argument(
+        "--latency-seconds",
+        dest="latency_seconds",
+        type=float,
+        default=20.0,
+        help="per load level and window",
+    )
+    sp.add_argument(
+        "--latency-windows",
+        dest="latency_windows",
+        type=count,
+        default=3,
+        help="windows at 50%% load, each through a new worker; the percentiles pool them",
+    )
+    sp.add_argument(
+        "--backends", default=None, help="comma-separated, e.g. torch,onnx,onnx-int8 (first: latency, memory)"
+    )
+    sp.add_argument(
+        "--no-scale-out",
+        dest="no_scale_out",
+        action="store_true",
+        help="skip one worker on one core vs. two workers on a core each",
+    )
+    sp.add_argument(
+        "--exactly-once",
+        dest="exactly_once",
+        action="store_true",
+        help="also run an exactly-once worker in every turn (a broker with transactions: Apache Kafka)",
+    )
+    sp.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    sp.add_argument("--device", default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = BenchOptions(
+        messages=args.messages,
+        repeats=args.repeats,
+        naive_messages=args.naive_messages,
+        latency_seconds=args.latency_seconds,
+        latency_windows=args.latency_windows,
+        backends=tuple(b for b in (args.backends or "").split(",") if b),
+        scale_out=not args.no_scale_out,
+        exactly_once=args.exactly_once,
+        say=progress.say("bench"),
+    )
+    result = run_bench(settings_of(args), opts)
+    show(args, result, json.dumps(result, indent=2))
+    return 0
+
+
+COMMAND = Command(
+    name="bench",
+    help="raw encoder vs. end-to-end worker vs. naive consumer, latency and memory (docs/performance.md)",
+    options=options,
+    run=run,
+    examples=("streamscore bench --bootstrap-servers localhost:9092 --json",),
+)

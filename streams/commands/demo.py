@@ -9,6 +9,7 @@ OOD rate and drift alerts as they arrive.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -24,6 +25,7 @@ from typing import Any
 from streamscore.models.drift.explain import summary
 from streamscore.models.ood import KEEP_IN_DIST
 from streamscore.models.registry import Registry
+from streamscore.streams.commands.base import Command, common, settings_of
 from streamscore.streams.commands.replay import ReplayOptions, replay_file
 from streamscore.streams.kafka.broker import bootstrap_or_embedded, stop_process
 from streamscore.streams.kafka.client import format_scored, read_topic
@@ -270,3 +272,35 @@ async def _count(bootstrap: str, topic: str) -> int:
     async for _ in read_topic(bootstrap, topic, idle_timeout_s=3):
         n += 1
     return n
+
+
+# ------------------------------------------------------------------ the command
+
+
+def options(sp: argparse.ArgumentParser) -> None:
+    common(sp, kafka=True)
+    sp.add_argument("--n-in", type=int, default=600, help="in-distribution messages before the drift")
+    sp.add_argument("--n-drift", type=int, default=400, help="messages in the drift phase")
+    sp.add_argument("--drift-share", type=float, default=0.5, help="share of OOD texts in the drift phase")
+    sp.add_argument("--n-after", type=int, default=1_200, help="in-distribution messages after the drift")
+    sp.add_argument("--rate", type=float, default=150.0, help="messages per second")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_demo(
+        settings_of(args),
+        n_in=args.n_in,
+        n_drift=args.n_drift,
+        drift_share=args.drift_share,
+        rate=args.rate,
+        n_after=args.n_after,
+    )
+
+
+COMMAND = Command(
+    name="demo",
+    help="broker + model + worker + a demo stream with a drift phase",
+    options=options,
+    run=run,
+    examples=("streamscore demo", "streamscore demo --n-drift 800 --drift-share 0.8"),
+)

@@ -13,6 +13,7 @@ counted and left.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import json
@@ -23,10 +24,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from streamscore.schemas.messages import DLQ_REASONS
+from streamscore.streams.commands.base import Command, common, on_broker, settings_of, show
 from streamscore.streams.commands.progress import say
 from streamscore.streams.kafka.client import group_offsets, wait_for_partitions
 from streamscore.streams.kafka.delivery import Record, deliver
 from streamscore.streams.kafka.ranges import end_offsets
+from streamscore.streams.kafka.security import client_options
 from streamscore.streams.settings import Settings
 
 IDLE_S = 30.0  # a partition that gives nothing this long (a transaction left open) is read no further
@@ -175,3 +179,46 @@ async def _commit(
         await consumer.commit({tp: end for tp, end in ends.items() if end > 0})
     finally:
         await consumer.stop()
+
+
+# ------------------------------------------------------------------ the command
+
+
+def options(sp: argparse.ArgumentParser) -> None:
+    common(sp, kafka=True, as_json=True)
+    sp.add_argument(
+        "--resend",
+        action="append",
+        choices=DLQ_REASONS,
+        metavar="REASON",
+        help="send the dead letters of REASON (scoring_failed, output_too_large, ...) not resent "
+        "before back to the input topic; repeatable",
+    )
+    sp.add_argument("--dlq-topic", dest="dlq_topic", default=None)
+    sp.add_argument("--input-topic", dest="input_topic", default=None)
+    sp.add_argument("--group-id", dest="group_id", default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_of(args)
+    found = on_broker(
+        settings,
+        lambda bootstrap: dead_letters(bootstrap, settings, client_options(settings), args.resend or []),
+    )
+    show(args, found.as_json(), describe(found))
+    return 0
+
+
+COMMAND = Command(
+    name="dlq",
+    help="dead letters by reason; --resend REASON sends them back to be scored",
+    description="Resent dead letters go to the input topic as they first came; a consumer group "
+    "per reason (<group-id>.dlq-resend.<reason>) keeps how far, so each is resent once. Those "
+    "that carry only part of their value are counted and left.",
+    options=options,
+    run=run,
+    examples=(
+        "streamscore dlq --bootstrap-servers localhost:9092",
+        "streamscore dlq --resend scoring_failed --bootstrap-servers localhost:9092 --json",
+    ),
+)

@@ -15,12 +15,14 @@ ids let a consumer drop the repeats.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import hashlib
 import json
 import os
 import signal
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -38,8 +40,9 @@ from streamscore.schemas.messages import (
     parse_input,
     ts_to_ms,
 )
+from streamscore.streams.commands.base import Command, common, on_broker, settings_of, show
 from streamscore.streams.commands.progress import bar
-from streamscore.streams.kafka.security import unreachable
+from streamscore.streams.kafka.security import client_options, unreachable
 from streamscore.streams.settings import Settings
 from streamscore.training.data import BadRecord, count_records, field_specs, read_records
 
@@ -543,3 +546,94 @@ def describe(summary: ReplaySummary, file_arg: str, topic_arg: str | None = None
             f"continues from {where}"
         )
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ the command
+
+
+def options(sp: argparse.ArgumentParser) -> None:
+    common(sp, kafka=True, as_json=True)
+    sp.add_argument("file", help="JSONL, CSV, TSV or Parquet; .gz accepted for the text formats")
+    sp.add_argument("--topic", default=None, help="default: the input topic (texts)")
+    pace = sp.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--rate", type=float, default=None, help="rows per second (default: as fast as possible)"
+    )
+    pace.add_argument(
+        "--speed", type=float, default=None, help="the rows' own spacing in time, sped up by this factor"
+    )
+    sp.add_argument(
+        "--keep-timestamps", action="store_true", help="Kafka timestamp = the row's time (its ts field)"
+    )
+    sp.add_argument("--skip", type=int, default=0, help="start after this many rows")
+    sp.add_argument("--limit", type=int, default=None, help="send at most this many rows")
+    sp.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="take a message field (id, text, ts, source, meta) from another column; repeatable",
+    )
+    sp.add_argument("--id-prefix", default=None, help="ids made for rows without one: PREFIX + line number")
+    sp.add_argument(
+        "--no-extra-meta", action="store_true", help="drop unmapped columns instead of putting them in meta"
+    )
+    sp.add_argument(
+        "--send-malformed",
+        action="store_true",
+        help="send malformed rows too, so the worker dead-letters them",
+    )
+    sp.add_argument(
+        "--resume", action="store_true", help="continue an interrupted replay of this file and topic"
+    )
+    sp.add_argument("--max-text-chars", dest="max_text_chars", type=int, default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_of(args)
+    opts = ReplayOptions(
+        topic=args.topic or settings.input_topic,
+        fields=FieldMap.parse(args.field),
+        id_prefix=args.id_prefix,
+        keep_timestamps=args.keep_timestamps,
+        rate=args.rate,
+        speed=args.speed,
+        skip=args.skip,
+        limit=args.limit,
+        send_malformed=args.send_malformed,
+        extra_meta=not args.no_extra_meta,
+        resume=args.resume,
+    )
+    opts.check()
+
+    async def send(bootstrap: str) -> ReplaySummary:
+        stop = asyncio.Event()
+        install_interrupt(stop, say=lambda m: print(f"\nreplay: {m}", file=sys.stderr, flush=True))
+        return await replay_file(
+            args.file,
+            bootstrap,
+            opts,
+            state_dir=settings.registry,
+            max_text_chars=settings.max_text_chars,
+            max_message_bytes=settings.max_message_bytes,
+            progress=True,  # on stderr: a bar on a terminal, plain lines otherwise
+            stop=stop,
+            client_options=client_options(settings),
+        )
+
+    summary = on_broker(settings, send)
+    show(args, summary.as_json(), describe(summary, args.file, args.topic))
+    return 0 if summary.complete else 130 if summary.interrupted else 1
+
+
+COMMAND = Command(
+    name="replay",
+    help="send the rows of a JSONL, CSV or Parquet file to the input topic (paced, resumable)",
+    description="Rows become input messages (docs/replay.md). Malformed rows are reported with "
+    "their line numbers and not sent. Ctrl-C stops cleanly; --resume continues from there.",
+    options=options,
+    run=run,
+    examples=(
+        'streamscore replay reviews.csv --field text="Review Text" --rate 200 --bootstrap-servers localhost:9092',
+    ),
+)

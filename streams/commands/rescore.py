@@ -11,6 +11,7 @@ OOD-score correlation and the ids whose verdict changed.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import time
@@ -23,6 +24,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streamscore.models.batch import OutputLimits, RawMessage, process_batch
 from streamscore.schemas.messages import Origin, record_bytes_allowed
+from streamscore.streams.commands.base import (
+    Command,
+    common,
+    on_broker,
+    settings_of,
+    show,
+    window_of,
+    window_options,
+)
 from streamscore.streams.commands.progress import bar
 from streamscore.streams.kafka.client import wait_for_partitions
 from streamscore.streams.kafka.ranges import (
@@ -298,3 +308,66 @@ def describe(result: RescoreResult) -> str:
                 f"  {c['missing_live']} records have no live result (not scored yet, or dead-lettered)"
             )
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ the command
+
+
+def options(sp: argparse.ArgumentParser) -> None:
+    common(sp, kafka=True, as_json=True)
+    window_options(sp, lateness=True)
+    sp.add_argument("--model", default=None, help="version or artifact folder (default CURRENT)")
+    sp.add_argument("--device", default=None)
+    sp.add_argument("--output-topic", default=None, help="default <input topic>.rescored.<version>")
+    sp.add_argument("--input-topic", dest="input_topic", default=None)
+    sp.add_argument(
+        "--scored-topic", dest="scored_topic", default=None, help="the live results --compare reads"
+    )
+    sp.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    sp.add_argument(
+        "--compare", action="store_true", help="compare with what the live model wrote for the same records"
+    )
+    sp.add_argument(
+        "--max-changed", type=int, default=1_000, help="changed records listed in full (all are counted)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamscore.streams.kafka.broker import require_broker
+    from streamscore.streams.worker.run import load_scorer
+
+    settings = settings_of(args)
+    require_broker(settings.bootstrap_servers, settings.embedded_broker)  # before loading a model
+    window = window_of(args)
+    scorer = load_scorer(settings)
+    output = args.output_topic or f"{settings.input_topic}.rescored.{scorer.version}"
+    if output in (settings.input_topic, settings.scored_topic):
+        raise ValueError(
+            f"--output-topic {output} would mix rescored records into a live topic; pick another"
+        )
+    result = on_broker(
+        settings,
+        lambda bootstrap: rescore(
+            settings,
+            bootstrap,
+            window,
+            ModelHolder(scorer),
+            output,
+            compare=args.compare,
+            max_changed=args.max_changed,
+            progress=True,  # on stderr: a bar on a terminal, plain lines otherwise
+        ),
+    )
+    show(args, result.as_json(), describe(result))
+    return 0
+
+
+COMMAND = Command(
+    name="rescore",
+    help="score a time or offset range of the input topic again, with a chosen model, into its own topic",
+    description="Reads without a consumer group, so live workers are not disturbed. Times: ISO-8601, "
+    "epoch ms, 'now' or -15m/-2h/-7d (write --from=-2h). The range ends where it stood at the start.",
+    options=options,
+    run=run,
+    examples=("streamscore rescore --from=-2h --bootstrap-servers localhost:9092",),
+)

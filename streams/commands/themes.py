@@ -9,6 +9,7 @@ seeded uniform sample of them beyond that), so memory stays bounded over any ran
 
 from __future__ import annotations
 
+import argparse
 import random
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,15 @@ from aiokafka import AIOKafkaConsumer
 from streamscore.models.scoring import Scorer
 from streamscore.models.themes import Background, find_themes
 from streamscore.schemas.messages import InputText, Origin, parse_input
+from streamscore.streams.commands.base import (
+    Command,
+    common,
+    on_broker,
+    settings_of,
+    show,
+    window_of,
+    window_options,
+)
 from streamscore.streams.commands.progress import bar, say
 from streamscore.streams.kafka.ranges import PartitionRange, Window, plan_ranges, read_window
 from streamscore.streams.kafka.security import client_options
@@ -162,3 +172,69 @@ def score_flags(scorer: Scorer, X: np.ndarray) -> np.ndarray:
     """``is_ood`` of each row, as the worker decides it."""
     art = scorer.artifact
     return np.asarray(art.ood.score(X, art.head) > art.ood_threshold)
+
+
+# ------------------------------------------------------------------ the command
+
+
+def options(sp: argparse.ArgumentParser) -> None:
+    common(sp, kafka=True, as_json=True)
+    window_options(sp)
+    sp.add_argument("--model", default=None)
+    sp.add_argument("--device", default=None)
+    sp.add_argument("--input-topic", dest="input_topic", default=None)
+    sp.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    sp.add_argument(
+        "--max-texts",
+        type=int,
+        default=5_000,
+        help="foreign texts clustered at most (a uniform sample beyond)",
+    )
+    sp.add_argument(
+        "--text-chars", type=int, default=200, help="example texts are cut to this many characters"
+    )
+    sp.add_argument(
+        "--no-texts", action="store_true", help="keywords and counts only: no customer text in the output"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamscore.streams.kafka.broker import require_broker
+    from streamscore.streams.worker.run import load_scorer
+
+    settings = settings_of(args)
+    require_broker(settings.bootstrap_servers, settings.embedded_broker)  # before loading a model
+    window = window_of(args)
+    if args.max_texts < 10:
+        raise ValueError("--max-texts must be at least 10")
+    scorer = load_scorer(settings)
+    result = on_broker(
+        settings,
+        lambda bootstrap: range_themes(
+            settings,
+            bootstrap,
+            window,
+            scorer,
+            max_texts=args.max_texts,
+            text_chars=args.text_chars,
+            with_texts=not args.no_texts,
+            progress=True,
+        ),
+    )
+    show(args, result.as_json(), describe(result))
+    return 0
+
+
+COMMAND = Command(
+    name="themes",
+    help="group the foreign texts of a time or offset range of the input topic into themes",
+    description="Reads without a consumer group and scores the range with a chosen model; the texts it "
+    "flags as OOD are clustered, each theme shown with its size, keywords and example texts. Times: "
+    "ISO-8601, epoch ms, 'now' or -15m/-2h/-7d (write --from=-2h).",
+    options=options,
+    run=run,
+    examples=(
+        "streamscore themes --from=-1h --bootstrap-servers localhost:9092",
+        "streamscore themes --from 2026-12-05T03:00:00Z --to 2026-12-05T04:00:00Z --no-texts --json",
+    ),
+)

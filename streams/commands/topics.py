@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 
+from streamscore.streams.commands.base import Command, common, on_broker, settings_of, show
+from streamscore.streams.kafka.security import client_options
 from streamscore.streams.kafka.topics import describe_configs, ensure_topics, topic_configs, topic_plan
 from streamscore.streams.settings import Settings
 
@@ -111,3 +114,40 @@ def table(states: list[TopicState]) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows
     )
+
+
+# ------------------------------------------------------------------ the command
+
+
+def options(sp: argparse.ArgumentParser) -> None:
+    common(sp, kafka=True, as_json=True)
+    sp.add_argument(
+        "--create", action="store_true", help="create the missing topics first (existing ones are left alone)"
+    )
+    sp.add_argument("--partitions", type=int, default=None, help="partitions of the input and scored topics")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = settings_of(args)
+    options = client_options(settings)
+
+    async def check(bootstrap: str) -> tuple[str, list[TopicState]]:
+        if args.create:
+            await create_missing(bootstrap, settings, options)
+        return bootstrap, await describe(bootstrap, settings, options)
+
+    bootstrap, states = on_broker(settings, check)
+    show(args, {"bootstrap_servers": bootstrap, "topics": [s.as_json() for s in states]}, table(states))
+    # Exit 1 when a topic is missing or not as the settings want, so a deploy script can check.
+    return 1 if any(s.problems for s in states) else 0
+
+
+COMMAND = Command(
+    name="topics",
+    help="show the topics streamscore uses, as the settings want them and as they are; --create makes them",
+    description="On a cluster set STREAMSCORE_REPLICATION_FACTOR=3 STREAMSCORE_MIN_INSYNC_REPLICAS=2 "
+    "first. Exit code 1 when a topic is missing or differs from the settings.",
+    options=options,
+    run=run,
+    examples=("streamscore topics --bootstrap-servers localhost:9092 --create --partitions 6",),
+)
