@@ -5,7 +5,8 @@ only the topics it tracks), Faust's running producer (we hand it whole partition
 ``Topic.send`` records), the consumer's fetch wait (Faust fixes it at 1.5 s) and isolation level
 (Faust reads ``read_committed`` only in its own exactly-once mode), Faust's offset commit
 (streams/kafka/faust_transport.py filters it), and a request that the group rebalance (aiokafka
-has no ``enforce_rebalance``; exactly-once asks for one when a partition's producer is fenced). :func:`check`
+has no ``enforce_rebalance``; exactly-once asks for one when a partition's producer is fenced), and
+mode's worker shutdown steps that the worker bounds. :func:`check`
 fails loudly, naming what moved, when an upgrade renames one; tests/test_kafka_internals.py runs
 it against the installed versions.
 """
@@ -62,6 +63,7 @@ def check() -> None:
     from aiokafka.consumer.group_coordinator import GroupCoordinator
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Producer
     from faust.transport.drivers.aiokafka import Consumer as FaustConsumer
+    from mode import Worker as ModeWorker
 
     missing = [
         name
@@ -71,6 +73,10 @@ def check() -> None:
             (FaustConsumer, "_commit", "faust Consumer._commit"),
             (AIOKafkaConsumerThread, "_ensure_consumer", "faust AIOKafkaConsumerThread._ensure_consumer"),
             (GroupCoordinator, "request_rejoin", "aiokafka GroupCoordinator.request_rejoin"),
+            # streams/worker/run.py's BoundedShutdownWorker overrides these of mode's Worker
+            (ModeWorker, "_schedule_shutdown", "mode Worker._schedule_shutdown"),
+            (ModeWorker, "_gather_all", "mode Worker._gather_all"),
+            (ModeWorker, "_sentinel_task", "mode Worker._sentinel_task"),
         )
         if not hasattr(owner, attr)
     ]

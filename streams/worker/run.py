@@ -164,6 +164,20 @@ class BoundedShutdownWorker(faust.Worker):
             self._deadline.start()
         super()._schedule_shutdown(signal)
 
+    # By then every service has stopped, the producer is flushed and offsets are committed;
+    # mode still waits up to 1 s for tasks that are never going to end, then sleeps 1 s more
+    # before closing the loop. A restart or a rolling deploy pays that on every worker.
+    def _gather_all(self) -> None:
+        for _ in range(4):
+            if not asyncio.all_tasks(self.loop):
+                break
+            self.loop.run_until_complete(asyncio.sleep(0.05))
+        for task in asyncio.all_tasks(self.loop):
+            task.cancel()
+
+    async def _sentinel_task(self) -> None:
+        await asyncio.sleep(0.05)
+
 
 def _give_up(timeout_s: float) -> None:
     print(
