@@ -165,6 +165,20 @@ def test_river_page_hinkley_is_calibrated_and_fires_on_falling_confidence():
     assert any(det.update(_sig(conf=float(c))) for c in low)
 
 
+@pytest.mark.parametrize("threshold", [0.5, 2.0, 5.0, 20.0])
+def test_calibration_counts_the_alarms_river_s_page_hinkley_gives(threshold):
+    """Calibration's fast loop is River's detector, alarm for alarm (the one the worker runs)."""
+    from streamscore.models.drift.confidence_drop import page_hinkley_alarms
+
+    rng = np.random.default_rng(int(threshold * 10))
+    # Calm, then a fall in confidence, then calm again: alarms, resets and quiet stretches.
+    conf = np.concatenate([rng.beta(8, 2, 3000), rng.beta(5, 5, 500), rng.beta(8, 2, 3000)]).tolist()
+    det = ConfidenceDrop(threshold, min_instances=30)
+    river = sum(det.update(_sig(conf=c)) for c in conf)
+    assert page_hinkley_alarms([1.0 - c for c in conf], threshold, min_instances=30) == river
+    assert river > 0 or threshold == 20.0
+
+
 @pytest.mark.parametrize(
     "make",
     [
