@@ -176,7 +176,9 @@ def small_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def embedder():
     from streamscore.models.embedder import Embedder
 
-    return Embedder.load()
+    # Tests of one process share it, and many embed the same CLINC150 rows: a cache hit returns
+    # exactly what encoding would (tests/test_embedder.py), so each text is encoded once.
+    return Embedder.load(cache_size=200_000)
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,17 @@ import json
 import random
 
 import numpy as np
+import pytest
 
 from tests.conftest import CLINC
+
+
+@pytest.fixture(scope="module")
+def encoder(embedder):
+    """The session's embedder without its cache: these tests are of the encoding itself."""
+    import dataclasses
+
+    return dataclasses.replace(embedder, cache=None)
 
 
 def _texts(n: int = 400) -> list[str]:
@@ -17,9 +26,9 @@ def _texts(n: int = 400) -> list[str]:
     return short + long
 
 
-def test_same_text_same_vector_whatever_the_batch(embedder):
+def test_same_text_same_vector_whatever_the_batch(encoder):
     texts = _texts()
-    whole = embedder.encode(texts)
+    whole = encoder.encode(texts)
     rng = random.Random(1)
     for _ in range(2):
         order = list(range(len(texts)))
@@ -28,27 +37,27 @@ def test_same_text_same_vector_whatever_the_batch(embedder):
         i = 0
         while i < len(order):
             chunk = order[i : i + rng.randint(1, 80)]
-            again[chunk] = embedder.encode([texts[j] for j in chunk])
+            again[chunk] = encoder.encode([texts[j] for j in chunk])
             i += len(chunk)
         assert np.array_equal(whole, again), float(np.abs(whole - again).max())
 
 
-def test_bucketed_vectors_match_sentence_transformers(embedder):
+def test_bucketed_vectors_match_sentence_transformers(encoder):
     texts = _texts(200)
-    ours = embedder.encode(texts)
-    theirs = embedder._encode_plain(texts, progress=False)  # noqa: SLF001 - the reference path itself
-    assert ours.shape == theirs.shape == (len(texts), embedder.dim)
+    ours = encoder.encode(texts)
+    theirs = encoder._encode_plain(texts, progress=False)  # noqa: SLF001 - the reference path itself
+    assert ours.shape == theirs.shape == (len(texts), encoder.dim)
     assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
     # Same model, same maths: only float rounding differs.
     assert np.abs(ours - theirs).max() < 1e-5
 
 
-def test_cache_hits_return_exactly_what_encoding_would(embedder):
+def test_cache_hits_return_exactly_what_encoding_would(encoder):
     from streamscore.models.cache import EmbeddingCache
 
     texts = _texts(120)
-    plain = embedder.encode(texts)
-    cached = type(embedder)(embedder.name, embedder.device, embedder.model, cache=EmbeddingCache(1_000))
+    plain = encoder.encode(texts)
+    cached = type(encoder)(encoder.name, encoder.device, encoder.model, cache=EmbeddingCache(1_000))
     # Duplicates and whitespace variants within one call, then the whole list again: all hits.
     noisy = texts[:40] + ["  " + t.replace(" ", "   ") + "\n" for t in texts[:40]] + texts[40:]
     first = cached.encode(noisy)
@@ -61,7 +70,7 @@ def test_cache_hits_return_exactly_what_encoding_would(embedder):
     assert cached.cache.hits == len(texts)
 
 
-def test_threads_encoding_at_once_get_exactly_the_same_vectors(embedder):
+def test_threads_encoding_at_once_get_exactly_the_same_vectors(encoder):
     from concurrent.futures import ThreadPoolExecutor
 
     import torch
@@ -70,9 +79,9 @@ def test_threads_encoding_at_once_get_exactly_the_same_vectors(embedder):
     from streamscore.models.embedder import threads_per_call
 
     texts = _texts(240)
-    plain = embedder.encode(texts)
-    shared = type(embedder)(
-        embedder.name, embedder.device, embedder.model, cache=EmbeddingCache(10_000), encoder_threads=2
+    plain = encoder.encode(texts)
+    shared = type(encoder)(
+        encoder.name, encoder.device, encoder.model, cache=EmbeddingCache(10_000), encoder_threads=2
     )
     chunks = [texts[i : i + 16] for i in range(0, len(texts), 16)]
     # Twice over: in the second round cache hits race with the misses of other threads.
@@ -86,16 +95,16 @@ def test_threads_encoding_at_once_get_exactly_the_same_vectors(embedder):
     assert threads == {threads_per_call(2)}
 
 
-def test_the_vectors_do_not_depend_on_the_threads(embedder):
+def test_the_vectors_do_not_depend_on_the_threads(encoder):
     import dataclasses
 
     import torch
 
     texts = _texts(160)
-    two = dataclasses.replace(embedder, encoder_threads=2)
+    two = dataclasses.replace(encoder, encoder_threads=2)
     assert two.pool is not None and two.pool.threads == 2
     pooled = two.encode(texts)  # forwards side by side on the encode pool's two threads
-    alone = dataclasses.replace(embedder, encoder_threads=1)  # forwards in this thread
+    alone = dataclasses.replace(encoder, encoder_threads=1)  # forwards in this thread
     before = torch.get_num_threads()
     torch.set_num_threads(2)  # a forward must still run on one: two split the products by size
     try:
@@ -105,20 +114,20 @@ def test_the_vectors_do_not_depend_on_the_threads(embedder):
         torch.set_num_threads(before)
 
 
-def test_a_long_encode_with_a_progress_bar_gives_the_same_vectors(embedder, capsys):
+def test_a_long_encode_with_a_progress_bar_gives_the_same_vectors(encoder, capsys):
     import dataclasses
 
-    small = dataclasses.replace(embedder, batch_size=8, encoder_threads=2)  # parts of 128 texts
+    small = dataclasses.replace(encoder, batch_size=8, encoder_threads=2)  # parts of 128 texts
     texts = _texts(300)
     assert np.array_equal(small.encode(texts, progress=True), small.encode(texts))
     assert "embedding" in capsys.readouterr().err  # the bar moved over the parts
 
 
-def test_onnx_backends_agree_with_torch(embedder, tmp_path):
+def test_onnx_backends_agree_with_torch(encoder, tmp_path):
     from streamscore.models.embedder import Embedder
 
     texts = _texts(150)
-    reference = embedder.encode(texts)
+    reference = encoder.encode(texts)
     fp32 = Embedder.load(backend="onnx", cache_dir=tmp_path)
     int8 = Embedder.load(backend="onnx-int8", cache_dir=tmp_path)
     assert (fp32.backend, int8.backend, fp32.device) == ("onnx", "onnx-int8", "cpu")
@@ -149,27 +158,27 @@ def test_unknown_backend_is_refused_with_the_choices():
         Embedder.load(backend="tensorrt")
 
 
-def test_the_traced_encoder_gives_the_eager_vectors_bit_for_bit(embedder):
-    eager = type(embedder)(embedder.name, embedder.device, embedder.model, trace=False)
+def test_the_traced_encoder_gives_the_eager_vectors_bit_for_bit(encoder):
+    eager = type(encoder)(encoder.name, encoder.device, encoder.model, trace=False)
     texts = _texts(200)
-    assert np.array_equal(embedder.encode(texts), eager.encode(texts))
-    assert embedder.traced and not eager.traced
+    assert np.array_equal(encoder.encode(texts), eager.encode(texts))
+    assert encoder.traced and not eager.traced
 
 
-def test_a_copy_traces_its_own_weights(embedder):
+def test_a_copy_traces_its_own_weights(encoder):
     import copy
 
     import torch
 
     texts = _texts(60)
-    before = embedder.encode(texts)
-    tuned = copy.deepcopy(embedder)
+    before = encoder.encode(texts)
+    tuned = copy.deepcopy(encoder)
     assert not tuned.traced  # the original's trace holds the original's weights
     assert np.array_equal(tuned.encode(texts), before) and tuned.traced
     with torch.no_grad():  # what a fine-tuning step does to the copy
         next(tuned.model.parameters()).mul_(1.01)
     assert not np.array_equal(tuned.encode(texts), before)
-    assert np.array_equal(embedder.encode(texts), before)
+    assert np.array_equal(encoder.encode(texts), before)
 
 
 def test_a_model_that_traces_wrong_is_encoded_eagerly(caplog):

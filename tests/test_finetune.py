@@ -28,7 +28,7 @@ def test_finetuned_encoder_ships_in_artifact_and_serves(tiny, tmp_path, embedder
     tuned = train(
         tiny,
         reg,
-        TrainConfig(finetune_epochs=0.5, drift_ert=1_000),
+        TrainConfig(finetune_epochs=0.25, drift_ert=1_000),
         quiet=True,
         embedder=embedder,
         force=True,
@@ -77,7 +77,7 @@ def test_finetuning_stops_when_validation_accuracy_stalls_and_keeps_the_best_wei
     from streamscore.training.finetune import FinetuneConfig, finetune_encoder
 
     rows = load_rows(tiny)
-    train_rows = [r for r in rows if r.split == "train" and r.label != "oos"]
+    train_rows = [r for r in rows if r.split == "train" and r.label != "oos"][::3]  # a few steps will do
     val_rows = [r for r in rows if r.split == "val" and r.label != "oos"]
     emb = copy.deepcopy(embedder)
     full = emb.model.max_seq_length
@@ -107,11 +107,16 @@ def test_finetuning_without_validation_texts_runs_every_planned_step(tiny, embed
     from streamscore.training.finetune import FinetuneConfig, finetune_encoder
 
     train_rows = [r for r in load_rows(tiny) if r.split == "train" and r.label != "oos"]
+    probe = [r.text for r in train_rows[:3]]
+    before = embedder.encode(probe)  # now in the fixture's cache, and in its copy's
+    tuned = copy.deepcopy(embedder)
     info = finetune_encoder(
-        copy.deepcopy(embedder),
+        tuned,
         [r.text for r in train_rows],
         [r.label for r in train_rows],
-        FinetuneConfig(epochs=0.5, batch_size=8),
+        FinetuneConfig(epochs=0.1, batch_size=8),
     )
-    assert info["steps"] == info["steps_planned"] == int(len(train_rows) * 0.5 / 8)
+    assert info["steps"] == info["steps_planned"] == int(len(train_rows) * 0.1 / 8) > 0
     assert "checks" not in info
+    # Vectors cached before training are not served after it.
+    assert not np.allclose(tuned.encode(probe), before, atol=1e-4)

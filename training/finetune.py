@@ -92,6 +92,8 @@ def finetune_encoder(
     rng = random.Random(cfg.seed)
     names = sorted(set(labels))
     index = {name: i for i, name in enumerate(names)}
+    # Vectors cached before training are stale once the weights move: forget them.
+    embedder.cache, embedder.shared = None, None
     model = embedder.model
     label_vectors = torch.nn.Parameter(torch.randn(len(names), embedder.dim, device=model.device) * 0.01)
     opt = torch.optim.AdamW(
