@@ -222,7 +222,9 @@ def test_each_command_is_one_module_that_owns_its_flags_and_its_run():
     for module in COMMANDS:
         command = import_module(f"streamscore.streams.commands.{module}").COMMAND
         assert command.name.replace("-", "_") == module
-        assert command.run.__module__ == command.options.__module__ == f"streamscore.streams.commands.{module}"
+        assert (
+            command.run.__module__ == command.options.__module__ == f"streamscore.streams.commands.{module}"
+        )
         assert parser.parse_args([command.name, *REQUIRED.get(command.name, [])]).func is command.run
     cli_flags = [
         node.args[0].value
