@@ -131,7 +131,14 @@ def transactions(kafka: str) -> bool:
 
 # The longest files, started first so that the test processes (pytest -n 2, file by file)
 # finish at about the same time instead of one waiting on a long file picked up last.
-LONGEST_FIRST = ("test_reliability.py", "test_bench.py", "test_demo.py", "test_observability.py")
+LONGEST_FIRST = (
+    "test_reliability.py",
+    "test_bench.py",
+    "test_exactly_once.py",
+    "test_demo.py",
+    "test_cluster.py",
+    "test_observability.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
