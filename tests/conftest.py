@@ -212,9 +212,15 @@ class WorkerHandle:
 
 
 def start_worker(
-    bootstrap: str, registry: Path, log_dir: Path, tag: str | None = None, **extra: str
+    bootstrap: str,
+    registry: Path,
+    log_dir: Path,
+    tag: str | None = None,
+    wrap: tuple[str, ...] = (),
+    **extra: str,
 ) -> WorkerHandle:
-    """A real ``streamscore worker`` process on fresh topics of its own (or those of ``tag``)."""
+    """A real ``streamscore worker`` process on fresh topics of its own (or those of ``tag``);
+    ``wrap`` runs it through a prefix (a network namespace's ``ip netns exec``)."""
     tag = tag or uuid.uuid4().hex[:8]
     topics = {
         "input": f"texts-{tag}",
@@ -257,7 +263,7 @@ def start_worker(
         args += [f"--{key.replace('_', '-')}", str(value)]
     log_path = log_dir / f"worker-{tag}-{uuid.uuid4().hex[:4]}.log"
     with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen([*wrap, *args], stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
     return WorkerHandle(proc, topics, bootstrap, log_path, tag)
 
 

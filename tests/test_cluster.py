@@ -15,21 +15,34 @@ import time
 
 import pytest
 
+from streamscore.streams.kafka.broker import free_port
 from streamscore.streams.kafka.cluster import KafkaCluster, brokers_seen
-from tests.conftest import kafka_home, stop_worker
+from tests.conftest import kafka_home, start_worker, stop_worker
 from tests.kafka_helpers import send_raw
-from tests.test_reliability import health, outcome, report, start, stream, wait_scored
+from tests.netns import can_make_namespaces, make_namespace
+from tests.test_reliability import health, outcome, ready, report, start, stream, wait_scored
 
 pytestmark = pytest.mark.integration
 EXACTLY_ONCE = {"processing_guarantee": "exactly_once"}
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def namespace():
+    """A network of its own for one worker, whose link to the cluster a test cuts."""
+    if not can_make_namespaces():
+        pytest.skip("network namespaces need root and iproute2 (ip netns)")
+    ns = make_namespace()
+    yield ns
+    ns.remove()
+
+
+@pytest.fixture(scope="module")
+def cluster(namespace):
     home = kafka_home()
     if home is None:
         pytest.skip("a three-node cluster needs Apache Kafka: set KAFKA_HOME (.ci/run does)")
-    with KafkaCluster(home, nodes=3) as running:
+    # The nodes listen where the namespace reaches this side of its link.
+    with KafkaCluster(home, nodes=3, host=namespace.host_address) as running:
         yield running
 
 
@@ -106,3 +119,49 @@ def test_a_worker_and_the_leader_node_killed_together_lose_and_repeat_nothing(
         for node in cluster.members:  # the next test finds the whole cluster
             if not node.running:
                 cluster.start_node(node.node_id)
+
+
+def test_a_worker_cut_off_from_the_cluster_is_fenced_then_rejoins_and_nothing_repeats(
+    cluster, namespace, trained_registry, tmp_path
+):
+    """A network partition, not a crash: the cut-off worker runs on, holding open transactions,
+    while the group gives its partitions to the other; healed, its late work must be refused."""
+    bootstrap = cluster.bootstrap_servers
+    port = free_port()
+    apart = start_worker(
+        bootstrap, trained_registry, tmp_path, wrap=namespace.run,
+        metrics_host="0.0.0.0", metrics_port=str(port), **EXACTLY_ONCE,
+    )  # fmt: skip
+    apart_url = f"http://{namespace.address}:{port}"
+    ready(apart, apart_url)
+    other, other_url = start(bootstrap, trained_registry, tmp_path, tag=apart.tag, **EXACTLY_ONCE)
+    try:
+        deadline = time.monotonic() + 120
+        while len(health(other_url).get("partitions", [])) == 3 and time.monotonic() < deadline:
+            time.sleep(1)
+        messages, good, bad = stream(8_000, "apart")
+        send_raw(bootstrap, apart.topics["input"], messages)
+        wait_scored(bootstrap, apart.topics["scored"], "apart-", 800)
+        namespace.cut()
+        try:
+            deadline = time.monotonic() + 60
+            while len(health(other_url).get("partitions", [])) < 3 and time.monotonic() < deadline:
+                time.sleep(1)  # the group's session for the cut-off worker runs out
+            took_over = health(other_url).get("partitions")
+            time.sleep(5)
+        finally:
+            namespace.heal()
+        result = outcome(bootstrap, apart.topics, "apart", good, bad)
+        report("cluster_worker_cut_off_then_healed_exactly_once", sent=len(messages), nodes=3, **result)
+        assert took_over == [0, 1, 2], "the other worker should take every partition while the link is cut"
+        assert result == {"lost": 0, "duplicated": 0, "wrong_topic": 0}
+        # Healed, the cut-off worker finds its way back into the group and works again.
+        deadline = time.monotonic() + 120
+        while not health(apart_url).get("partitions") and time.monotonic() < deadline:
+            time.sleep(1)
+        assert apart.process.poll() is None, apart.log()[-3000:]
+        assert health(apart_url).get("partitions"), "the healed worker should hold partitions again"
+    finally:
+        namespace.heal()
+        stop_worker(other)
+        stop_worker(apart)

@@ -52,11 +52,12 @@ class Node:
     port: int
     controller_port: int
     data: Path
+    host: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -69,6 +70,7 @@ class KafkaCluster:
 
     kafka_home: Path
     nodes: int = 3
+    host: str = "127.0.0.1"  # where clients reach the nodes (the controllers talk on loopback)
     run_dir: Path | None = None
     members: list[Node] = field(default_factory=list)
 
@@ -77,6 +79,7 @@ class KafkaCluster:
         return ",".join(n.address for n in self.members)
 
     def node(self, node_id: int) -> Node:
+        """The node of ``node_id`` (1 to ``nodes``)."""
         return next(n for n in self.members if n.node_id == node_id)
 
     @staticmethod
@@ -88,7 +91,7 @@ class KafkaCluster:
         (self.run_dir / "log4j2.properties").write_text(LOG4J2.format(log=self.run_dir / "kafka.log"))
         ports = [(free_port(), free_port()) for _ in range(self.nodes)]
         self.members = [
-            Node(i, port, controller, self.run_dir / f"node-{i}")
+            Node(i, port, controller, self.run_dir / f"node-{i}", self.host)
             for i, (port, controller) in enumerate(ports, start=1)
         ]
         cluster_id = subprocess.run(
@@ -206,8 +209,8 @@ class KafkaCluster:
                 f"node.id={node.node_id}",
                 f"controller.quorum.voters={self.quorum_of([n.controller_port for n in self.members])}",
                 "controller.listener.names=CONTROLLER",
-                f"listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
+                f"listeners=PLAINTEXT://{node.address},CONTROLLER://127.0.0.1:{node.controller_port}",
+                f"advertised.listeners=PLAINTEXT://{node.address}",
                 "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
                 "inter.broker.listener.name=PLAINTEXT",
                 f"log.dirs={node.data}/log",
