@@ -20,7 +20,7 @@ from streamscore.streams.kafka.cluster import KafkaCluster, brokers_seen
 from tests.conftest import kafka_home, start_worker, stop_worker
 from tests.kafka_helpers import send_raw
 from tests.netns import can_make_namespaces, make_namespace
-from tests.test_reliability import health, outcome, ready, report, start, stream, wait_scored
+from tests.test_reliability import health, outcome, ready, report, start, stream, wait_scored, wait_split
 
 pytestmark = pytest.mark.integration
 EXACTLY_ONCE = {"processing_guarantee": "exactly_once"}
@@ -79,9 +79,7 @@ def test_a_worker_and_the_leader_node_killed_together_lose_and_repeat_nothing(
     first, _ = start(bootstrap, trained_registry, tmp_path, **EXACTLY_ONCE)
     second, second_url = start(bootstrap, trained_registry, tmp_path, tag=first.tag, **EXACTLY_ONCE)
     try:
-        deadline = time.monotonic() + 120
-        while len(health(second_url).get("partitions", [])) == 3 and time.monotonic() < deadline:
-            time.sleep(1)  # until the group has split the partitions between the two
+        wait_split(second_url)
         messages, good, bad = stream(8_000, "cluster")
         began = time.monotonic()
         send_raw(bootstrap, first.topics["input"], messages)
@@ -136,9 +134,7 @@ def test_a_worker_cut_off_from_the_cluster_is_fenced_then_rejoins_and_nothing_re
     ready(apart, apart_url)
     other, other_url = start(bootstrap, trained_registry, tmp_path, tag=apart.tag, **EXACTLY_ONCE)
     try:
-        deadline = time.monotonic() + 120
-        while len(health(other_url).get("partitions", [])) == 3 and time.monotonic() < deadline:
-            time.sleep(1)
+        wait_split(other_url)
         messages, good, bad = stream(8_000, "apart")
         send_raw(bootstrap, apart.topics["input"], messages)
         wait_scored(bootstrap, apart.topics["scored"], "apart-", 800)

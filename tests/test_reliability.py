@@ -135,6 +135,13 @@ def start(
     return handle, url
 
 
+def wait_split(url: str, timeout_s: float = 120) -> None:
+    """Until the group has split the partitions between the second worker (at ``url``) and another."""
+    deadline = time.monotonic() + timeout_s
+    while len(health(url).get("partitions", [])) == 3 and time.monotonic() < deadline:
+        time.sleep(1)
+
+
 def rss_mb(pid: int) -> float:
     text = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmRSS:\s+(\d+) kB", text).group(1)) / 1024  # type: ignore[union-attr]
@@ -188,9 +195,7 @@ def two_workers_one_killed(
     first, _ = start(kafka, registry, log_dir, **extra)
     second, second_url = start(kafka, registry, log_dir, tag=first.tag, **extra)
     try:
-        deadline = time.monotonic() + 120
-        while len(health(second_url).get("partitions", [])) == 3 and time.monotonic() < deadline:
-            time.sleep(1)  # until the group has split the partitions between the two
+        wait_split(second_url)
         messages, good, bad = stream(8_000, prefix)
         send_raw(kafka, first.topics["input"], messages)
         wait_scored(kafka, first.topics["scored"], f"{prefix}-", 1_500)
