@@ -281,6 +281,13 @@ def test_a_usage_error_under_json_is_one_json_document_on_stdout():
     assert "see streamscore --help" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_number_below_its_floor_is_a_usage_error_before_any_work():
+    proc = cli("themes", "--max-texts", "5", "--json", check=False, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    said = json.loads(proc.stdout)
+    assert said["command"] == "themes" and "'5' is not a whole number of at least 10" in said["error"]
+
+
 def test_a_relative_time_after_from_is_a_value_not_a_flag():
     from streamscore.streams.cli import _relative_times, build_parser
 

@@ -184,19 +184,30 @@ def window_of(args: argparse.Namespace) -> Any:
     return window
 
 
-def count(text: str) -> int:
-    """An argparse type: a whole number of at least 1.
+def at_least(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``least``.
 
-    >>> count("3")
-    3
+    >>> at_least(10)("12")
+    12
+    >>> at_least(10)("5")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: '5' is not a whole number of at least 10
     """
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least {least}")
+        return value
+
+    return whole
+
+
+count = at_least(1)
 
 
 # ------------------------------------------------------------------ settings, broker, run, print
@@ -207,6 +218,19 @@ def settings_of(args: argparse.Namespace) -> Settings:
     names = Settings.__dataclass_fields__
     overrides = {k: v for k, v in vars(args).items() if k in names}
     return Settings.from_env(**overrides)
+
+
+def range_and_model(args: argparse.Namespace) -> tuple[Settings, Any, Any]:
+    """For a command that scores a range of the input topic (rescore, themes): its settings, the
+    checked range and the model. The broker and the range are checked first: loading a model
+    takes seconds, and a user who forgot the broker should not wait for them."""
+    from streamscore.streams.kafka.broker import require_broker
+    from streamscore.streams.worker.run import load_scorer
+
+    settings = settings_of(args)
+    require_broker(settings.bootstrap_servers, settings.embedded_broker)
+    window = window_of(args)
+    return settings, window, load_scorer(settings)
 
 
 def on_broker(settings: Settings, job: Callable[[str], Coroutine[Any, Any, T]]) -> T:

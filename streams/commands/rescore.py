@@ -28,9 +28,8 @@ from streamscore.streams.commands.base import (
     Command,
     common,
     on_broker,
-    settings_of,
+    range_and_model,
     show,
-    window_of,
     window_options,
 )
 from streamscore.streams.commands.progress import bar
@@ -333,13 +332,7 @@ def options(sp: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamscore.streams.kafka.broker import require_broker
-    from streamscore.streams.worker.run import load_scorer
-
-    settings = settings_of(args)
-    require_broker(settings.bootstrap_servers, settings.embedded_broker)  # before loading a model
-    window = window_of(args)
-    scorer = load_scorer(settings)
+    settings, window, scorer = range_and_model(args)
     output = args.output_topic or f"{settings.input_topic}.rescored.{scorer.version}"
     if output in (settings.input_topic, settings.scored_topic):
         raise ValueError(

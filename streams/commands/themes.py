@@ -23,11 +23,11 @@ from streamscore.models.themes import Background, find_themes
 from streamscore.schemas.messages import InputText, Origin, parse_input
 from streamscore.streams.commands.base import (
     Command,
+    at_least,
     common,
     on_broker,
-    settings_of,
+    range_and_model,
     show,
-    window_of,
     window_options,
 )
 from streamscore.streams.commands.progress import bar, say
@@ -186,7 +186,7 @@ def options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--batch-size", dest="batch_size", type=int, default=None)
     sp.add_argument(
         "--max-texts",
-        type=int,
+        type=at_least(10),
         default=5_000,
         help="foreign texts clustered at most (a uniform sample beyond)",
     )
@@ -199,15 +199,7 @@ def options(sp: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamscore.streams.kafka.broker import require_broker
-    from streamscore.streams.worker.run import load_scorer
-
-    settings = settings_of(args)
-    require_broker(settings.bootstrap_servers, settings.embedded_broker)  # before loading a model
-    window = window_of(args)
-    if args.max_texts < 10:
-        raise ValueError("--max-texts must be at least 10")
-    scorer = load_scorer(settings)
+    settings, window, scorer = range_and_model(args)
     result = on_broker(
         settings,
         lambda bootstrap: range_themes(
