@@ -17,12 +17,13 @@ Replication factors are 1, so transactions work on one node.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,38 @@ logger.auth.level = INFO
 logger.authz.name = kafka.authorizer.logger
 logger.authz.level = INFO
 """
+
+
+def java_command(kafka_home: Path, log4j2: Path, max_heap: str) -> list[str]:
+    """The JVM command line that runs Kafka's classes from ``kafka_home/libs``, or why it cannot."""
+    java = shutil.which("java")
+    libs = Path(kafka_home) / "libs"
+    if java is None:
+        raise RuntimeError(
+            "Apache Kafka needs Java 17 or newer on PATH: install a JDK (apt-get install default-jre-headless)"
+        )
+    if not libs.is_dir():
+        raise RuntimeError(f"{kafka_home} has no libs/ folder: point KAFKA_HOME at an unpacked Apache Kafka")
+    return [
+        java,
+        "-Xms128m",
+        f"-Xmx{max_heap}",
+        f"-Dlog4j2.configurationFile=file:{log4j2}",
+        "-cp",
+        f"{libs}/*",
+    ]
+
+
+@contextlib.contextmanager
+def quiet_aiokafka() -> Iterator[None]:
+    """aiokafka logs "Unable connect" at ERROR until a starting broker listens: silence it meanwhile."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @dataclass(frozen=True)
@@ -105,16 +138,6 @@ class ApacheKafka:
         return f"127.0.0.1:{self.sasl_ssl_port}"
 
     def start(self, timeout_s: float = 120.0) -> ApacheKafka:
-        java = shutil.which("java")
-        libs = Path(self.kafka_home) / "libs"
-        if java is None:
-            raise RuntimeError(
-                "Apache Kafka needs Java 17 or newer on PATH: install a JDK (apt-get install default-jre-headless)"
-            )
-        if not libs.is_dir():
-            raise RuntimeError(
-                f"{self.kafka_home} has no libs/ folder: point KAFKA_HOME at an unpacked Apache Kafka"
-            )
         self.port, self.sasl_port, self.ssl_port, self.sasl_ssl_port, self.controller_port = (
             p or free_port()
             for p in (self.port, self.sasl_port, self.ssl_port, self.sasl_ssl_port, self.controller_port)
@@ -126,13 +149,7 @@ class ApacheKafka:
         config = self.run_dir / "server.properties"
         config.write_text(self._properties())
         (self.run_dir / "log4j2.properties").write_text(LOG4J2.format(log=self.run_dir / "kafka.log"))
-        base = [
-            java,
-            "-Xms128m",
-            "-Xmx768m",
-            f"-Dlog4j2.configurationFile=file:{self.run_dir / 'log4j2.properties'}",
-        ]
-        base += ["-cp", f"{libs}/*"]
+        base = java_command(self.kafka_home, self.run_dir / "log4j2.properties", max_heap="768m")
         cluster = subprocess.run(
             [*base, "kafka.tools.StorageTool", "random-uuid"], capture_output=True, text=True, check=True
         ).stdout.split()[-1]
@@ -187,14 +204,8 @@ class ApacheKafka:
             finally:
                 await admin.close()
 
-        deadline = time.monotonic() + timeout_s
-        quiet = logging.getLogger("aiokafka")  # "Unable connect" at ERROR until the broker listens
-        level = quiet.level
-        quiet.setLevel(logging.CRITICAL)
-        try:
-            self._poll_ready(answers, deadline, timeout_s)
-        finally:
-            quiet.setLevel(level)
+        with quiet_aiokafka():
+            self._poll_ready(answers, time.monotonic() + timeout_s, timeout_s)
 
     def _poll_ready(
         self, answers: Callable[[], Coroutine[Any, Any, bool]], deadline: float, timeout_s: float

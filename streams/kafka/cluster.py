@@ -13,7 +13,6 @@ leader of a partition, or the transaction coordinator, while workers are busy.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import shutil
 import signal
@@ -23,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamscore.streams.kafka.apache import LOG4J2
+from streamscore.streams.kafka.apache import LOG4J2, java_command, quiet_aiokafka
 from streamscore.streams.kafka.broker import dies_with_parent, exit_on_sigterm, free_port, stop_process
 
 # What every node holds: three replicas of everything, two of them needed for a write.
@@ -158,8 +157,8 @@ class KafkaCluster:
         deadline = time.monotonic() + timeout_s
         want = {n.node_id for n in self.members if n.running}
         while True:
-            dead = [n.node_id for n in self.members if n.process is not None and n.process.poll() is not None]
-            if any(n.node_id in want for n in self.members if n.node_id in dead):
+            dead = sorted(n.node_id for n in self.members if n.node_id in want and not n.running)
+            if dead:
                 raise RuntimeError(f"Kafka node(s) {dead} exited; logs in {self.run_dir}")
             seen = brokers_seen([n.address for n in self.members if n.node_id in want])
             if all(s == want for s in seen):
@@ -189,18 +188,8 @@ class KafkaCluster:
         return node.data / "server.properties"
 
     def _java(self) -> list[str]:
-        java, libs = shutil.which("java"), Path(self.kafka_home) / "libs"
-        if java is None or not libs.is_dir():
-            raise RuntimeError("a Kafka cluster needs Java 17+ on PATH and KAFKA_HOME with libs/")
         assert self.run_dir is not None
-        return [
-            java,
-            "-Xms128m",
-            "-Xmx512m",
-            f"-Dlog4j2.configurationFile=file:{self.run_dir / 'log4j2.properties'}",
-            "-cp",
-            f"{libs}/*",
-        ]
+        return java_command(self.kafka_home, self.run_dir / "log4j2.properties", max_heap="512m")
 
     def _properties(self, node: Node) -> str:
         return "\n".join(
@@ -234,10 +223,5 @@ def brokers_seen(addresses: list[str]) -> list[set[int]]:
         finally:
             await admin.close()
 
-    quiet = logging.getLogger("aiokafka")  # "Unable connect" at ERROR until a node listens
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)
-    try:
+    with quiet_aiokafka():
         return [asyncio.run(seen(a)) for a in addresses]
-    finally:
-        quiet.setLevel(level)
