@@ -480,3 +480,89 @@ def test_a_model_that_cannot_score_turns_health_to_failing_until_it_scores_again
     assert "device lost" in metrics.health["scoring"]
     metrics.set_scoring(None)
     assert metrics.health["status"] == "ok" and metrics.value("streamscore_scoring_up") == 1
+
+
+# ----------------------------------------------------------------------- exactly-once rounds
+
+
+class CountedTransactions:
+    """Stands in for PartitionTransactions: every message is new, each commit is recorded."""
+
+    def __init__(self) -> None:
+        self.commits: list[tuple[int, list[str], int]] = []  # partition, scored ids, next offset
+
+    async def is_new(self, partition: int, offset: int) -> bool:
+        return True
+
+    async def commit(self, partition: int, records: list[Any], next_offset: int) -> bool:
+        ids = [key.decode() for topic, key, _ in records if topic == "scored"]
+        self.commits.append((partition, ids, next_offset))
+        return True
+
+
+def gated_stages(round_wait_s: float) -> tuple[Stages, list[Any], CountedTransactions, dict[int, asyncio.Event]]:
+    """Exactly-once stages whose scoring of the batch starting at offset o waits for gates[o]."""
+    gates: dict[int, asyncio.Event] = {}
+
+    async def gated_score(messages: list[RawMessage]) -> BatchOutput:
+        first = messages[0].origin.offset
+        await gates.setdefault(first, asyncio.Event()).wait()
+        return await process_batch(messages, score_ok, BatchLimits())
+
+    stages, acked, _ = make_stages(HeldProducer(), score=gated_score, batch_size=2, in_flight=4)
+    tx = CountedTransactions()
+    stages.transactions = tx  # type: ignore[assignment]  # the two methods the stages call
+    stages.round_wait_s = round_wait_s
+    return stages, acked, tx, gates
+
+
+def test_exactly_once_commits_batches_scored_together_in_one_transaction_per_partition():
+    """Under a backlog, the batches being scored when the first is ready join its round: one
+    transaction per input partition for them all, records and acknowledgements in input order."""
+
+    async def run() -> None:
+        stages, acked, tx, gates = gated_stages(round_wait_s=5.0)
+        stages.ensure_running(lambda error: pytest.fail(f"a stage failed: {error!r}"))
+        for o in (0, 2, 4):  # three batches of two, each message of a batch on partitions 0 and 1
+            await stages.take(Take([raw(o, 0), raw(o + 1, 1)], [o, o + 1]))
+        await until(lambda: len(gates) == 3)
+        gates[0].set()
+        await asyncio.sleep(0.05)
+        assert tx.commits == [], "the first batch waits for the batches being scored beside it"
+        gates[2].set()
+        gates[4].set()
+        await until(lambda: len(acked) == 6)
+        assert sorted(tx.commits) == [(0, ["m0", "m2", "m4"], 5), (1, ["m1", "m3", "m5"], 6)]
+        assert acked == [0, 1, 2, 3, 4, 5]
+        for task in stages.tasks:
+            task.cancel()
+
+    asyncio.run(run())
+
+
+def test_exactly_once_commits_a_lone_batch_at_once_and_waits_at_most_round_wait_s_for_others():
+    async def run() -> None:
+        stages, acked, tx, gates = gated_stages(round_wait_s=0.3)
+        stages.ensure_running(lambda error: pytest.fail(f"a stage failed: {error!r}"))
+        await stages.take(take([0, 1]))
+        await until(lambda: 0 in gates)
+        gates[0].set()
+        await until(lambda: len(acked) == 2, timeout_s=0.2)  # nothing else in flight: no wait
+        assert tx.commits == [(0, ["m0", "m1"], 2)]
+
+        await stages.take(take([2, 3]))
+        await stages.take(take([4, 5]))
+        await until(lambda: 4 in gates)
+        gates[2].set()  # the batch at 4 is never scored in time: the round goes without it
+        began = asyncio.get_running_loop().time()
+        await until(lambda: len(acked) == 4, timeout_s=2.0)
+        waited = asyncio.get_running_loop().time() - began
+        assert 0.25 <= waited < 1.0, waited
+        assert tx.commits[1:] == [(0, ["m2", "m3"], 4)]
+        gates[4].set()
+        await until(lambda: len(acked) == 6)
+        assert tx.commits[2:] == [(0, ["m4", "m5"], 6)]
+        for task in stages.tasks:
+            task.cancel()
+
+    asyncio.run(run())

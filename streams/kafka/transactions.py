@@ -1,4 +1,4 @@
-"""Exactly-once: one Kafka transaction per micro-batch and input partition, with its input offset.
+"""Exactly-once: one Kafka transaction per input partition and round of micro-batches, with its input offset.
 
 A transactional producer alone is not enough. aiokafka speaks the first versions of the
 transaction protocol, whose ``TxnOffsetCommit`` carries no consumer-group generation (no KIP-447

@@ -268,6 +268,7 @@ def score_stages(
         confirmed=confirmed,
         transactions=transactions,
         refit=refit,
+        round_wait_s=settings.commit_interval_s,
     )
 
 

@@ -23,6 +23,7 @@ stops the intake (backpressure). Nothing here knows Faust: messages arrive as
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import time
@@ -40,6 +41,7 @@ log = logging.getLogger("streamscore.worker")
 
 INTAKE_TAKES = 8  # takes queued before the intake blocks Faust (backpressure)
 SENT_UNCONFIRMED = 2  # batches handed to the producer and not yet confirmed
+ROUND_BATCHES = 16  # scored batches an exactly-once round may commit together (transact_stage)
 
 
 def raw(offset: int, partition: int = 0) -> RawMessage:
@@ -156,7 +158,8 @@ class Stages:
     ``producer()`` gives the started Kafka producer; ``ack(handles)`` acknowledges confirmed
     messages to whatever committed their offsets (Faust, here). With ``transactions``
     (exactly-once) a batch's outputs and input offsets are committed together instead, one
-    transaction per input partition (streams/kafka/transactions.py), and messages already
+    transaction per input partition for a round of batches (:meth:`transact_stage`,
+    streams/kafka/transactions.py), and messages already
     committed by an earlier owner of their partition are dropped at the intake.
 
     Records the broker refuses as too large for their topic (its limit went down since the
@@ -174,6 +177,7 @@ class Stages:
     offsets: OffsetTracker = field(default_factory=OffsetTracker)
     transactions: PartitionTransactions | None = None
     refit: Refit | None = None
+    round_wait_s: float = 1.0  # exactly-once: how long a round waits for batches being scored
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -243,35 +247,82 @@ class Stages:
             self.confirmed(sent.batch, out, time.perf_counter() - sent.batch.taken_at)
 
     async def transact_stage(self) -> None:
-        """Exactly-once: each scored batch in one transaction per input partition (outputs and
-        the next offset), in input order; the partitions of one batch commit concurrently."""
+        """Exactly-once: scored batches committed in rounds, one transaction per input partition
+        and round (outputs and the next offset), in input order; the partitions of a round commit
+        concurrently.
+
+        A round is the next scored batch, joined by the batches after it that are already being
+        scored, as each finishes, for up to ``round_wait_s`` and ``ROUND_BATCHES`` batches. Each
+        partition's transaction costs the same whatever it holds (five round trips here, a log
+        write per step and a marker per partition on the broker), so under a backlog a round
+        pays it once for several batches, and the cost of exactly-once stays bounded as
+        partitions grow (docs/reliability.md). At light load nothing else is in flight: a round
+        is one batch and commits at once."""
         assert self.transactions is not None
+        pending: collections.deque[Scoring] = collections.deque()
         while True:
-            scoring = await self.to_send.get()
-            out = await scoring.job
+            if not pending:
+                pending.append(await self.to_send.get())
+            while len(pending) < ROUND_BATCHES and not self.to_send.empty():
+                pending.append(self.to_send.get_nowait())
+            await pending[0].job
+            round_ = [pending.popleft()]
+            ready_at = time.perf_counter()
+            while len(round_) < ROUND_BATCHES:
+                if not pending and not self.to_send.empty():
+                    pending.append(self.to_send.get_nowait())
+                if not pending:
+                    break  # nothing more in flight: no wait at light load
+                if not pending[0].job.done():
+                    left = self.round_wait_s - (time.perf_counter() - ready_at)
+                    if left <= 0:
+                        break
+                    await asyncio.wait({pending[0].job}, timeout=left)
+                    if not pending[0].job.done():
+                        break
+                round_.append(pending.popleft())
+            await self.commit_round(round_)
+
+    async def commit_round(self, round_: list[Scoring]) -> None:
+        """One transaction per input partition for the scored batches of ``round_``, then each
+        batch acknowledged and confirmed."""
+        outs = [s.job.result() for s in round_]
+        messages = [m for s in round_ for m in s.batch.messages]
+        records: dict[int, list[Record]] = {}
+        for out in outs:
+            for p, recs in self.outputs.records_by_partition(out).items():
+                records.setdefault(p, []).extend(recs)
+        next_offsets: dict[int, int] = {}
+        for m in messages:
+            p = m.origin.partition
+            next_offsets[p] = max(next_offsets.get(p, 0), m.origin.offset + 1)
+        began = time.perf_counter()
+        await asyncio.gather(
+            *(self.commit(messages, p, records.get(p, []), n) for p, n in next_offsets.items())
+        )
+        log.debug(
+            "a round of %d batch(es), %d messages: %d transactions in %.3f s",
+            len(round_), len(messages), len(next_offsets), time.perf_counter() - began,
+        )  # fmt: skip
+        for scoring, out in zip(round_, outs, strict=True):
             batch = scoring.batch
-            records = self.outputs.records_by_partition(out)
-            next_offsets: dict[int, int] = {}
-            for m in batch.messages:
-                p = m.origin.partition
-                next_offsets[p] = max(next_offsets.get(p, 0), m.origin.offset + 1)
-            await asyncio.gather(
-                *(self.commit(batch, p, records.get(p, []), n) for p, n in next_offsets.items())
-            )
             await self.ack(batch.handles)  # Faust's bookkeeping; it commits no offsets of these
             self.offsets.confirm((m.origin.partition, m.origin.offset) for m in batch.messages)
             self.confirmed(batch, out, time.perf_counter() - batch.taken_at)
 
-    async def commit(self, batch: Batch, partition: int, records: list[Record], next_offset: int) -> None:
-        """One partition's transaction of ``batch``; refused as too large (and so aborted), the
-        partition's messages are scored again to the topics' current limits and committed."""
+    async def commit(
+        self, messages: list[RawMessage], partition: int, records: list[Record], next_offset: int
+    ) -> None:
+        """One partition's transaction for a round of ``messages``; refused as too large (and so
+        aborted), the partition's messages are scored again to the topics' current limits and
+        committed."""
         assert self.transactions is not None
         for attempt in itertools.count():
             try:
                 await self.transactions.commit(partition, records, next_offset)
                 return
             except RecordsTooLarge as refused:
-                mine = [m for m in batch.messages if m.origin.partition == partition]
+                mine = [m for m in messages if m.origin.partition == partition]
                 out = await self.redo(mine, refused, attempt)
                 records = self.outputs.records_by_partition(out).get(partition, [])
 
