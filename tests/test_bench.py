@@ -106,3 +106,40 @@ def test_bench_reports_every_figure(kafka, trained_registry):
     assert abs(scale["speedup"] - scale["two_workers_per_s"] / scale["one_worker_per_s"]) <= 0.01, scale
     assert len(scale["shares"]) == 2 and all(share > 0 for share in scale["shares"]), scale
     assert sum(scale["scored_by_worker"]) == scale["messages"] * scale["repeats"], scale
+
+
+def test_bench_backlog_drains_waiting_messages_and_counts_what_each_guarantee_holds(
+    kafka, trained_registry, broker_kind
+):
+    """``bench --backlog``: messages already waiting, a fresh worker drains them, a second one
+    joins. Exactly-once (where the broker has transactions) holds a producer per partition."""
+    exactly_once = broker_kind == "apache-kafka"
+    proc = cli(
+        "bench",
+        "--registry", str(trained_registry),
+        "--bootstrap-servers", kafka,
+        "--backlog",
+        "--backlog-partitions", "3",
+        "--messages", "600",
+        *(["--exactly-once"] if exactly_once else []),
+        "--json",
+        timeout=600,
+    )  # fmt: skip
+    out = last_json(proc)
+    backlog = out["backlog"]
+    guarantees = ["exactly_once", "at_least_once"] if exactly_once else ["at_least_once"]
+    assert [(r["guarantee"], r["partitions"]) for r in backlog["runs"]] == [(g, 3) for g in guarantees]
+    for run in backlog["runs"]:
+        assert run["messages"] == 600 and run["per_s"] > 0 and run["peak_rss_mb"] > 0, run
+        # Rated over what it scored after the first look found it scoring (polled every 50 ms).
+        assert 0 < run["scored_first"] < 600, run
+        assert run["per_s"] == pytest.approx((600 - run["scored_first"]) / run["drain_s"], rel=0.02), run
+        assert run["start_s"] > 0 and run["join_s"] > 0 and run["after_join_s"] > 0, run
+    sockets = {r["guarantee"]: r["sockets"] for r in backlog["runs"]}
+    if exactly_once:  # a transactional producer, and so a connection, for each of the 3 partitions
+        assert sockets["exactly_once"] >= sockets["at_least_once"] + 3, sockets
+        rates = {r["guarantee"]: r["per_s"] for r in backlog["runs"]}
+        assert backlog["ratios"]["exactly_once_over_at_least_once_3"] == round(
+            rates["exactly_once"] / rates["at_least_once"], 3
+        )
+    assert out["cpu"] and out["commit_interval_s"] > 0

@@ -30,7 +30,10 @@ Figures, all on the same real texts (the shipped CLINC150 test split) and batch 
 - ``worker_encode_per_s_by_backend``: ``worker_encode_per_s`` for each backend measured;
 - ``encoder_free``: the worker end to end with every text already in its embedding cache, so
   the encoder costs nothing and Kafka, Faust, JSON, head, OOD, drift and producing are all that
-  is left: the most any backend could reach end to end on this machine.
+  is left: the most any backend could reach end to end on this machine;
+- ``backlog`` (with ``--exactly-once``; ``--backlog`` runs it alone): ``messages`` already
+  waiting in ``--backlog-partitions`` partitions, drained by a fresh worker of each guarantee,
+  then a second worker joins (streams/commands/bench_backlog.py).
 
 The end-to-end runs are taken in turns (:func:`paired_e2e`): in each turn the first backend's
 worker runs between two passes of the raw encoder, then every other backend's worker runs, then
@@ -64,6 +67,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streamscore.streams.commands import progress
 from streamscore.streams.commands.base import Command, common, count, settings_of, show
+from streamscore.streams.commands.bench_backlog import GUARANTEES, backlog_runs
 from streamscore.streams.commands.bench_worker import (
     BENCH_DATA,
     WorkerProcess,
@@ -91,6 +95,8 @@ class BenchOptions:
     backends: tuple[str, ...] = ()  # empty: the settings' backend
     scale_out: bool = True  # also measure one worker on one core against two on a core each
     exactly_once: bool = False  # also an exactly-once worker in every turn (needs transactions)
+    backlog_only: bool = False  # only the backlog case (streams/commands/bench_backlog.py)
+    backlog_partitions: tuple[int, ...] = (4,)  # its input partition counts
     say: Any = None  # progress lines (stderr); None: quiet
 
 
@@ -506,6 +512,9 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
     say = opts.say or (lambda m: None)
     backends = list(opts.backends or (settings.backend,))
     version = ensure_model(settings)
+    guarantees = GUARANTEES if opts.exactly_once else ("at_least_once",)
+    if opts.backlog_only:
+        return run_backlog(settings, opts, guarantees, version, say)
     texts = bench_texts(opts.messages)
     raw = RawEncoder.load(settings.embed_batch_size, settings.device)
     emb = worker_embedder(settings.replace(backend="torch"))
@@ -558,6 +567,11 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
         scale = (
             scale_out_rates(first, bootstrap, texts, opts.repeats, Path(tmp), say) if opts.scale_out else None
         )
+        backlog = (
+            backlog_runs(first, bootstrap, opts.backlog_partitions, len(texts), guarantees, Path(tmp), say)
+            if opts.exactly_once
+            else None
+        )
     runs = {b: [round(x, 1) for x in r] for b, r in paired["runs"].items()}
     exactly_once = runs.pop("exactly_once", None)
     result: dict[str, Any] = {
@@ -589,6 +603,8 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
     }
     if scale is not None:
         result["scale_out"] = scale
+    if backlog is not None:
+        result["backlog"] = backlog
     if exactly_once is not None:
         result["exactly_once_runs_per_s"] = exactly_once
         result["processing_guarantee"] = (
@@ -608,6 +624,34 @@ def run_bench(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
     return result
 
 
+def run_backlog(
+    settings: Settings, opts: BenchOptions, guarantees: tuple[str, ...], version: str, say: Any
+) -> dict[str, Any]:
+    """``bench --backlog``: the backlog case alone (streams/commands/bench_backlog.py)."""
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        bootstrap_or_embedded(settings.bootstrap_servers, settings.embedded_broker, log=say) as bootstrap,
+    ):
+        backlog = backlog_runs(
+            settings.replace(embed_cache_size=0),
+            bootstrap,
+            opts.backlog_partitions,
+            opts.messages,
+            guarantees,
+            Path(tmp),
+            say,
+        )
+    return {
+        "backlog": backlog,
+        "batch_size": settings.batch_size,
+        "commit_interval_s": settings.commit_interval_s,
+        "model_version": version,
+        "texts": f"CLINC150 test split ({BENCH_DATA.name}), 5,500 queries, cycled",
+        "cpu": _cpu_name(),
+        "cpus": os.cpu_count(),
+    }
+
+
 def _cpu_name() -> str:
     try:
         for line in open("/proc/cpuinfo"):
@@ -619,6 +663,27 @@ def _cpu_name() -> str:
 
 
 # ------------------------------------------------------------------ the command
+
+
+def partition_counts(value: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated partition counts, each at least 1.
+
+    >>> partition_counts("4,100")
+    (4, 100)
+    >>> partition_counts("4,0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: '4,0' is not a comma-separated list of partition counts (each at least 1)
+    """
+    try:
+        counts = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a comma-separated list of partition counts (each at least 1)"
+        )
+    return counts
 
 
 def options(sp: argparse.ArgumentParser) -> None:
@@ -660,6 +725,19 @@ def options(sp: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also run an exactly-once worker in every turn (a broker with transactions: Apache Kafka)",
     )
+    sp.add_argument(
+        "--backlog",
+        action="store_true",
+        help="only the backlog case: --messages waiting in each --backlog-partitions count, a fresh "
+        "worker drains them (with --exactly-once: each guarantee)",
+    )
+    sp.add_argument(
+        "--backlog-partitions",
+        dest="backlog_partitions",
+        type=partition_counts,
+        default=(4,),
+        help="comma-separated input partition counts of the backlog case, e.g. 4,100",
+    )
     sp.add_argument("--batch-size", dest="batch_size", type=int, default=None)
     sp.add_argument("--device", default=None)
 
@@ -674,6 +752,8 @@ def run(args: argparse.Namespace) -> int:
         backends=tuple(b for b in (args.backends or "").split(",") if b),
         scale_out=not args.no_scale_out,
         exactly_once=args.exactly_once,
+        backlog_only=args.backlog,
+        backlog_partitions=args.backlog_partitions,
         say=progress.say("bench"),
     )
     result = run_bench(settings_of(args), opts)
@@ -686,5 +766,9 @@ COMMAND = Command(
     help="raw encoder vs. end-to-end worker vs. naive consumer, latency and memory (docs/performance.md)",
     options=options,
     run=run,
-    examples=("streamscore bench --bootstrap-servers localhost:9092 --json",),
+    examples=(
+        "streamscore bench --bootstrap-servers localhost:9092 --json",
+        "streamscore bench --bootstrap-servers localhost:9092 --backlog --exactly-once "
+        "--backlog-partitions 4,100 --messages 6000 --json",
+    ),
 )

@@ -178,10 +178,17 @@ class WorkerProcess:
 
 
 def start_worker(
-    settings: Settings, bootstrap: str, tag: str, log_dir: Path, name: str = "", cpus: set[int] | None = None
+    settings: Settings,
+    bootstrap: str,
+    tag: str,
+    log_dir: Path,
+    name: str = "",
+    cpus: set[int] | None = None,
+    ready: bool = True,
 ) -> WorkerProcess:
-    """A ``streamscore worker`` on the topics and consumer group of ``tag``, ready once it holds
-    partitions; ``cpus`` holds it to those CPU cores (its encoder then uses that many threads)."""
+    """A ``streamscore worker`` on the topics and consumer group of ``tag``, returned once it
+    holds partitions (``ready=False``: at once); ``cpus`` holds it to those CPU cores (its
+    encoder then uses that many threads)."""
     topics = {
         "input": f"bench-texts-{tag}",
         "scored": f"bench-texts.scored-{tag}",
@@ -215,7 +222,7 @@ def start_worker(
         )
     worker = WorkerProcess(proc, topics, f"http://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + 180
-    while True:
+    while ready:
         if proc.poll() is not None:
             raise RuntimeError(f"the worker exited at start:\n{log_path.read_text()[-3000:]}")
         if worker.health().get("status") == "ok":
@@ -224,6 +231,7 @@ def start_worker(
             worker.stop()
             raise RuntimeError(f"the worker did not become ready in 180 s:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.5)
+    return worker
 
 
 def ready_worker(
