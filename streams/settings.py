@@ -179,6 +179,26 @@ class Settings:
 
         return BatchLimits(self.max_text_chars, self.max_message_bytes, self.score_retries)
 
+    def embedder_options(self, cached: bool = True) -> dict[str, Any]:
+        """``Embedder.load``'s options from these settings (models/embedder.py); ``cached=False``
+        leaves out the embedding caches (the library, the bench's encoding figures).
+
+        >>> Settings(embed_cache_size=5).embedder_options(cached=False)["cache_size"]
+        0
+        """
+        return {
+            "device": self.device,
+            "batch_size": self.embed_batch_size,
+            "backend": self.backend,
+            "cache_size": self.embed_cache_size if cached else 0,
+            "cache_dir": self.cache_dir,
+            "encoder_threads": self.encoder_threads,
+            "shared_cache_url": self.embed_cache_url if cached else None,
+            "shared_cache_ttl_s": self.embed_cache_ttl_s,
+            "shared_cache_secret": self.embed_cache_secret,
+            "trace": self.trace_encoder,
+        }
+
     def to_env(self) -> dict[str, str]:
         """The ``STREAMSCORE_*`` variables that rebuild these settings in a child process
         (``from_env`` reads them back); fields left unset (None) are left out.

@@ -87,15 +87,8 @@ def load_model(
     ``STREAMSCORE_DEVICE``, ``STREAMSCORE_TOP_K``, the input limits ...; docs/configuration.md)."""
     settings = Settings.from_env()
     artifact = Registry(Path(registry or settings.registry)).load(str(model or settings.model or "") or None)
-    embedder = Embedder.load(
-        artifact.embedder_name,
-        device or settings.device,
-        settings.embed_batch_size,
-        backend=settings.backend,
-        cache_dir=settings.cache_dir,
-        encoder_threads=settings.encoder_threads,
-        trace=settings.trace_encoder,
-    )
+    options = settings.replace(device=device or settings.device).embedder_options(cached=False)
+    embedder = Embedder.load(artifact.embedder_name, **options)
     return Model(Scorer.load(artifact, embedder, top_k or settings.top_k), limits or settings.batch_limits)
 
 

@@ -6,11 +6,16 @@ import argparse
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from aiokafka.admin import AIOKafkaAdminClient
-
 from streamscore.streams.commands.base import Command, common, on_broker, settings_of, show
 from streamscore.streams.kafka.security import client_options
-from streamscore.streams.kafka.topics import describe_configs, ensure_topics, topic_configs, topic_plan
+from streamscore.streams.kafka.topics import (
+    admin_client,
+    describe_configs,
+    ensure_topics,
+    partitions_of,
+    topic_configs,
+    topic_plan,
+)
 from streamscore.streams.settings import Settings
 
 ROLES = ("input", "scored", "dlq", "signals", "alerts", "drift_state", "episodes")
@@ -65,24 +70,17 @@ def wanted(settings: Settings) -> list[TopicState]:
 async def describe(bootstrap: str, settings: Settings, options: dict[str, Any]) -> list[TopicState]:
     """The topics of the settings as the cluster has them."""
     states = wanted(settings)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **{"request_timeout_ms": 10_000, **options})
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        present = [s for s in states if s.name in existing]
-        if not present:
-            return states
-        for meta in await admin.describe_topics([s.name for s in present]):
-            state = next(s for s in present if s.name == meta["topic"])
-            parts = meta["partitions"]
+    async with admin_client(bootstrap, options) as admin:
+        found = await partitions_of(admin, [s.name for s in states])
+        present = [s for s in states if s.name in found]
+        for state in present:
+            parts = found[state.name]
             state.partitions = len(parts)
             state.replication = min((len(p["replicas"]) for p in parts), default=0)
-        configs = await describe_configs(admin, [s.name for s in present])
+        configs = await describe_configs(admin, [s.name for s in present]) if present else {}
         for state in present:
             state.configs = configs.get(state.name) or {}
-        return states
-    finally:
-        await admin.close()
+    return states
 
 
 async def create_missing(bootstrap: str, settings: Settings, options: dict[str, Any]) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiokafka import errors
@@ -46,21 +48,35 @@ def one_partition_topics(settings: Settings) -> dict[str, str]:
     }
 
 
-async def partition_counts(
-    bootstrap_servers: str, topics: list[str], options: dict[str, Any] | None = None
-) -> dict[str, int]:
-    """How many partitions each of ``topics`` that exists has."""
+@contextlib.asynccontextmanager
+async def admin_client(
+    bootstrap_servers: str, options: dict[str, Any] | None = None
+) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client (10 s per request unless ``options`` say otherwise), closed after."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_servers, **{"request_timeout_ms": 10_000, **(options or {})}
     )
     await admin.start()
     try:
-        existing = set(await admin.list_topics())
-        present = [t for t in topics if t in existing]
-        found = await admin.describe_topics(present) if present else []
-        return {meta["topic"]: len(meta["partitions"]) for meta in found}
+        yield admin
     finally:
         await admin.close()
+
+
+async def partitions_of(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The partitions' metadata (leader, replicas, ...) of each of ``topics`` that exists."""
+    existing = set(await admin.list_topics())
+    present = [t for t in topics if t in existing]
+    found = await admin.describe_topics(present) if present else []
+    return {meta["topic"]: meta["partitions"] for meta in found}
+
+
+async def partition_counts(
+    bootstrap_servers: str, topics: list[str], options: dict[str, Any] | None = None
+) -> dict[str, int]:
+    """How many partitions each of ``topics`` that exists has."""
+    async with admin_client(bootstrap_servers, options) as admin:
+        return {topic: len(parts) for topic, parts in (await partitions_of(admin, topics)).items()}
 
 
 def check_one_partition(settings: Settings, counts: dict[str, int]) -> None:
@@ -179,14 +195,8 @@ async def max_message_bytes(
     """The largest record batch each topic takes (``max.message.bytes``, its own or the broker's
     default), so that no record the worker writes is refused; Kafka's default where the broker
     does not say (the embedded broker, or a principal without DESCRIBE_CONFIGS)."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, **{"request_timeout_ms": 10_000, **(options or {})}
-    )
-    await admin.start()
-    try:
+    async with admin_client(bootstrap_servers, options) as admin:
         configs = await describe_configs(admin, topics)
-    finally:
-        await admin.close()
     limits = {}
     for topic in topics:
         found = configs.get(topic)

@@ -184,10 +184,8 @@ class PartitionTransactions:
         they are fenced in (so final); tried again while the broker cannot be reached."""
         delay = self.retry_pause_s
         while producers and not all(starts[p].done() for p in producers):
-            tps = [TopicPartition(self.topic, p) for p in producers]
             try:
-                found = await group_offsets(self.bootstrap_servers, self.group_id, tps, self.options)
-                return {tp.partition: max(found.get(tp, -1), 0) for tp in tps}
+                return await self._group_offsets(producers)
             except KafkaError as exc:
                 log.warning(
                     "could not read the committed offsets of %s (%s); trying again in %.1fs",
@@ -238,10 +236,14 @@ class PartitionTransactions:
         await self._stop(self.producers.pop(partition, None))
         self.on_lost(partition)
 
+    async def _group_offsets(self, partitions: Iterable[int]) -> dict[int, int]:
+        """The group's committed offset of each of ``partitions`` (0 where none), in one request."""
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        found = await group_offsets(self.bootstrap_servers, self.group_id, tps, self.options)
+        return {tp.partition: max(found.get(tp, -1), 0) for tp in tps}
+
     async def _committed(self, partition: int) -> int:
-        tp = TopicPartition(self.topic, partition)
-        found = await group_offsets(self.bootstrap_servers, self.group_id, [tp], self.options)
-        return max(found.get(tp, -1), 0)
+        return (await self._group_offsets([partition]))[partition]
 
     async def is_new(self, partition: int, offset: int) -> bool:
         """Whether this owner should score the message at ``offset``: its partition is ours and

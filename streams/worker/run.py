@@ -40,19 +40,7 @@ log = logging.getLogger("streamscore.worker")
 def load_embedder(settings: Settings, name: str = DEFAULT_MODEL, cached: bool = True) -> Embedder:
     """The embedder as the worker loads it; ``cached=False`` leaves out its caches (the bench
     measures encoding)."""
-    return Embedder.load(
-        name,
-        settings.device,
-        settings.embed_batch_size,
-        backend=settings.backend,
-        cache_size=settings.embed_cache_size if cached else 0,
-        cache_dir=settings.cache_dir,
-        encoder_threads=settings.encoder_threads,
-        shared_cache_url=settings.embed_cache_url if cached else None,
-        shared_cache_ttl_s=settings.embed_cache_ttl_s,
-        shared_cache_secret=settings.embed_cache_secret,
-        trace=settings.trace_encoder,
-    )
+    return Embedder.load(name, **settings.embedder_options(cached))
 
 
 def load_scorer(settings: Settings) -> Scorer:
