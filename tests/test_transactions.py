@@ -12,6 +12,7 @@ produced, nothing produced twice, and the partition goes on.
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 from dataclasses import dataclass, field
 
@@ -210,7 +211,12 @@ async def _rival(run: Run) -> AIOKafkaProducer:
 
 
 def test_fenced_mid_batch_the_partition_is_let_go_until_the_group_gives_it_back(kafka):
+    unhandled: list[str] = []  # errors asyncio reports as never retrieved (logged with a traceback)
+
     async def scenario() -> tuple[Run, list[str], list[str], int]:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: unhandled.append(f"{context['message']}: {context.get('exception')!r}")
+        )
         run = await _setup(kafka)
         try:
             first, second = batch(run, "a"), batch(run, "b")
@@ -234,6 +240,8 @@ def test_fenced_mid_batch_the_partition_is_let_go_until_the_group_gives_it_back(
             await run.tx.close()
 
     run, before, after, offset = asyncio.run(scenario())
+    gc.collect()  # a future is reported when it is collected
+    assert unhandled == [], "the fenced producer's error must be seen, not left for asyncio to log"
     assert before == names(batch(run, "a"))
     assert after == names(batch(run, "a"), batch(run, "b"))
     assert offset == 10

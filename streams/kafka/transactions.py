@@ -52,6 +52,39 @@ FENCED = (ProducerFenced, InvalidProducerEpoch)
 FAILED = (KafkaError, IllegalOperation)
 
 
+def ignore_fenced_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    """Keep asyncio from logging, with a traceback, the fence we already handled.
+
+    A fenced producer fails its pending record batches and its transaction, and aiokafka leaves
+    the error on futures nobody awaits (a batch's drain waiter, the transaction's waiter); when
+    they are collected, asyncio logs "Future exception was never retrieved: ProducerFenced" as
+    if something had been missed. Every other report goes to the handler there was before.
+
+    >>> loop, seen = asyncio.new_event_loop(), []
+    >>> loop.set_exception_handler(lambda loop, context: seen.append(context["message"]))
+    >>> ignore_fenced_leftovers(loop)
+    >>> loop.call_exception_handler({"message": "Future exception was never retrieved", "exception": ProducerFenced()})
+    >>> loop.call_exception_handler({"message": "Task exception was never retrieved", "exception": ValueError()})
+    >>> seen
+    ['Task exception was never retrieved']
+    >>> loop.close()
+    """
+    previous = loop.get_exception_handler()
+    if getattr(previous, "ignores_fenced_leftovers", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if isinstance(context.get("exception"), FENCED) and "never retrieved" in context.get("message", ""):
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler.ignores_fenced_leftovers = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
+
+
 def transactional_prefix(group_id: str) -> str:
     """What every transactional id of a worker group starts with (the ACL to grant: docs/reliability.md, Kafka ACLs)."""
     return f"streamscore.{group_id}."
@@ -220,6 +253,7 @@ class PartitionTransactions:
     async def _lose(self, partition: int, next_offset: int) -> None:
         """Our producer of ``partition`` was fenced: let its messages go until the group speaks."""
         self.fenced += 1
+        ignore_fenced_leftovers(asyncio.get_running_loop())
         log.warning(
             "partition %d of %s now belongs to another worker, or its transaction outlived the "
             "broker's timeout; its batch (up to offset %d) is left to its owner and the group is "
