@@ -1,7 +1,10 @@
-"""Faults together on a replicated cluster: three Apache Kafka nodes (every topic three replicas,
-``min.insync.replicas=2``), two exactly-once workers, and a worker killed at the same moment as
-the node that leads the input's first partition; once it is back, the leader of the second hangs for 20 s. A
-``read_committed`` reader must then see every input once: 0 lost, 0 duplicated. The figures go to the reliability report.
+"""Faults together on a replicated cluster: three Apache Kafka nodes, each on a host of its own (a
+network namespace on one switch, tests/netns.py), every topic three replicas with
+``min.insync.replicas=2``, and exactly-once workers. A worker killed at the same moment as the
+node that leads the input's first partition, then the leader of the second hung for 20 s; a
+worker cut off the network, then healed; the leader node cut off the network, then healed. A
+``read_committed`` reader must then see every input once: 0 lost, 0 duplicated. The figures go
+to the reliability report.
 
 Needs ``KAFKA_HOME`` (``.ci/run`` sets it); on the embedded broker alone it is skipped and says so.
 """
@@ -17,9 +20,10 @@ import pytest
 
 from streamscore.streams.kafka.broker import free_port
 from streamscore.streams.kafka.cluster import KafkaCluster, brokers_seen
+from streamscore.streams.kafka.topics import admin_client, partitions_of
 from tests.conftest import kafka_home, start_worker, stop_worker
 from tests.kafka_helpers import send_raw
-from tests.netns import can_make_namespaces, make_namespace
+from tests.netns import can_make_namespaces, make_switch
 from tests.test_reliability import health, outcome, ready, report, start, stream, wait_scored, wait_split
 
 pytestmark = pytest.mark.integration
@@ -27,22 +31,31 @@ EXACTLY_ONCE = {"processing_guarantee": "exactly_once"}
 
 
 @pytest.fixture(scope="module")
-def namespace():
-    """A network of its own for one worker, whose link to the cluster a test cuts."""
+def network():
+    """A small network of hosts on one switch: a host for each node and one for a worker, so a
+    test can cut any of them off (tests/netns.py)."""
     if not can_make_namespaces():
         pytest.skip("network namespaces need root and iproute2 (ip netns)")
-    ns = make_namespace()
-    yield ns
-    ns.remove()
+    switch = make_switch(4)
+    yield switch
+    switch.remove()
 
 
 @pytest.fixture(scope="module")
-def cluster(namespace):
+def namespace(network):
+    """The worker's host, whose link to the network a test cuts."""
+    return network.hosts[3]
+
+
+@pytest.fixture(scope="module")
+def cluster(network):
     home = kafka_home()
     if home is None:
         pytest.skip("a three-node cluster needs Apache Kafka: set KAFKA_HOME (.ci/run does)")
-    # The nodes listen where the namespace reaches this side of its link.
-    with KafkaCluster(home, nodes=3, host=namespace.host_address) as running:
+    nodes = network.hosts[:3]
+    with KafkaCluster(
+        home, nodes=3, node_hosts=tuple(h.address for h in nodes), node_commands=tuple(h.run for h in nodes)
+    ) as running:
         yield running
 
 
@@ -53,19 +66,23 @@ def replicated(monkeypatch):
     monkeypatch.setenv("STREAMSCORE_MIN_INSYNC_REPLICAS", "2")
 
 
-def leader_of(bootstrap: str, topic: str, partition: int) -> int:
-    from aiokafka.admin import AIOKafkaAdminClient
+def partitions(bootstrap: str, topic: str) -> list[dict]:
+    """``topic``'s partitions as the cluster describes them (leader, replicas, in-sync replicas)."""
 
-    async def ask() -> int:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-        await admin.start()
-        try:
-            (described,) = await admin.describe_topics([topic])
-            return next(int(p["leader"]) for p in described["partitions"] if p["partition"] == partition)
-        finally:
-            await admin.close()
+    async def ask() -> list[dict]:
+        async with admin_client(bootstrap) as admin:
+            return (await partitions_of(admin, [topic]))[topic]
 
     return asyncio.run(ask())
+
+
+def leader_of(bootstrap: str, topic: str, partition: int) -> int:
+    return next(int(p["leader"]) for p in partitions(bootstrap, topic) if p["partition"] == partition)
+
+
+def smallest_isr(bootstrap: str, topic: str) -> int:
+    """The fewest in-sync replicas any partition of ``topic`` has."""
+    return min(len(p["isr"]) for p in partitions(bootstrap, topic))
 
 
 def test_the_cluster_has_three_brokers_that_see_each_other(cluster):
@@ -161,3 +178,46 @@ def test_a_worker_cut_off_from_the_cluster_is_fenced_then_rejoins_and_nothing_re
         namespace.heal()
         stop_worker(other)
         stop_worker(apart)
+
+
+def test_the_leader_node_cut_off_the_network_loses_and_repeats_nothing_and_rejoins(
+    cluster, network, trained_registry, tmp_path
+):
+    """A node partitioned away, not crashed: it runs on, alone, still the leader in its own eyes.
+    With min.insync.replicas=2 it cannot accept a write alone and the quorum moves its partitions;
+    healed, it drops what it had not replicated and catches up."""
+    bootstrap = cluster.bootstrap_servers
+    worker, url = start(bootstrap, trained_registry, tmp_path, **EXACTLY_ONCE)
+    try:
+        messages, good, bad = stream(6_000, "isolated")
+        began = time.monotonic()
+        send_raw(bootstrap, worker.topics["input"], messages)
+        wait_scored(bootstrap, worker.topics["scored"], "isolated-", 600)
+        leader = leader_of(bootstrap, worker.topics["input"], 0)
+        host = network.hosts[leader - 1]
+        host.cut()
+        try:
+            time.sleep(25)  # past the quorum's broker session (9 s): its partitions move
+            moved = leader_of(bootstrap, worker.topics["input"], 0)
+        finally:
+            host.heal()
+        result = outcome(bootstrap, worker.topics, "isolated", good, bad)
+        report(
+            "cluster_leader_node_cut_off_the_network_exactly_once",
+            sent=len(messages),
+            nodes=3,
+            cut_node=leader,
+            cut_seconds=25,
+            seconds=round(time.monotonic() - began, 1),
+            **result,
+        )
+        assert moved != leader, "the quorum should give the cut-off node's partitions to another"
+        assert result == {"lost": 0, "duplicated": 0, "wrong_topic": 0}
+        assert worker.process.poll() is None, worker.log()[-3000:]
+        # Healed, the node catches up: every partition of the input is on three replicas again.
+        deadline = time.monotonic() + 90
+        while smallest_isr(bootstrap, worker.topics["input"]) < 3 and time.monotonic() < deadline:
+            time.sleep(1)
+        assert smallest_isr(bootstrap, worker.topics["input"]) == 3, "the healed node should be in sync again"
+    finally:
+        stop_worker(worker)

@@ -4,10 +4,14 @@ Each node is broker and controller in a JVM of its own, with its own ports and d
 three in one controller quorum; internal topics keep three replicas and refuse a write that fewer
 than two have (``min.insync.replicas=2``), as a production cluster does. A node can be killed
 (``kill -9``), frozen (``SIGSTOP``) and brought back on the same data, so a test can take away the
-leader of a partition, or the transaction coordinator, while workers are busy.
+leader of a partition, or the transaction coordinator, while workers are busy. Each node may
+also run on a host of its own (``node_hosts``, ``node_commands``: a network namespace per node,
+tests/netns.py), so that a test can cut one off the network while it runs.
 
->>> KafkaCluster(Path("."), nodes=3).quorum_of([10, 11, 12])
-'1@127.0.0.1:10,2@127.0.0.1:11,3@127.0.0.1:12'
+>>> cluster = KafkaCluster(Path("."), nodes=2)
+>>> cluster.members = [Node(1, 9092, 10, Path("a"), "10.0.0.11"), Node(2, 9092, 11, Path("b"), "10.0.0.12")]
+>>> cluster.quorum()
+'1@10.0.0.11:10,2@10.0.0.12:11'
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class Node:
     controller_port: int
     data: Path
     host: str = "127.0.0.1"
+    command: tuple[str, ...] = ()  # what the JVM is started through (a network namespace's prefix)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -69,7 +74,11 @@ class KafkaCluster:
 
     kafka_home: Path
     nodes: int = 3
-    host: str = "127.0.0.1"  # where clients reach the nodes (the controllers talk on loopback)
+    host: str = "127.0.0.1"  # where clients and the other nodes reach each node
+    # Hosts of their own (tests/netns.py): each node's address, and the prefix its JVM runs
+    # through (``ip netns exec NAME``), node 1 first; empty: every node on ``host``.
+    node_hosts: tuple[str, ...] = ()
+    node_commands: tuple[tuple[str, ...], ...] = ()
     run_dir: Path | None = None
     members: list[Node] = field(default_factory=list)
 
@@ -81,16 +90,18 @@ class KafkaCluster:
         """The node of ``node_id`` (1 to ``nodes``)."""
         return next(n for n in self.members if n.node_id == node_id)
 
-    @staticmethod
-    def quorum_of(controller_ports: list[int]) -> str:
-        return ",".join(f"{i}@127.0.0.1:{p}" for i, p in enumerate(controller_ports, start=1))
+    def quorum(self) -> str:
+        """The controller quorum, every node's controller listener."""
+        return ",".join(f"{n.node_id}@{n.host}:{n.controller_port}" for n in self.members)
 
     def start(self, timeout_s: float = 180.0) -> KafkaCluster:
         self.run_dir = Path(tempfile.mkdtemp(prefix="streamscore-cluster-"))
         (self.run_dir / "log4j2.properties").write_text(LOG4J2.format(log=self.run_dir / "kafka.log"))
         ports = [(free_port(), free_port()) for _ in range(self.nodes)]
+        hosts = self.node_hosts or (self.host,) * self.nodes
+        commands = self.node_commands or ((),) * self.nodes
         self.members = [
-            Node(i, port, controller, self.run_dir / f"node-{i}", self.host)
+            Node(i, port, controller, self.run_dir / f"node-{i}", hosts[i - 1], commands[i - 1])
             for i, (port, controller) in enumerate(ports, start=1)
         ]
         cluster_id = subprocess.run(
@@ -134,7 +145,7 @@ class KafkaCluster:
         node = self.node(node_id)
         with open(node.data / "stdout.log", "ab") as out:
             node.process = subprocess.Popen(
-                [*dies_with_parent(), *self._java(), "kafka.Kafka", str(self._config(node))],
+                [*dies_with_parent(), *node.command, *self._java(), "kafka.Kafka", str(self._config(node))],
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -196,9 +207,9 @@ class KafkaCluster:
             [
                 "process.roles=broker,controller",
                 f"node.id={node.node_id}",
-                f"controller.quorum.voters={self.quorum_of([n.controller_port for n in self.members])}",
+                f"controller.quorum.voters={self.quorum()}",
                 "controller.listener.names=CONTROLLER",
-                f"listeners=PLAINTEXT://{node.address},CONTROLLER://127.0.0.1:{node.controller_port}",
+                f"listeners=PLAINTEXT://{node.address},CONTROLLER://{node.host}:{node.controller_port}",
                 f"advertised.listeners=PLAINTEXT://{node.address}",
                 "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
                 "inter.broker.listener.name=PLAINTEXT",
