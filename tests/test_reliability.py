@@ -63,16 +63,45 @@ def stream(n: int, prefix: str, bad_share: float = 0.01, seed: int = 3) -> tuple
     return messages, good, bad
 
 
+def out_of_order(records: list[dict]) -> int:
+    """Scored records that came after a later message of their input partition, within their
+    output partition: a record's first occurrence only (an at-least-once repeat comes back late
+    by nature). Exactly-once keeps each input partition's order, whatever the faults.
+
+    >>> def rec(p, input_offset): return {"partition": p, "offset": 0, "value": {"id": f"i{input_offset}", "origin": {"partition": 0, "offset": input_offset}}}
+    >>> out_of_order([rec(0, 1), rec(0, 2), rec(1, 0), rec(0, 1)])  # the last: a repeat
+    0
+    >>> out_of_order([rec(0, 2), rec(0, 1)])
+    1
+    """
+    seen: set[str] = set()
+    last: dict[tuple[int, int], int] = {}  # (output partition, input partition) -> input offset
+    late = 0
+    for r in sorted(records, key=lambda r: (r["partition"], r["offset"])):
+        value = r["value"]
+        if value["id"] in seen:
+            continue
+        seen.add(value["id"])
+        key = (r["partition"], value["origin"]["partition"])
+        if value["origin"]["offset"] < last.get(key, -1):
+            late += 1
+        last[key] = max(last.get(key, -1), value["origin"]["offset"])
+    return late
+
+
 def outcome(bootstrap: str, topics: dict[str, str], prefix: str, good: set[str], bad: set[str]) -> dict:
-    """Read both outputs to the end: ids lost and duplicated, per topic."""
-    scored = collect(
+    """Read both outputs to the end: ids lost and duplicated, per topic, and scored records out of
+    their input partition's order (:func:`out_of_order`)."""
+    records = collect(
         bootstrap,
         topics["scored"],
         len(good),
         timeout_s=600,
         settle_s=3,
         match=lambda r: r["id"].startswith(prefix + "-"),
+        records=True,
     )
+    scored = [r["value"] for r in records]
     dead = collect(
         bootstrap,
         topics["dlq"],
@@ -86,6 +115,7 @@ def outcome(bootstrap: str, topics: dict[str, str], prefix: str, good: set[str],
         "lost": len(good - set(s)) + len(bad - set(d)),
         "duplicated": sum(c - 1 for c in s.values()) + sum(c - 1 for c in d.values()),
         "wrong_topic": len(set(s) & bad) + len(set(d) & good),
+        "out_of_order": out_of_order(records),
     }
 
 
