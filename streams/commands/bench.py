@@ -74,6 +74,7 @@ from streamscore.streams.commands.bench_worker import (
     bench_texts,
     e2e_rates,
     e2e_run,
+    partitions_held,
     produce,
     ready_worker,
     settled_counts,
@@ -350,8 +351,8 @@ def _wait_for_split(bootstrap: str, workers: list[WorkerProcess], texts: list[st
     deadline = time.monotonic() + timeout_s
     while True:
         asyncio.run(e2e_run(bootstrap, workers[0], texts, f"split{uuid.uuid4().hex[:6]}", None))
-        held = [set(w.health().get("partitions") or ()) for w in workers]
-        if all(held) and sum(map(len, held)) == len(set().union(*held)):
+        split, held = partitions_held(workers)
+        if split:
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"the workers did not split the partitions in {timeout_s:.0f} s: {held}")

@@ -36,6 +36,7 @@ from streamscore.streams.commands.bench_worker import (
     ScoredReader,
     WorkerProcess,
     bench_texts,
+    partitions_held,
     produce,
     start_worker,
 )
@@ -94,8 +95,8 @@ def wait_split(workers: list[WorkerProcess], timeout_s: float) -> float:
     """Until every worker holds partitions and none holds another's: the moment (monotonic)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        held = [set(w.health().get("partitions") or ()) for w in workers]
-        if all(held) and sum(map(len, held)) == len(set().union(*held)):
+        split, held = partitions_held(workers)
+        if split:
             return time.monotonic()
         if time.monotonic() > deadline:
             raise RuntimeError(f"the workers did not split the partitions in {timeout_s:.0f} s: {held}")

@@ -177,6 +177,13 @@ class WorkerProcess:
         stop_process(self.proc, timeout_s=30)
 
 
+def partitions_held(workers: list[WorkerProcess]) -> tuple[bool, list[set[int]]]:
+    """Whether every worker holds input partitions and none holds another's (the group has
+    rebalanced among them), and the partitions each holds."""
+    held = [set(w.health().get("partitions") or ()) for w in workers]
+    return all(held) and sum(map(len, held)) == len(set().union(*held)), held
+
+
 def start_worker(
     settings: Settings,
     bootstrap: str,
