@@ -30,7 +30,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 # Lengths that give padded widths of 8, 16 and 40+ tokens, alone and padded together.
-_PROBE = [
+PROBE = [
     "ok",
     "where is my parcel?",
     "the parcel I ordered two weeks ago has still not arrived and nobody answers my emails",
@@ -59,7 +59,7 @@ def trace_encoder(model: Any) -> TracedEncoder | None:
     import torch
 
     try:
-        example = model.preprocess(_PROBE[:2])
+        example = model.preprocess(PROBE[:2])
         names = tuple(k for k, v in example.items() if torch.is_tensor(v))
         extras = {k: v for k, v in example.items() if not torch.is_tensor(v)}  # e.g. modality
 
@@ -80,7 +80,7 @@ def trace_encoder(model: Any) -> TracedEncoder | None:
                 _Forward().eval(), tuple(example[n] for n in names), strict=False, check_trace=False
             )
         traced = TracedEncoder(module, names)
-        batches = [_PROBE, *([t] for t in _PROBE), _PROBE[:3]]
+        batches = [PROBE, *([t] for t in PROBE), PROBE[:3]]
         with torch.inference_mode():
             for texts in batches:
                 features = model.preprocess(texts)

@@ -71,7 +71,7 @@ class Settings:
     # Signs every shared embedding (HMAC-SHA256), so one that whoever may write to Redis put there
     # is not used; environment only, like the password. None: a checksum against corruption.
     embed_cache_secret: str | None = field(default=None, repr=False)
-    cache_dir: Path = Path("~/.cache/streamscore")  # ONNX exports
+    cache_dir: Path = Path("~/.cache/streamscore")  # ONNX exports, the saved encoder trace
     input_topic: str = "texts"
     scored_topic: str = "texts.scored"
     dlq_topic: str = "texts.dlq"

@@ -203,21 +203,105 @@ def test_a_model_that_traces_wrong_is_encoded_eagerly(caplog):
     assert "could not trace the encoder" in caplog.text
 
 
-def test_loading_a_model_prints_no_library_notices_but_keeps_other_messages(trained_registry):
+def test_a_worker_loads_the_model_once_without_library_notices_then_starts_from_its_saved_trace(
+    trained_registry, tmp_path
+):
     """torch's trace of the encoder touches properties that make sentence-transformers and
-    transformers print deprecation notices at every load; a user of the worker sees none."""
+    transformers print deprecation notices at every load; a user of the worker sees none. The
+    first start saves the trace into the cache folder; the next one loads only that."""
     import subprocess
     import sys
 
     from tests.conftest import ROOT
 
     code = (
-        "import logging; logging.basicConfig(level=logging.INFO)\n"
+        "import logging, sys; logging.basicConfig(level=logging.INFO)\n"
         "from streamscore.streams.settings import Settings\n"
         "from streamscore.streams.worker.run import load_scorer\n"
-        f"load_scorer(Settings.from_env({{'STREAMSCORE_REGISTRY': {str(trained_registry)!r}}}))\n"
+        f"load_scorer(Settings.from_env({{'STREAMSCORE_REGISTRY': {str(trained_registry)!r}, "
+        f"'STREAMSCORE_CACHE_DIR': {str(tmp_path)!r}}}))\n"
+        "print('heavy', 'sentence_transformers' in sys.modules, 'transformers' in sys.modules)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "Loading SentenceTransformer model" in proc.stderr, proc.stderr[-2000:]  # the rest still shows
-    assert "_target_device" not in proc.stderr and "loss_type" not in proc.stderr, proc.stderr[-2000:]
+    starts = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        for _ in range(2)
+    ]
+    first, second = starts
+    assert first.returncode == 0 and second.returncode == 0, first.stderr[-2000:] + second.stderr[-2000:]
+    assert "Loading SentenceTransformer model" in first.stderr, first.stderr[-2000:]  # the rest still shows
+    assert "_target_device" not in first.stderr and "loss_type" not in first.stderr, first.stderr[-2000:]
+    assert "saved the traced encoder" in first.stderr and first.stdout.split() == ["heavy", "True", "True"]
+    assert "Loading SentenceTransformer model" not in second.stderr, second.stderr[-2000:]
+    assert second.stdout.split() == ["heavy", "False", "False"]
+
+
+LEAN_START = """
+import json, sys
+import numpy as np
+from streamscore.models.embedder import Embedder
+texts = json.load(open(sys.argv[2]))
+emb = Embedder.load(device="cpu", cache_dir=sys.argv[1])
+np.save(sys.argv[3], emb.encode(texts))
+heavy = sorted(m for m in ("sentence_transformers", "transformers") if m in sys.modules)
+print(json.dumps({"heavy": heavy, "traced": emb.traced, "pad": emb.pad_multiple, "fingerprint": emb.fingerprint}))
+"""
+
+
+def test_a_saved_trace_starts_without_sentence_transformers_and_gives_the_same_vectors(encoder, tmp_path):
+    import subprocess
+    import sys
+
+    from streamscore.models import saved_trace
+    from streamscore.models.embedder import resolve_model_path
+
+    folder = saved_trace.folder_for(resolve_model_path(encoder.name), tmp_path / "cache")
+    assert saved_trace.save(encoder.model, encoder._forward(), folder)  # noqa: SLF001 - the trace a start saves
+    texts = _texts(200) + ["Café crème", "我的包裹在哪里", "word " * 400]
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LEAN_START,
+            str(tmp_path / "cache"),
+            str(tmp_path / "texts.json"),
+            str(tmp_path / "v.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    started = json.loads(out.stdout.strip().splitlines()[-1])
+    assert started["heavy"] == [] and started["traced"]
+    # The same vectors, padding and cache keys as the model itself: workers that start lean and
+    # workers that do not share a Redis cache and replay each other's scores.
+    assert np.array_equal(np.load(tmp_path / "v.npy"), encoder.encode(texts))
+    assert (started["pad"], started["fingerprint"]) == (encoder.pad_multiple, encoder.fingerprint)
+
+
+def test_a_saved_trace_that_does_not_match_its_model_is_not_used(encoder, tmp_path, caplog):
+    from streamscore.models import saved_trace
+
+    folder = tmp_path / "trace"
+    assert saved_trace.save(encoder.model, encoder._forward(), folder)  # noqa: SLF001
+    meta = json.loads((folder / "meta.json").read_text())
+    # A tokenizer that truncates elsewhere than the model's tokenizer is caught by the check.
+    (folder / "meta.json").write_text(json.dumps({**meta, "max_length": 64}))
+    wrong = saved_trace.load(folder)
+    assert wrong is not None and not saved_trace._same(encoder.model, encoder._forward(), wrong)  # noqa: SLF001
+    # A damaged file is not loaded: the embedder then loads the model.
+    (folder / "encoder.pt").write_bytes(b"not a trace")
+    assert saved_trace.load(folder) is None
+    assert "loading the model instead" in caplog.text
+
+
+def test_a_changed_model_folder_gets_a_new_saved_trace(tmp_path):
+    from streamscore.models import saved_trace
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    before = saved_trace.folder_for(str(tmp_path / "model"), tmp_path / "cache")
+    assert saved_trace.folder_for(str(tmp_path / "model"), tmp_path / "cache") == before
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"new weights")
+    assert saved_trace.folder_for(str(tmp_path / "model"), tmp_path / "cache") != before

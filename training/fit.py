@@ -160,7 +160,10 @@ def train(
     quiet: bool = False,
     embedder: Embedder | None = None,
     columns: Columns | None = None,
+    cache_dir: Path | None = None,
 ) -> TrainResult:
+    """Fit a model on ``data`` and register it (promoting it if it beats CURRENT). ``cache_dir``:
+    where an encoder that is not fine-tuned may be loaded from its saved trace (models/saved_trace.py)."""
     import time
 
     cfg = config or TrainConfig()
@@ -181,7 +184,9 @@ def train(
         f"{sum(r.label == cfg.ood_label for r in rows)} '{cfg.ood_label}' rows kept out of training",
         quiet,
     )
-    emb = embedder or Embedder.load(cfg.embedder, cfg.device)
+    emb = embedder or Embedder.load(
+        cfg.embedder, cfg.device, cache_dir=None if cfg.finetune_epochs > 0 else cache_dir
+    )
     progress = not quiet and sys.stderr.isatty()
     y_tr = [r.label for r in splits.train]
     finetune_info = None
@@ -287,7 +292,7 @@ def train(
             # Compare on the same rows, each model through its own encoder.
             X_cur = X_val
             if finetune_info or resolve_model_path(current.embedder_name) != resolve_model_path(emb.name):
-                cur_emb = Embedder.load(current.embedder_name, cfg.device)
+                cur_emb = Embedder.load(current.embedder_name, cfg.device, cache_dir=cache_dir)
                 X_cur = cur_emb.encode([r.text for r in splits.val + splits.val_ood], progress=progress)
             current_metrics = evaluate_embeddings(current, X_cur, val_labels, cfg.ood_label)
         except (ArtifactError, RuntimeError) as exc:

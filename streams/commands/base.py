@@ -220,6 +220,11 @@ def settings_of(args: argparse.Namespace) -> Settings:
     return Settings.from_env(**overrides)
 
 
+def cache_dir() -> Path:
+    """The settings' ``cache_dir``: where an embedder keeps its saved trace and ONNX exports."""
+    return Settings.from_env().cache_dir
+
+
 def range_and_model(args: argparse.Namespace) -> tuple[Settings, Any, Any]:
     """For a command that scores a range of the input topic (rescore, themes): its settings, the
     checked range and the model. The broker and the range are checked first: loading a model

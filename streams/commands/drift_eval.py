@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from streamscore.models.artifact import ArtifactError
-from streamscore.streams.commands.base import Command, common, show
+from streamscore.streams.commands.base import Command, cache_dir, common, show
 from streamscore.streams.commands.progress import say
 
 
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         raise ArtifactError(
             f"model {artifact.version} has no drift calibration: retrain it with `streamscore train`"
         )
-    embedder = Embedder.load(artifact.embedder_name, args.device or "auto")
+    embedder = Embedder.load(artifact.embedder_name, args.device or "auto", cache_dir=cache_dir())
     cache = Path(args.registry) / "cache"
     ins = load_signals(artifact, embedder, args.in_file, cache, args.in_split, args.ood_label, want_ood=False)
     shifts = {

@@ -7,7 +7,7 @@ import sys
 import time
 
 from streamscore.models.backends import BACKENDS
-from streamscore.streams.commands.base import Command, column_options, columns_of, common, emit
+from streamscore.streams.commands.base import Command, cache_dir, column_options, columns_of, common, emit
 
 
 def options(sp: argparse.ArgumentParser) -> None:
@@ -32,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
     if labelled.split_made:
         print(labelled.split_made, file=sys.stderr)
     rows = labelled.of_split(args.split)
-    embedder = Embedder.load(artifact.embedder_name, args.device or "auto", backend=args.backend)
+    embedder = Embedder.load(
+        artifact.embedder_name, args.device or "auto", backend=args.backend, cache_dir=cache_dir()
+    )
     t = time.perf_counter()
     withheld = frozenset(artifact.manifest.get("training_data", {}).get("withheld", []))
     metrics = evaluate_rows(

@@ -7,7 +7,7 @@ from typing import Any, get_args
 
 from streamscore.models.drift.calibration import EmbeddingTest, LabelTest
 from streamscore.models.ood import KEEP_IN_DIST, STRATEGIES
-from streamscore.streams.commands.base import Command, column_options, columns_of, common, emit
+from streamscore.streams.commands.base import Command, cache_dir, column_options, columns_of, common, emit
 from streamscore.training.fit import TrainConfig
 
 
@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
         promote=not args.no_promote,
         columns=columns_of(args),
+        cache_dir=cache_dir(),
     )
     emit(result.as_json(), True) if args.json else _print(result.as_json())
     return 0

@@ -97,6 +97,7 @@ class ModelHolder:
                     cache_size=embedder.cache.maxsize if embedder.cache else 0,
                     encoder_threads=embedder.encoder_threads,
                     trace=embedder.trace,
+                    cache_dir=embedder.cache_dir,
                 )
                 embedder.warm_up()  # here, off the event loop, not in the first batch
                 if self.scorer.embedder.shared is not None:  # same Redis, the new encoder's keys
