@@ -22,8 +22,10 @@ def tiny(tmp_path_factory):
     return path
 
 
-def test_finetuned_encoder_ships_in_artifact_and_serves(tiny, tmp_path, embedder):
-    reg = Registry(tmp_path / "reg")
+@pytest.fixture(scope="module")
+def frozen_then_tuned(tiny, tmp_path_factory, embedder):
+    """A registry where a model with a fine-tuned encoder replaced a frozen one: (registry, frozen, tuned)."""
+    reg = Registry(tmp_path_factory.mktemp("reg"))
     frozen = train(tiny, reg, FROZEN, quiet=True, embedder=embedder)
     tuned = train(
         tiny,
@@ -33,6 +35,11 @@ def test_finetuned_encoder_ships_in_artifact_and_serves(tiny, tmp_path, embedder
         embedder=embedder,
         force=True,
     )
+    return reg, frozen, tuned
+
+
+def test_finetuned_encoder_ships_in_artifact_and_serves(tiny, frozen_then_tuned, embedder):
+    reg, frozen, tuned = frozen_then_tuned
     assert tuned.promoted and reg.current() == tuned.version
 
     art = load_artifact(tuned.path)
@@ -59,16 +66,18 @@ def test_finetuned_encoder_ships_in_artifact_and_serves(tiny, tmp_path, embedder
         assert tuned.compared_with["val"][key] == pytest.approx(frozen.metrics[key], abs=1e-6)
 
 
-def test_extra_or_pickle_files_in_encoder_are_refused(tiny, tmp_path, embedder):
-    reg = Registry(tmp_path / "reg")
-    tuned = train(tiny, reg, TrainConfig(finetune_epochs=0.2, drift_ert=1_000), quiet=True, embedder=embedder)
-    (tuned.path / "encoder" / "pytorch_model.bin").write_bytes(b"not really weights")
+def test_extra_or_pickle_files_in_encoder_are_refused(frozen_then_tuned, tmp_path):
+    import shutil
+
+    path = shutil.copytree(frozen_then_tuned[2].path, tmp_path / "tuned")  # a copy to tamper with
+    load_artifact(path)  # as shipped, it loads
+    (path / "encoder" / "pytorch_model.bin").write_bytes(b"not really weights")
     with pytest.raises(ArtifactError, match="pickle"):
-        load_artifact(tuned.path)
-    (tuned.path / "encoder" / "pytorch_model.bin").unlink()
-    (tuned.path / "encoder" / "notes.txt").write_text("hello")
+        load_artifact(path)
+    (path / "encoder" / "pytorch_model.bin").unlink()
+    (path / "encoder" / "notes.txt").write_text("hello")
     with pytest.raises(ArtifactError, match="not in the manifest"):
-        load_artifact(tuned.path)
+        load_artifact(path)
 
 
 def test_finetuning_stops_when_validation_accuracy_stalls_and_keeps_the_best_weights(tiny, embedder):

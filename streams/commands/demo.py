@@ -63,17 +63,37 @@ def demo_stream(
     return stream
 
 
+TRAIN_PER_LABEL = 50  # of CLINC150's 100 train texts an intent: half the encoding, accuracy 0.95
+
+
+def training_file(path: Path, out: Path) -> Path:
+    """The demo model's training data: the first :data:`TRAIN_PER_LABEL` train rows of each label
+    and every validation row (which calibrates the OOD gate and the drift detectors) of ``path``."""
+    kept: dict[str, int] = {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, encoding="utf-8") as src, open(out, "w", encoding="utf-8") as dst:
+        for line in src:
+            row = json.loads(line)
+            if row["split"] == "train":
+                kept[row["label"]] = kept.get(row["label"], 0) + 1
+            if row["split"] == "val" or (row["split"] == "train" and kept[row["label"]] <= TRAIN_PER_LABEL):
+                dst.write(line)
+    return out
+
+
 def ensure_model(settings: Settings) -> str:
     registry = Registry(settings.registry)
     if registry.current() is None:
         from streamscore.training.fit import TrainConfig, train
 
         print(
-            f"[demo] no model in {settings.registry}: training a quick model (frozen encoder) on "
-            f"{DEMO_DATA.name}, about two minutes on 2 cores; `streamscore train` fine-tunes the best one",
+            f"[demo] no model in {settings.registry}: training a quick model (frozen encoder, "
+            f"{TRAIN_PER_LABEL} texts an intent) on {DEMO_DATA.name}, about a minute on 2 cores; "
+            "`streamscore train` on all of it, fine-tuned, gives the best one",
             flush=True,
         )
-        result = train(DEMO_DATA, registry, TrainConfig(finetune_epochs=0))
+        data = training_file(DEMO_DATA, Path(settings.registry) / "demo" / "train.jsonl")
+        result = train(data, registry, TrainConfig(finetune_epochs=0), cache_dir=settings.cache_dir)
         print(f"[demo] {result.version}: validation accuracy {result.metrics['accuracy']:.3f}", flush=True)
     current = registry.current()
     assert current is not None
