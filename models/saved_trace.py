@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import warnings
@@ -44,6 +45,9 @@ from streamscore.models.traced import PROBE, TracedEncoder
 log = logging.getLogger("streamscore.embedder")
 
 FORMAT = 1  # bump when the folder's files change meaning
+# Traces kept in a cache folder, the most recently used: each fine-tuned model version served
+# adds one of about 90 MB, and a long-lived registry has many.
+KEEP = 8
 # Probe texts for the tokenizer: empty-ish, accents, other scripts, emoji, and one past the
 # 256-token limit so that truncation is checked too.
 _TOKENIZER_PROBE = [
@@ -149,7 +153,9 @@ def load(folder: Path) -> SavedEncoder | None:
     if not (folder / "meta.json").is_file():
         return None
     try:
-        return SavedEncoder(folder)
+        encoder = SavedEncoder(folder)
+        os.utime(folder / "meta.json")  # used now: kept by prune
+        return encoder
     except (OSError, RuntimeError, ValueError, KeyError, AttributeError) as exc:
         log.warning("cannot load the saved encoder in %s (%s): loading the model instead", folder, exc)
         return None
@@ -197,7 +203,21 @@ def save(model: Any, traced: TracedEncoder, folder: Path) -> bool:
         except OSError:
             if not (folder / "meta.json").exists():  # another process won the race: its copy is as good
                 raise
+    prune(folder.parent)
     return True
+
+
+def prune(parent: Path, keep: int = KEEP) -> list[Path]:
+    """Remove all but the ``keep`` most recently used saved traces under ``parent``; the removed.
+    A process loading one that goes meanwhile loads its model instead (:func:`load`)."""
+    saved = sorted(
+        (p for p in parent.iterdir() if (p / "meta.json").is_file()),
+        key=lambda p: (p / "meta.json").stat().st_mtime,
+        reverse=True,
+    )
+    for old in saved[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return saved[keep:]
 
 
 def _same(model: Any, traced: TracedEncoder, saved: SavedEncoder) -> bool:

@@ -305,3 +305,19 @@ def test_a_changed_model_folder_gets_a_new_saved_trace(tmp_path):
     assert saved_trace.folder_for(str(tmp_path / "model"), tmp_path / "cache") == before
     (tmp_path / "model" / "model.safetensors").write_bytes(b"new weights")
     assert saved_trace.folder_for(str(tmp_path / "model"), tmp_path / "cache") != before
+
+
+def test_only_the_most_recently_used_saved_traces_are_kept(tmp_path):
+    import os
+
+    from streamscore.models import saved_trace
+
+    for i in range(5):
+        (tmp_path / f"t{i}").mkdir()
+        (tmp_path / f"t{i}" / "meta.json").write_text("{}")
+        os.utime(tmp_path / f"t{i}" / "meta.json", (1_000 + i, 1_000 + i))
+    os.utime(tmp_path / "t0" / "meta.json")  # t0 was loaded just now
+    (tmp_path / "scratch").mkdir()  # not a saved trace (a save under way): left alone
+    removed = saved_trace.prune(tmp_path, keep=3)
+    assert sorted(p.name for p in removed) == ["t1", "t2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scratch", "t0", "t3", "t4"]
