@@ -196,7 +196,9 @@ def save(model: Any, traced: TracedEncoder, folder: Path) -> bool:
         if not _same(model, traced, SavedEncoder(work)):
             log.info("the saved encoder differs from the model: workers will load the model")
             return False
-        if folder.exists():
+        if load(folder) is not None:
+            return True  # another process saved it meanwhile, and workers may be loading it now
+        if folder.exists():  # a damaged one
             shutil.rmtree(folder, ignore_errors=True)
         try:
             work.rename(folder)

@@ -285,6 +285,10 @@ def test_a_saved_trace_that_does_not_match_its_model_is_not_used(encoder, tmp_pa
 
     folder = tmp_path / "trace"
     assert saved_trace.save(encoder.model, encoder._forward(), folder)  # noqa: SLF001
+    first = (folder / "encoder.pt").stat().st_ino
+    # A second process that saved meanwhile keeps the first's: workers may be loading it.
+    assert saved_trace.save(encoder.model, encoder._forward(), folder)  # noqa: SLF001
+    assert (folder / "encoder.pt").stat().st_ino == first
     meta = json.loads((folder / "meta.json").read_text())
     # A tokenizer that truncates elsewhere than the model's tokenizer is caught by the check.
     (folder / "meta.json").write_text(json.dumps({**meta, "max_length": 64}))
@@ -294,6 +298,9 @@ def test_a_saved_trace_that_does_not_match_its_model_is_not_used(encoder, tmp_pa
     (folder / "encoder.pt").write_bytes(b"not a trace")
     assert saved_trace.load(folder) is None
     assert "loading the model instead" in caplog.text
+    # The next start that traces the model saves a good one in its place.
+    assert saved_trace.save(encoder.model, encoder._forward(), folder)  # noqa: SLF001
+    assert saved_trace.load(folder) is not None
 
 
 def test_a_changed_model_folder_gets_a_new_saved_trace(tmp_path):
