@@ -171,12 +171,12 @@ def save(model: Any, traced: TracedEncoder, folder: Path) -> bool:
     max_length = getattr(model, "max_seq_length", None)
     if tokenizer is None or backend is None or max_length is None or tokenizer.padding_side != "right":
         return False
+    with torch.inference_mode():  # the dimension as the trace gives it, whatever the model's API calls it
+        dim = int(traced(model.preprocess(PROBE[:1])).shape[-1])
     meta = {
         "format": FORMAT,
         "names": list(traced.names),
-        "dim": int(
-            (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
-        ),
+        "dim": dim,
         "max_length": int(max_length),
         "pad_token_id": int(tokenizer.pad_token_id),
         "pad_token": str(tokenizer.pad_token),
