@@ -24,7 +24,17 @@ from streamscore.streams.kafka.topics import admin_client, partitions_of
 from tests.conftest import kafka_home, start_worker, stop_worker
 from tests.kafka_helpers import send_raw
 from tests.netns import can_make_namespaces, make_switch
-from tests.test_reliability import health, outcome, ready, report, start, stream, wait_scored, wait_split
+from tests.test_reliability import (
+    NOTHING_WRONG,
+    health,
+    outcome,
+    ready,
+    report,
+    start,
+    stream,
+    wait_scored,
+    wait_split,
+)
 
 pytestmark = pytest.mark.integration
 EXACTLY_ONCE = {"processing_guarantee": "exactly_once"}
@@ -124,7 +134,7 @@ def test_a_worker_and_the_leader_node_killed_together_lose_and_repeat_nothing(
             seconds=round(time.monotonic() - began, 1),
             **result,
         )
-        assert result == {"lost": 0, "duplicated": 0, "wrong_topic": 0, "out_of_order": 0}
+        assert result == NOTHING_WRONG
         assert second.process.poll() is None, second.log()[-3000:]
         assert health(second_url).get("partitions") == [0, 1, 2], "the survivor should hold every partition"
     finally:
@@ -167,7 +177,7 @@ def test_a_worker_cut_off_from_the_cluster_is_fenced_then_rejoins_and_nothing_re
         result = outcome(bootstrap, apart.topics, "apart", good, bad)
         report("cluster_worker_cut_off_then_healed_exactly_once", sent=len(messages), nodes=3, **result)
         assert took_over == [0, 1, 2], "the other worker should take every partition while the link is cut"
-        assert result == {"lost": 0, "duplicated": 0, "wrong_topic": 0, "out_of_order": 0}
+        assert result == NOTHING_WRONG
         # Healed, the cut-off worker finds its way back into the group and works again.
         deadline = time.monotonic() + 120
         while not health(apart_url).get("partitions") and time.monotonic() < deadline:
@@ -212,7 +222,7 @@ def test_the_leader_node_cut_off_the_network_loses_and_repeats_nothing_and_rejoi
             **result,
         )
         assert moved != leader, "the quorum should give the cut-off node's partitions to another"
-        assert result == {"lost": 0, "duplicated": 0, "wrong_topic": 0, "out_of_order": 0}
+        assert result == NOTHING_WRONG
         assert worker.process.poll() is None, worker.log()[-3000:]
         # Healed, the node catches up: every partition of the input is on three replicas again.
         deadline = time.monotonic() + 90

@@ -20,6 +20,7 @@ from streamscore.streams.kafka.transactions import transactional_id
 from tests.conftest import stop_worker
 from tests.kafka_helpers import send_raw
 from tests.test_reliability import (
+    NOTHING_WRONG,
     health,
     kill_9_then_restart,
     metric,
@@ -44,7 +45,7 @@ def needs_transactions(transactions: bool) -> None:
 def test_kill_9_mid_stream_then_restart_repeats_nothing(kafka, trained_registry, tmp_path):
     sent, result = kill_9_then_restart(kafka, trained_registry, tmp_path, "eos9", **EXACTLY_ONCE)
     report("exactly_once_kill_9_then_restart", sent=sent, **result)
-    assert result == {"lost": 0, "duplicated": 0, "wrong_topic": 0, "out_of_order": 0}
+    assert result == NOTHING_WRONG
 
 
 def test_two_workers_one_killed_the_other_repeats_nothing(kafka, trained_registry, tmp_path):
@@ -52,7 +53,7 @@ def test_two_workers_one_killed_the_other_repeats_nothing(kafka, trained_registr
         kafka, trained_registry, tmp_path, "eos2", **EXACTLY_ONCE
     )
     report("exactly_once_two_workers_one_killed", sent=sent, **result)
-    assert result == {"lost": 0, "duplicated": 0, "wrong_topic": 0, "out_of_order": 0}
+    assert result == NOTHING_WRONG
     assert partitions == [0, 1, 2], "the survivor should hold every partition"
 
 
@@ -94,11 +95,11 @@ def test_a_paused_worker_is_fenced_its_late_transaction_refused_and_it_comes_bac
         stop_worker(zombie)
     log = zombie.log()
     report("exactly_once_paused_worker", sent=len(messages) + len(more), **result)
-    assert result == {"lost": 0, "duplicated": 0, "wrong_topic": 0, "out_of_order": 0}
+    assert result == NOTHING_WRONG
     assert late == result
     assert "now belongs to another worker" in log, log[-3000:]
     assert held, f"the paused worker holds no partition again: {log[-3000:]}"
-    assert after == {"lost": 0, "duplicated": 0, "wrong_topic": 0, "out_of_order": 0}
+    assert after == NOTHING_WRONG
     assert scored_since > 0, f"the paused worker scored nothing after it came back: {log[-3000:]}"
 
 
@@ -121,7 +122,7 @@ def test_a_worker_fenced_while_the_group_still_gives_it_its_partitions_goes_on(
     log = worker.log()
     report("exactly_once_fenced_in_place", sent=len(messages), **result)
     assert "asked to rebalance" in log, log[-3000:]
-    assert result == {"lost": 0, "duplicated": 0, "wrong_topic": 0, "out_of_order": 0}, log[-3000:]
+    assert result == NOTHING_WRONG, log[-3000:]
     assert partitions == [0, 1, 2]
 
 
