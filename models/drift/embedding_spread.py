@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from streamscore.models.drift.ood_cusum import _cusum_alarms
-from streamscore.models.drift.signal import Signal, bisect_threshold
+from streamscore.models.drift.ood_cusum import cusum_alarms
+from streamscore.models.drift.signal import Signal, bisect_thresholds
 
 K = 0.5  # allowance in standard deviations: foreign texts move the distance by about one
 
@@ -117,7 +117,7 @@ def calibrate_embedding_spread(
         z[i] = (draws - own_dist.mean()) / (own_dist.std() + 1e-12)
     z = np.clip(z, -clip, clip)
     both = np.vstack([z, -z])  # the two sides, counted apart (they rarely alarm together)
-    threshold = bisect_threshold(lambda h: _cusum_alarms(both, k, h) / z.size, ert, 0.5, 100.0, 20)
+    threshold = bisect_thresholds(lambda hs: cusum_alarms(both, k, hs) / z.size, ert, 0.5, 100.0, 20)
     return {
         "dist_mean": float(dist.mean()),
         "dist_std": float(dist.std() or 1.0),

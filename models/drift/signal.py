@@ -6,6 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Signal:
@@ -52,4 +54,44 @@ def bisect_threshold(
             lo = mid
         else:
             hi = mid
+    return hi
+
+
+def bisect_thresholds(
+    alarm_rates: Callable[[np.ndarray], np.ndarray],
+    ert: float,
+    lo: float,
+    hi: float,
+    steps: int,
+    depth: int = 3,
+) -> float:
+    """:func:`bisect_threshold`'s very result, ``depth`` bisection steps a pass: ``alarm_rates``
+    takes every threshold those steps could try (2**depth - 1 of them) at once. A vectorised
+    simulation pays numpy's overhead per step once for all of them: 7 thresholds cost 1.5 times
+    one, so three steps a pass take half the time of one at a time.
+
+    >>> rate = lambda h: 1.0 / (1.0 + h)
+    >>> exact = bisect_threshold(rate, 100.0, 0.0, 1000.0, 30)
+    >>> bisect_thresholds(lambda hs: np.array([rate(h) for h in hs]), 100.0, 0.0, 1000.0, 30) == exact
+    True
+    """
+    done = 0
+    while done < steps:
+        levels = min(depth, steps - done)
+        # The tree of the midpoints these levels could visit, children of node i at 2i+1 (the
+        # lower half) and 2i+2 (the upper), each computed as bisect_threshold computes it.
+        bounds = [(lo, hi)]
+        for i in range(2 ** (levels - 1) - 1):
+            a, b = bounds[i]
+            mid = (a + b) / 2
+            bounds += [(a, mid), (mid, b)]
+        mids = [(a + b) / 2 for a, b in bounds]
+        rates = alarm_rates(np.array(mids))
+        node = 0
+        for _ in range(levels):
+            if rates[node] > 1.0 / ert:
+                lo, node = mids[node], 2 * node + 2
+            else:
+                hi, node = mids[node], 2 * node + 1
+        done += levels
     return hi
