@@ -130,16 +130,25 @@ def test_bench_backlog_drains_waiting_messages_and_counts_what_each_guarantee_ho
     guarantees = ["exactly_once", "at_least_once"] if exactly_once else ["at_least_once"]
     assert [(r["guarantee"], r["partitions"]) for r in backlog["runs"]] == [(g, 3) for g in guarantees]
     for run in backlog["runs"]:
-        assert run["messages"] == 600 and run["per_s"] > 0 and run["peak_rss_mb"] > 0, run
-        # Rated over what it scored after the first look found it scoring (polled every 50 ms).
-        assert 0 < run["scored_first"] < 600, run
-        assert run["per_s"] == pytest.approx((600 - run["scored_first"]) / run["drain_s"], rel=0.02), run
+        assert run["messages"] == 600 and run["peak_rss_mb"] > 0, run
         assert run["start_s"] > 0 and run["join_s"] > 0 and run["after_join_s"] > 0, run
+        assert 0 < run["scored_first"] <= 600, run
+        if run["guarantee"] == "exactly_once" and run["scored_first"] == 600:
+            # Its first transaction committed the whole backlog (slow while the broker made its
+            # transaction log): no rate to give, and it says so instead of a made-up one.
+            assert run["per_s"] is None, run
+            continue
+        # Rated over what it scored after the first look found it scoring (polled every 50 ms).
+        assert run["scored_first"] < 600 and run["per_s"] > 0, run
+        assert run["per_s"] == pytest.approx((600 - run["scored_first"]) / run["drain_s"], rel=0.02), run
     sockets = {r["guarantee"]: r["sockets"] for r in backlog["runs"]}
     if exactly_once:  # a transactional producer, and so a connection, for each of the 3 partitions
         assert sockets["exactly_once"] >= sockets["at_least_once"] + 3, sockets
         rates = {r["guarantee"]: r["per_s"] for r in backlog["runs"]}
-        assert backlog["ratios"]["exactly_once_over_at_least_once_3"] == round(
-            rates["exactly_once"] / rates["at_least_once"], 3
+        expected = (
+            None
+            if rates["exactly_once"] is None
+            else round(rates["exactly_once"] / rates["at_least_once"], 3)
         )
+        assert backlog["ratios"]["exactly_once_over_at_least_once_3"] == expected, backlog
     assert out["cpu"] and out["commit_interval_s"] > 0

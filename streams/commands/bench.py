@@ -82,6 +82,7 @@ from streamscore.streams.commands.bench_worker import (
 )
 from streamscore.streams.commands.cpu_use import CpuMeter
 from streamscore.streams.kafka.broker import bootstrap_or_embedded
+from streamscore.streams.kafka.topics import ensure_topics
 from streamscore.streams.settings import Settings
 from streamscore.streams.worker.serving import batches_in_flight
 
@@ -442,6 +443,8 @@ async def naive_rate(bootstrap: str, raw: RawEncoder, artifact: Any, texts: list
     from streamscore.schemas.messages import InputText, Origin, scored_record
 
     topic_in, topic_out = f"bench-naive-in-{tag}", f"bench-naive-out-{tag}"
+    # Made first: on Apache Kafka an auto-created topic logs "not found" errors until it exists.
+    await ensure_topics(bootstrap, {topic_in: 1, topic_out: 1})
     await produce(bootstrap, topic_in, texts, "naive", None)
     consumer = AIOKafkaConsumer(
         topic_in,

@@ -9,7 +9,10 @@ partitions, then a worker starts (embedding cache off: the texts repeat). Report
   (``read_committed``; Python and the model loaded, the group joined, for exactly-once every
   partition fenced in and the first transactions committed);
 - ``drain_s`` and ``per_s``: from then until the last one can be read, and the records read
-  meanwhile per second (``scored_first``: those of the first read, not counted in ``per_s``);
+  meanwhile per second (``scored_first``: those of the first read, not counted in ``per_s``;
+  ``per_s`` is null when that first read held them all, as when exactly-once's first
+  transaction, slow while the broker creates its transaction log, commits the whole backlog:
+  give more ``--messages``);
 - ``sockets``: the worker's open sockets at the end of the drain (exactly-once: the
   transactional producers' connections count here);
 - ``peak_rss_mb``: its peak resident memory;
@@ -56,7 +59,7 @@ class Drain:
     messages: int
     start_s: float
     drain_s: float
-    per_s: float
+    per_s: float | None
     scored_first: int
     sockets: int
     peak_rss_mb: float
@@ -168,7 +171,7 @@ def drain(
             messages=len(texts),
             start_s=round(started - began, 2),
             drain_s=round(drained - started, 2),
-            per_s=round((len(texts) - scored_first) / max(drained - started, 1e-9), 1),
+            per_s=drain_rate(len(texts), scored_first, drained - started),
             scored_first=scored_first,
             sockets=sockets,
             peak_rss_mb=round(first.peak_rss_mb() or 0.0, 1),
@@ -178,6 +181,24 @@ def drain(
     finally:
         for w in workers:
             w.stop()
+
+
+def drain_rate(messages: int, scored_first: int, seconds: float) -> float | None:
+    """Records read per second after the first read; None when the first read held them all.
+
+    >>> drain_rate(600, 100, 2.0)
+    250.0
+    >>> drain_rate(600, 600, 0.0) is None
+    True
+    """
+    if scored_first >= messages:
+        return None
+    return round((messages - scored_first) / max(seconds, 1e-9), 1)
+
+
+def ratio(top: float | None, bottom: float | None) -> float | None:
+    """``top / bottom`` to 3 places; None when either was not measured."""
+    return None if top is None or bottom is None else round(top / bottom, 3)
 
 
 def backlog_runs(
@@ -197,21 +218,24 @@ def backlog_runs(
     for p in partition_counts:
         for g in guarantees:
             run = drain(settings, bootstrap, g, p, texts, log_dir)
+            drained = (
+                "the first read held them all" if run.per_s is None else f"drained at {run.per_s:.0f} msgs/s"
+            )
             say(
-                f"backlog of {messages} in {p} partitions, {g}: first scored after {run.start_s:.1f} s, drained at "
-                f"{run.per_s:.0f} msgs/s, {run.sockets} sockets, {run.peak_rss_mb:.0f} MB; a second "
+                f"backlog of {messages} in {p} partitions, {g}: first scored after {run.start_s:.1f} s, {drained}, "
+                f"{run.sockets} sockets, {run.peak_rss_mb:.0f} MB; a second "
                 f"worker split the partitions in {run.join_s:.1f} s"
             )
             runs.append(run)
     rate = {(r.guarantee, r.partitions): r.per_s for r in runs}
-    ratios: dict[str, float] = {}
+    ratios: dict[str, float | None] = {}
     if set(guarantees) == set(GUARANTEES):
         for p in partition_counts:
-            ratios[f"exactly_once_over_at_least_once_{p}"] = round(
-                rate["exactly_once", p] / rate["at_least_once", p], 3
+            ratios[f"exactly_once_over_at_least_once_{p}"] = ratio(
+                rate["exactly_once", p], rate["at_least_once", p]
             )
     if len(partition_counts) > 1:
         lo, hi = min(partition_counts), max(partition_counts)
         for g in guarantees:
-            ratios[f"{g}_{hi}_over_{lo}_partitions"] = round(rate[g, hi] / rate[g, lo], 3)
+            ratios[f"{g}_{hi}_over_{lo}_partitions"] = ratio(rate[g, hi], rate[g, lo])
     return {"messages": messages, "runs": [asdict(r) for r in runs], "ratios": ratios}
