@@ -64,7 +64,7 @@ def test_a_paused_worker_is_fenced_its_late_transaction_refused_and_it_comes_bac
     the batches it was scoring must not be committed (the new owner redid them), and the paused
     worker must rejoin the group and score again (no partition of it left waiting)."""
     zombie, zombie_url = start(kafka, trained_registry, tmp_path, **EXACTLY_ONCE)
-    messages, good, bad = stream(12_000, "zombie")
+    messages, good, bad = stream(6_000, "zombie")
     send_raw(kafka, zombie.topics["input"], messages)
     wait_scored(kafka, zombie.topics["scored"], "zombie-", 1_500)
     zombie.process.send_signal(signal.SIGSTOP)
@@ -86,7 +86,7 @@ def test_a_paused_worker_is_fenced_its_late_transaction_refused_and_it_comes_bac
             time.sleep(1)  # back in the group, it gets a share of the partitions again
         held = health(zombie_url).get("partitions")
         before = metric(zombie_url, "streamscore_messages_scored_total") or 0.0
-        more, more_good, more_bad = stream(3_000, "back", seed=4)
+        more, more_good, more_bad = stream(1_000, "back", seed=4)
         send_raw(kafka, zombie.topics["input"], more)
         after = outcome(kafka, zombie.topics, "back", more_good, more_bad)
         scored_since = (metric(zombie_url, "streamscore_messages_scored_total") or 0.0) - before
@@ -110,7 +110,7 @@ def test_a_worker_fenced_while_the_group_still_gives_it_its_partitions_goes_on(
     while the group changes nothing: the worker must ask for a rebalance, take its partitions
     again and score the whole stream once (its partitions used to wait forever)."""
     worker, url = start(kafka, trained_registry, tmp_path, **EXACTLY_ONCE)
-    messages, good, bad = stream(6_000, "fenced")
+    messages, good, bad = stream(3_000, "fenced")
     try:
         send_raw(kafka, worker.topics["input"], messages)
         wait_scored(kafka, worker.topics["scored"], "fenced-", 500)

@@ -207,11 +207,11 @@ def test_sigterm_finishes_in_flight_work_and_a_restart_repeats_nothing(kafka, tr
 def kill_9_then_restart(
     kafka: str, registry: Path, log_dir: Path, prefix: str, **extra: str
 ) -> tuple[int, dict]:
-    """kill -9 a worker after 5,000 of 20,000 are scored, restart it: (sent, outcome)."""
+    """kill -9 a worker after 2,000 of 8,000 are scored, restart it: (sent, outcome)."""
     worker, _ = start(kafka, registry, log_dir, **extra)
-    messages, good, bad = stream(20_000, prefix)
+    messages, good, bad = stream(8_000, prefix)
     send_raw(kafka, worker.topics["input"], messages)
-    wait_scored(kafka, worker.topics["scored"], f"{prefix}-", 5_000)
+    wait_scored(kafka, worker.topics["scored"], f"{prefix}-", 2_000)
     os.kill(worker.process.pid, signal.SIGKILL)
     worker.process.wait()
     again, _ = start(kafka, registry, log_dir, tag=worker.tag, **extra)
@@ -224,15 +224,15 @@ def kill_9_then_restart(
 def two_workers_one_killed(
     kafka: str, registry: Path, log_dir: Path, prefix: str, **extra: str
 ) -> tuple[int, dict, list[int] | None]:
-    """Two workers split the partitions; kill -9 one after 1,500 of 8,000 are scored:
+    """Two workers split the partitions; kill -9 one after 1,000 of 5,000 are scored:
     (sent, outcome, the survivor's partitions)."""
     first, _ = start(kafka, registry, log_dir, **extra)
     second, second_url = start(kafka, registry, log_dir, tag=first.tag, **extra)
     try:
         wait_split(second_url)
-        messages, good, bad = stream(8_000, prefix)
+        messages, good, bad = stream(5_000, prefix)
         send_raw(kafka, first.topics["input"], messages)
-        wait_scored(kafka, first.topics["scored"], f"{prefix}-", 1_500)
+        wait_scored(kafka, first.topics["scored"], f"{prefix}-", 1_000)
         os.kill(first.process.pid, signal.SIGKILL)
         first.process.wait()
         result = outcome(kafka, first.topics, prefix, good, bad)
@@ -257,40 +257,46 @@ def test_two_workers_one_killed_the_other_takes_over(kafka, trained_registry, tm
     assert partitions == [0, 1, 2], "the survivor should hold every partition"
 
 
-def test_broker_frozen_for_30_s_is_reported_and_nothing_is_lost(trained_registry, tmp_path):
-    # A broker of its own, of the session's kind: SIGSTOP on the shared one would stall other
-    # tests' clients too. The embedded broker keeps data in memory only, so it is paused (the
-    # JVM too, on Apache Kafka), not restarted.
+@pytest.fixture(scope="module")
+def pausable_broker():
+    """A broker of the session's kind for the tests that pause it (SIGSTOP; on Apache Kafka its
+    JVM): the session's may be one a user pointed the tests at. The embedded broker keeps data
+    in memory only, so it is paused, not restarted. Each test resumes it before it ends."""
     with own_broker() as broker:
         assert broker.process is not None
-        worker, url = start(broker.bootstrap_servers, trained_registry, tmp_path)
+        yield broker
+
+
+def test_broker_frozen_for_30_s_is_reported_and_nothing_is_lost(pausable_broker, trained_registry, tmp_path):
+    broker = pausable_broker
+    worker, url = start(broker.bootstrap_servers, trained_registry, tmp_path)
+    try:
+        messages, good, bad = stream(6_000, "frozen")
+        send_raw(broker.bootstrap_servers, worker.topics["input"], messages)
+        wait_scored(broker.bootstrap_servers, worker.topics["scored"], "frozen-", 800)
+        rss_before = rss_mb(worker.process.pid)
+        broker.process.send_signal(signal.SIGSTOP)
+        seen_degraded = seen_down_metric = False
+        rss_peak = rss_before
         try:
-            messages, good, bad = stream(6_000, "frozen")
-            send_raw(broker.bootstrap_servers, worker.topics["input"], messages)
-            wait_scored(broker.bootstrap_servers, worker.topics["scored"], "frozen-", 800)
-            rss_before = rss_mb(worker.process.pid)
-            broker.process.send_signal(signal.SIGSTOP)
-            seen_degraded = seen_down_metric = False
-            rss_peak = rss_before
-            try:
-                frozen_until = time.monotonic() + 30
-                while time.monotonic() < frozen_until:
-                    time.sleep(2)
-                    seen_degraded |= health(url).get("status") == "degraded"
-                    seen_down_metric |= metric(url, "streamscore_broker_up") == 0
-                    rss_peak = max(rss_peak, rss_mb(worker.process.pid))
-                    assert worker.process.poll() is None, worker.log()[-3000:]
-            finally:
-                broker.process.send_signal(signal.SIGCONT)
-            result = outcome(broker.bootstrap_servers, worker.topics, "frozen", good, bad)
-            deadline = time.monotonic() + 60
-            while health(url).get("status") != "ok" and time.monotonic() < deadline:
-                time.sleep(1)
-            final = health(url)
-            up_again = metric(url, "streamscore_broker_up")
+            frozen_until = time.monotonic() + 30
+            while time.monotonic() < frozen_until:
+                time.sleep(2)
+                seen_degraded |= health(url).get("status") == "degraded"
+                seen_down_metric |= metric(url, "streamscore_broker_up") == 0
+                rss_peak = max(rss_peak, rss_mb(worker.process.pid))
+                assert worker.process.poll() is None, worker.log()[-3000:]
         finally:
-            stop_worker(worker)
-        log = worker.log()
+            broker.process.send_signal(signal.SIGCONT)
+        result = outcome(broker.bootstrap_servers, worker.topics, "frozen", good, bad)
+        deadline = time.monotonic() + 60
+        while health(url).get("status") != "ok" and time.monotonic() < deadline:
+            time.sleep(1)
+        final = health(url)
+        up_again = metric(url, "streamscore_broker_up")
+    finally:
+        stop_worker(worker)
+    log = worker.log()
     report("broker_frozen_30s", sent=len(messages), rss_growth_mb=round(rss_peak - rss_before), **result)
     assert result["lost"] == 0 and result["wrong_topic"] == 0
     assert seen_degraded and seen_down_metric, "the frozen broker was not reported in /healthz and metrics"
@@ -300,37 +306,36 @@ def test_broker_frozen_for_30_s_is_reported_and_nothing_is_lost(trained_registry
 
 
 def test_sigterm_with_the_broker_gone_exits_in_bounded_time_and_loses_nothing(
-    trained_registry, tmp_path, monkeypatch
+    pausable_broker, trained_registry, tmp_path, monkeypatch
 ):
     # SIGTERM while the broker is frozen: in-flight outputs can never be confirmed, so a graceful
     # stop has no end. The worker must give up after shutdown_timeout_s with code 3, and what it
     # had not confirmed must be scored by the next worker.
     monkeypatch.setenv("STREAMSCORE_SHUTDOWN_TIMEOUT_S", "5")
-    with own_broker() as broker:
-        assert broker.process is not None
-        worker, _ = start(broker.bootstrap_servers, trained_registry, tmp_path)
-        messages, good, bad = stream(4_000, "gone")
-        send_raw(broker.bootstrap_servers, worker.topics["input"], messages)
-        wait_scored(broker.bootstrap_servers, worker.topics["scored"], "gone-", 500)
-        broker.process.send_signal(signal.SIGSTOP)
+    broker = pausable_broker
+    worker, _ = start(broker.bootstrap_servers, trained_registry, tmp_path)
+    messages, good, bad = stream(4_000, "gone")
+    send_raw(broker.bootstrap_servers, worker.topics["input"], messages)
+    wait_scored(broker.bootstrap_servers, worker.topics["scored"], "gone-", 500)
+    broker.process.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(1)
+        began = time.monotonic()
+        worker.process.send_signal(signal.SIGTERM)
         try:
-            time.sleep(1)
-            began = time.monotonic()
-            worker.process.send_signal(signal.SIGTERM)
-            try:
-                code = worker.process.wait(timeout=60)
-            except Exception:
-                worker.process.kill()
-                raise
-            took = time.monotonic() - began
-        finally:
-            broker.process.send_signal(signal.SIGCONT)
-        log = worker.log()
-        again, _ = start(broker.bootstrap_servers, trained_registry, tmp_path, tag=worker.tag)
-        try:
-            result = outcome(broker.bootstrap_servers, worker.topics, "gone", good, bad)
-        finally:
-            stop_worker(again)
+            code = worker.process.wait(timeout=60)
+        except Exception:
+            worker.process.kill()
+            raise
+        took = time.monotonic() - began
+    finally:
+        broker.process.send_signal(signal.SIGCONT)
+    log = worker.log()
+    again, _ = start(broker.bootstrap_servers, trained_registry, tmp_path, tag=worker.tag)
+    try:
+        result = outcome(broker.bootstrap_servers, worker.topics, "gone", good, bad)
+    finally:
+        stop_worker(again)
     report("sigterm_broker_gone", sent=len(messages), shutdown_s=round(took, 1), **result)
     assert code == 3, log[-3000:]
     assert "shutdown did not finish in 5 s" in log, log[-3000:]
