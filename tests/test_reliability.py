@@ -271,7 +271,7 @@ def test_broker_frozen_for_30_s_is_reported_and_nothing_is_lost(pausable_broker,
     broker = pausable_broker
     worker, url = start(broker.bootstrap_servers, trained_registry, tmp_path)
     try:
-        messages, good, bad = stream(6_000, "frozen")
+        messages, good, bad = stream(4_000, "frozen")
         send_raw(broker.bootstrap_servers, worker.topics["input"], messages)
         wait_scored(broker.bootstrap_servers, worker.topics["scored"], "frozen-", 800)
         rss_before = rss_mb(worker.process.pid)
@@ -314,7 +314,7 @@ def test_sigterm_with_the_broker_gone_exits_in_bounded_time_and_loses_nothing(
     monkeypatch.setenv("STREAMSCORE_SHUTDOWN_TIMEOUT_S", "5")
     broker = pausable_broker
     worker, _ = start(broker.bootstrap_servers, trained_registry, tmp_path)
-    messages, good, bad = stream(4_000, "gone")
+    messages, good, bad = stream(2_500, "gone")
     send_raw(broker.bootstrap_servers, worker.topics["input"], messages)
     wait_scored(broker.bootstrap_servers, worker.topics["scored"], "gone-", 500)
     broker.process.send_signal(signal.SIGSTOP)
