@@ -210,12 +210,25 @@ def embedder():
 
 @pytest.fixture(scope="session")
 def trained_registry(tmp_path_factory: pytest.TempPathFactory, small_data: Path, embedder) -> Path:
-    """A registry with one promoted model trained on the small subset."""
+    """A registry with one promoted model trained on the small subset: trained once a run, by
+    the first test process that asks, while the others wait (pytest -n) and then share it. No
+    test writes into it (those that change a registry copy it), and a worker keeps its state in
+    a folder of its own group's."""
+    import fcntl
+
     from streamscore.models.registry import Registry
     from streamscore.training.fit import train
 
-    root = tmp_path_factory.mktemp("registry")
-    train(small_data, Registry(root), FROZEN, quiet=True, embedder=embedder)
+    run = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run = run.parent  # this run's folder, which holds every test process's own
+    root, done = run / "trained-registry", run / "trained-registry.done"
+    with open(run / "trained-registry.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)  # a process that failed half-way
+            train(small_data, Registry(root), FROZEN, quiet=True, embedder=embedder)
+            done.touch()
     return root
 
 

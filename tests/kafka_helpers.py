@@ -40,7 +40,14 @@ def send_json(bootstrap: str, topic: str, objs: list[dict]) -> None:
 
 
 async def _collect(
-    bootstrap: str, topic: str, expected: int, timeout_s: float, settle_s: float, match, records: bool = False
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    timeout_s: float,
+    settle_s: float,
+    match,
+    records: bool = False,
+    distinct=None,
 ) -> list[dict]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level="read_committed"
@@ -60,6 +67,7 @@ async def _collect(
         await consumer.seek_to_beginning(*tps)
         settle_until = None
         read = 0
+        keys: set = set()
         while time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=300)
             for recs in batch.values():
@@ -70,7 +78,9 @@ async def _collect(
                         validate(role, v)
                     if match(v):
                         out.append(_with_kafka_fields(v, r) if records else v)
-            if len(out) >= expected:
+                        if distinct is not None:
+                            keys.add(distinct(v))
+            if (len(keys) if distinct is not None else len(out)) >= expected:
                 # Keep reading a little longer, so duplicates beyond the count would show.
                 settle_until = settle_until or time.monotonic() + settle_s
                 if time.monotonic() > settle_until:
@@ -92,7 +102,10 @@ def collect(
     settle_s: float = 2.0,
     match=lambda v: True,
     records: bool = False,
+    distinct=None,
 ) -> list[dict]:
     """Values of ``topic`` that ``match``, waiting until ``expected`` arrived (then ``settle_s``
-    more); ``records`` gives ``{"value", "timestamp", "partition", "offset"}`` instead."""
-    return asyncio.run(_collect(bootstrap, topic, expected, timeout_s, settle_s, match, records))
+    more); ``records`` gives ``{"value", "timestamp", "partition", "offset"}`` instead.
+    ``distinct`` (a value's key): wait until ``expected`` different keys arrived instead, so
+    that repeats cannot end the wait before every key is in."""
+    return asyncio.run(_collect(bootstrap, topic, expected, timeout_s, settle_s, match, records, distinct))

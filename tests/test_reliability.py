@@ -94,16 +94,18 @@ NOTHING_WRONG = {"lost": 0, "duplicated": 0, "wrong_topic": 0, "out_of_order": 0
 
 
 def outcome(bootstrap: str, topics: dict[str, str], prefix: str, good: set[str], bad: set[str]) -> dict:
-    """Read both outputs to the end: ids lost and duplicated, per topic, and scored records out of
-    their input partition's order (:func:`out_of_order`)."""
+    """Read both outputs until every id is in, and a while longer for late repeats: ids lost and
+    duplicated, per topic, and scored records out of their input partition's order
+    (:func:`out_of_order`). A lost id makes the read wait its whole timeout."""
     records = collect(
         bootstrap,
         topics["scored"],
         len(good),
         timeout_s=600,
-        settle_s=3,
+        settle_s=1.5,
         match=lambda r: r["id"].startswith(prefix + "-"),
         records=True,
+        distinct=lambda r: r["id"],
     )
     scored = [r["value"] for r in records]
     dead = collect(
@@ -111,8 +113,9 @@ def outcome(bootstrap: str, topics: dict[str, str], prefix: str, good: set[str],
         topics["dlq"],
         len(bad),
         timeout_s=60,
-        settle_s=1,
+        settle_s=0.5,
         match=lambda d: (d["key"] or "").startswith(prefix + "-"),
+        distinct=lambda d: d["key"],
     )
     s, d = Counter(r["id"] for r in scored), Counter(x["key"] for x in dead)
     return {
