@@ -48,13 +48,7 @@ def bisect_threshold(
     >>> round(bisect_threshold(lambda h: 1.0 / (1.0 + h), 100.0, 0.0, 1000.0, 40), 3)
     99.0
     """
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        if alarm_rate(mid) > 1.0 / ert:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+    return bisect_thresholds(lambda hs: np.array([alarm_rate(h) for h in hs]), ert, lo, hi, steps, depth=1)
 
 
 def bisect_thresholds(
@@ -65,21 +59,22 @@ def bisect_thresholds(
     steps: int,
     depth: int = 3,
 ) -> float:
-    """:func:`bisect_threshold`'s very result, ``depth`` bisection steps a pass: ``alarm_rates``
-    takes every threshold those steps could try (2**depth - 1 of them) at once. A vectorised
-    simulation pays numpy's overhead per step once for all of them: 7 thresholds cost 1.5 times
-    one, so three steps a pass take half the time of one at a time.
+    """The lowest threshold whose alarm rate is at most ``1/ert``, ``steps`` bisection steps from
+    ``lo``-``hi``, ``depth`` steps a pass: ``alarm_rates`` takes every threshold those steps could
+    try (2**depth - 1 of them) at once. A vectorised simulation pays numpy's overhead per step
+    once for all of them: 7 thresholds cost 1.5 times one, so three steps a pass take half the
+    time of one at a time.
 
-    >>> rate = lambda h: 1.0 / (1.0 + h)
-    >>> exact = bisect_threshold(rate, 100.0, 0.0, 1000.0, 30)
-    >>> bisect_thresholds(lambda hs: np.array([rate(h) for h in hs]), 100.0, 0.0, 1000.0, 30) == exact
+    >>> rates = lambda hs: 1.0 / (1.0 + hs)
+    >>> one_at_a_time = bisect_thresholds(rates, 100.0, 0.0, 1000.0, 30, depth=1)
+    >>> bisect_thresholds(rates, 100.0, 0.0, 1000.0, 30) == one_at_a_time
     True
     """
     done = 0
     while done < steps:
         levels = min(depth, steps - done)
         # The tree of the midpoints these levels could visit, children of node i at 2i+1 (the
-        # lower half) and 2i+2 (the upper), each computed as bisect_threshold computes it.
+        # lower half) and 2i+2 (the upper), each computed as a step at a time computes it.
         bounds = [(lo, hi)]
         for i in range(2 ** (levels - 1) - 1):
             a, b = bounds[i]
